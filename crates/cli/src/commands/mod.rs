@@ -1,0 +1,15 @@
+//! One module per top-level command.
+
+pub mod data;
+pub mod speedrun;
+pub mod tokenizer;
+pub mod world;
+
+/// Prints a stage result line: what was written, or that a complete output was reused.
+pub fn report(stage: &str, dir: &std::path::Path, skipped: bool, detail: &str) {
+    if skipped {
+        println!("{stage}: {} is already complete with these settings; skipped ({detail})", dir.display());
+    } else {
+        println!("{stage}: wrote {} ({detail})", dir.display());
+    }
+}

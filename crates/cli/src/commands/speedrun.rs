@@ -1,0 +1,102 @@
+//! `tsukuru speedrun`: every stage that exists, in order, into one run directory.
+//!
+//! world → data prepare → tokenizer train → data tokenize. Each stage skips when
+//! its output is complete with the same settings, so a rerun after a kill picks
+//! up where it stopped.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tsukuru_core::run::RunDir;
+use tsukuru_core::Progress;
+use tsukuru_data::PrepareConfig;
+use tsukuru_tokenizer::TokenizerConfig;
+use tsukuru_world::Scale;
+
+/// The built-in speedrun config.
+pub const TINY: &str = include_str!("../../../../configs/tiny.toml");
+
+/// Arguments of `speedrun`.
+#[derive(Args, Debug)]
+pub struct SpeedrunArgs {
+    /// Run name: output goes to RUNS_DIR/NAME.
+    #[arg(long, default_value = "speedrun")]
+    pub run: String,
+    /// Directory holding runs.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Config file (default: the built-in configs/tiny.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. --set world.seed=3 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Replace earlier outputs of this run made with other settings.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// The whole speedrun config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeedrunConfig {
+    /// World generation.
+    pub world: WorldSection,
+    /// Data preparation.
+    #[serde(default)]
+    pub data: PrepareConfig,
+    /// Tokenizer training.
+    #[serde(default)]
+    pub tokenizer: TokenizerConfig,
+    /// Tokenization.
+    pub tokens: TokensSection,
+}
+
+/// `[world]` of a speedrun config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSection {
+    /// Seed of the world.
+    pub seed: u64,
+    /// Scale of the world.
+    pub scale: Scale,
+}
+
+/// `[tokens]` of a speedrun config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// Tokens per shard.
+    pub shard_tokens: u64,
+}
+
+/// Runs the speedrun.
+pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
+    if a.run.is_empty() || a.run.contains(['/', '\\']) || a.run.starts_with('.') {
+        bail!("--run '{}' must be a plain directory name", a.run);
+    }
+    let cfg: SpeedrunConfig = tsukuru_core::config::load(a.config.as_deref(), TINY, &a.sets)?;
+    cfg.data.validate()?;
+    cfg.tokenizer.validate()?;
+    let run = RunDir::new(a.runs_dir.join(&a.run));
+    std::fs::create_dir_all(run.root()).with_context(|| format!("creating {}", run.root().display()))?;
+    let resolved = toml::to_string(&cfg).context("serialising the resolved config")?;
+    if let Ok(old) = std::fs::read_to_string(run.config()) {
+        if old != resolved && !a.force {
+            bail!(
+                "{} was made with a different config; pass --force to redo the run with this one, or choose another --run",
+                run.config().display()
+            );
+        }
+    }
+    tsukuru_core::atomic::write_atomic(run.config(), resolved.as_bytes())?;
+
+    super::world::generate(&run.world(), cfg.world.seed, cfg.world.scale, a.force, progress)?;
+    let corpus = run.world().join("corpus.jsonl");
+    super::data::prepare(&[corpus], &run.data(), &cfg.data, a.force, progress)?;
+    super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, a.force, progress)?;
+    super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
+    println!("speedrun: done; everything is in {}", run.root().display());
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `tsukuru`: the one binary. Raw flags become a validated plan here; the work lives in the library crates.
+
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// tsukuru (作る, "to make"): make a language model from a compute budget and raw text.
+#[derive(Parser, Debug)]
+#[command(name = "tsukuru", version, about, max_term_width = 100)]
+struct Cli {
+    /// Print no progress (results and errors still go to stdout and stderr).
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The built-in synthetic world (entities, facts, corpus with ground truth).
+    #[command(subcommand)]
+    World(commands::world::WorldCmd),
+    /// Prepare raw text (clean, filter, dedup, split) and tokenize it into shards.
+    #[command(subcommand)]
+    Data(commands::data::DataCmd),
+    /// Train a byte-level BPE tokenizer, or inspect one.
+    #[command(subcommand)]
+    Tokenizer(commands::tokenizer::TokenizerCmd),
+    /// Run every stage that exists, on the built-in world by default, into runs/NAME.
+    Speedrun(commands::speedrun::SpeedrunArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let progress = progress::Reporter::detect(cli.quiet);
+    let result = match cli.command {
+        Command::World(c) => commands::world::run(c, &progress),
+        Command::Data(c) => commands::data::run(c, &progress),
+        Command::Tokenizer(c) => commands::tokenizer::run(c, &progress),
+        Command::Speedrun(a) => commands::speedrun::run(a, &progress),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Progress for people and for logs: a live bar on a terminal, sparse JSON lines elsewhere.
+//!
+//! On a TTY, stderr shows a bar with rate and ETA. Off a TTY (CI, pipes), the
+//! command stays quiet except one JSON line when a phase starts and ends, and
+//! one every 30 seconds for long phases, so logs stay short and parseable.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tsukuru_core::progress::{Progress, Unit};
+
+/// The progress sink chosen for this process.
+pub enum Reporter {
+    /// Live bars on a terminal.
+    Terminal(Mutex<Option<ProgressBar>>),
+    /// JSON lines on stderr.
+    Lines(Mutex<LineState>),
+    /// Nothing at all (`--quiet`).
+    Quiet,
+}
+
+/// State of the JSON-lines reporter.
+pub struct LineState {
+    phase: String,
+    unit: Unit,
+    total: Option<u64>,
+    started: Instant,
+    last: Instant,
+    done: AtomicU64,
+}
+
+impl Reporter {
+    /// Bars when stderr is a terminal, JSON lines otherwise, nothing when `quiet`.
+    pub fn detect(quiet: bool) -> Self {
+        if quiet {
+            Reporter::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Reporter::Terminal(Mutex::new(None))
+        } else {
+            let now = Instant::now();
+            Reporter::Lines(Mutex::new(LineState {
+                phase: String::new(),
+                unit: Unit::Items,
+                total: None,
+                started: now,
+                last: now,
+                done: AtomicU64::new(0),
+            }))
+        }
+    }
+}
+
+fn line(event: serde_json::Value) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{event}");
+}
+
+impl Progress for Reporter {
+    fn phase(&self, name: &str, total: Option<u64>, unit: Unit) {
+        match self {
+            Reporter::Terminal(bar) => {
+                let pb = match total {
+                    Some(t) => ProgressBar::new(t),
+                    None => ProgressBar::new_spinner(),
+                };
+                let counts = if unit == Unit::Bytes {
+                    "{binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
+                } else {
+                    "{human_pos}/{human_len} {msg} ({per_sec}, ETA {eta})"
+                };
+                let style = ProgressStyle::with_template(&format!(
+                    "{{prefix:>24}} [{{elapsed_precise}}] {{wide_bar}} {counts}"
+                ))
+                .expect("valid template");
+                pb.set_style(style);
+                pb.set_prefix(name.to_string());
+                pb.set_message(unit.name());
+                pb.enable_steady_tick(Duration::from_millis(200));
+                if let Some(old) = bar.lock().expect("not poisoned").replace(pb) {
+                    old.finish_and_clear();
+                }
+            }
+            Reporter::Lines(state) => {
+                let mut s = state.lock().expect("not poisoned");
+                let now = Instant::now();
+                *s = LineState { phase: name.into(), unit, total, started: now, last: now, done: AtomicU64::new(0) };
+                line(serde_json::json!({"event": "start", "phase": name, "total": total, "unit": unit.name()}));
+            }
+            Reporter::Quiet => {}
+        }
+    }
+
+    fn advance(&self, n: u64) {
+        match self {
+            Reporter::Terminal(bar) => {
+                if let Some(pb) = bar.lock().expect("not poisoned").as_ref() {
+                    pb.inc(n);
+                }
+            }
+            Reporter::Lines(state) => {
+                let mut s = state.lock().expect("not poisoned");
+                let done = s.done.fetch_add(n, Ordering::Relaxed) + n;
+                if s.last.elapsed() >= Duration::from_secs(30) {
+                    s.last = Instant::now();
+                    let secs = s.started.elapsed().as_secs_f64();
+                    line(serde_json::json!({
+                        "event": "progress", "phase": s.phase, "done": done, "total": s.total,
+                        "unit": s.unit.name(), "per_second": done as f64 / secs.max(1e-9),
+                    }));
+                }
+            }
+            Reporter::Quiet => {}
+        }
+    }
+
+    fn finish(&self, summary: &str) {
+        match self {
+            Reporter::Terminal(bar) => {
+                if let Some(pb) = bar.lock().expect("not poisoned").take() {
+                    pb.finish_and_clear();
+                    eprintln!("{:>24} {summary}", pb.prefix());
+                }
+            }
+            Reporter::Lines(state) => {
+                let s = state.lock().expect("not poisoned");
+                line(serde_json::json!({
+                    "event": "finish", "phase": s.phase, "seconds": s.started.elapsed().as_secs_f64(), "summary": summary,
+                }));
+            }
+            Reporter::Quiet => {}
+        }
+    }
+}

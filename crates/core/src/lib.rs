@@ -1,0 +1,21 @@
+//! tsukuru-core: what every stage shares and nothing that does ML.
+//!
+//! The run directory and its layout ([`run`]), stage manifests that make a stage
+//! skip when its output is already complete and refuse to overwrite a different
+//! artifact ([`manifest`]), crash-safe file replacement ([`atomic`]), a portable
+//! seeded random generator whose streams never change between releases ([`rng`]),
+//! TOML configs with `--set key=value` overrides ([`config`]), and the
+//! [`progress::Progress`] trait that libraries report through.
+
+pub mod atomic;
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod progress;
+pub mod rng;
+pub mod run;
+
+pub use error::{Error, Result};
+pub use manifest::{Manifest, OutputDir, Prepared};
+pub use progress::{NoProgress, Progress};
+pub use rng::Rng;

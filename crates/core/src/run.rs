@@ -1,0 +1,44 @@
+//! The run directory: one folder per run, one subfolder per stage.
+//!
+//! ```text
+//! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// Paths of one run's stages.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// A run rooted at `root` (usually `runs/NAME`).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// The run's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The resolved config the run was started with.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.resolved.toml")
+    }
+    /// Output of `world generate`.
+    pub fn world(&self) -> PathBuf {
+        self.root.join("world")
+    }
+    /// Output of `data prepare` (text shards).
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// Output of `tokenizer train`.
+    pub fn tokenizer(&self) -> PathBuf {
+        self.root.join("tokenizer")
+    }
+    /// Output of `data tokenize` (token shards).
+    pub fn tokens(&self) -> PathBuf {
+        self.root.join("tokens")
+    }
+}

@@ -1,0 +1,20 @@
+//! tsukuru-data: raw text in, clean deduplicated train/val text shards out.
+//!
+//! The flow is one pure step per module: [`input`] finds files and streams
+//! documents (txt, jsonl, parquet), [`normalize`] cleans text, [`filter`] drops
+//! low-quality documents with a reason each, [`dedup`] removes exact and near
+//! duplicates ([`minhash`], [`bloom`]) in bounded memory, and [`shards`] writes
+//! compressed JSONL. [`prepare`] runs them in order and writes the manifest last.
+
+pub mod bloom;
+pub mod dedup;
+pub mod error;
+pub mod filter;
+pub mod input;
+pub mod minhash;
+pub mod normalize;
+pub mod prepare;
+pub mod shards;
+
+pub use error::{DataError, Result};
+pub use prepare::{prepare, Outcome, PrepareConfig};

@@ -1,0 +1,156 @@
+//! `data tokenize`: text shards → token shards, encoded in parallel, written in order.
+
+use crate::format::ShardWriter;
+use crate::{Result, TokensError};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tsukuru_core::manifest::FileEntry;
+use tsukuru_core::progress::Unit;
+use tsukuru_core::{Manifest, OutputDir, Prepared, Progress};
+use tsukuru_data::prepare::{shards, ARTIFACT as TEXT_ARTIFACT};
+use tsukuru_data::shards::for_each_record;
+use tsukuru_tokenizer::{special, Tok, ARTIFACT as TOKENIZER_ARTIFACT};
+
+/// Artifact name of token shards.
+pub const ARTIFACT: &str = "token-shards";
+/// Format version of the token-shards directory (docs/ARTIFACTS.md).
+pub const FORMAT_VERSION: u32 = crate::format::VERSION;
+
+/// One token shard as listed in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardStat {
+    /// Path relative to the output directory.
+    pub path: String,
+    /// Tokens, BOS markers included.
+    pub tokens: u64,
+    /// Documents.
+    pub docs: u64,
+}
+
+/// Documents encoded per parallel batch.
+const BATCH: usize = 2048;
+
+/// What `tokenize` did.
+pub struct Outcome {
+    /// The output manifest.
+    pub manifest: Manifest,
+    /// True when identical output was already present.
+    pub skipped: bool,
+}
+
+/// Encodes both splits of `data` with the tokenizer in `tokenizer`, into `out`.
+///
+/// Shards rotate after `shard_tokens` tokens.
+pub fn tokenize(
+    data: &Path,
+    tokenizer: &Path,
+    out: &Path,
+    shard_tokens: u64,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
+    if shard_tokens == 0 {
+        return Err(TokensError::Format("shard_tokens must be at least 1".into()));
+    }
+    let text = Manifest::expect(data, TEXT_ARTIFACT, "prepare it with `tsukuru data prepare`")?;
+    let tok_manifest = Manifest::expect(tokenizer, TOKENIZER_ARTIFACT, "train one with `tsukuru tokenizer train`")?;
+    let params = serde_json::json!({
+        "data": text.fingerprint, "tokenizer": tok_manifest.fingerprint, "shard_tokens": shard_tokens,
+    });
+    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
+        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
+        Prepared::Fresh(dir) => dir,
+    };
+    let tok = Tok::load(tokenizer)?;
+    let mut stats = serde_json::Map::new();
+    let total: u64 = ["train", "val"]
+        .iter()
+        .map(|s| shards(&text, s).map(|v| v.iter().map(|x| x.text_bytes).sum::<u64>()))
+        .sum::<Result<u64, _>>()?;
+    progress.phase("tokenize", Some(total), Unit::Bytes);
+    let started = std::time::Instant::now();
+    let mut all_files = Vec::new();
+    for split in ["train", "val"] {
+        let list = encode_split(data, &text, split, &tok, dir.path(), shard_tokens, progress)?;
+        let tokens: u64 = list.iter().map(|s| s.tokens).sum();
+        let docs: u64 = list.iter().map(|s| s.docs).sum();
+        all_files.extend(list.iter().map(|s| s.path.clone()));
+        stats.insert(split.into(), serde_json::json!({ "tokens": tokens, "docs": docs, "shards": list }));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let train_tokens = stats["train"]["tokens"].as_u64().unwrap_or(0);
+    if train_tokens == 0 {
+        return Err(TokensError::Format(format!("{}: the train split holds no documents", data.display())));
+    }
+    stats.insert("vocab_size".into(), tok.vocab_size().into());
+    stats.insert("bos".into(), special::BOS.into());
+    stats.insert("token_bytes".into(), crate::format::width_for(tok.vocab_size()).into());
+    stats.insert("seconds".into(), seconds.into());
+    progress.finish(&format!("{train_tokens} train tokens in {seconds:.1}s"));
+    manifest.files = all_files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<Result<_, _>>()?;
+    manifest.stats = serde_json::Value::Object(stats);
+    dir.finish(&manifest)?;
+    Ok(Outcome { manifest, skipped: false })
+}
+
+fn encode_split(
+    data: &Path,
+    text: &Manifest,
+    split: &str,
+    tok: &Tok,
+    out: &Path,
+    shard_tokens: u64,
+    progress: &dyn Progress,
+) -> Result<Vec<ShardStat>> {
+    let split_dir = out.join(split);
+    std::fs::create_dir_all(&split_dir).map_err(|e| tsukuru_core::Error::io("creating", &split_dir, e))?;
+    let mut done = Vec::new();
+    let mut writer: Option<(ShardWriter, String)> = None;
+    let mut batch: Vec<String> = Vec::with_capacity(BATCH);
+    let flush = |batch: &mut Vec<String>,
+                 writer: &mut Option<(ShardWriter, String)>,
+                 done: &mut Vec<ShardStat>|
+     -> Result<()> {
+        let encoded: Vec<Vec<u32>> = batch.par_iter().map(|t| tok.encode(t)).collect::<Result<_, _>>()?;
+        progress.advance(batch.iter().map(|t| t.len() as u64).sum());
+        batch.clear();
+        for ids in encoded {
+            if writer.is_none() {
+                let rel = format!("{split}/{:05}.bin", done.len());
+                *writer = Some((ShardWriter::create(&out.join(&rel), tok.vocab_size(), special::BOS)?, rel));
+            }
+            let (w, _) = writer.as_mut().expect("opened above");
+            w.push(&ids)?;
+            if w.tokens() >= shard_tokens {
+                let (w, rel) = writer.take().expect("open");
+                let (tokens, docs) = w.finish()?;
+                done.push(ShardStat { path: rel, tokens, docs });
+            }
+        }
+        Ok(())
+    };
+    for s in shards(text, split)? {
+        let mut failure = None;
+        for_each_record(&data.join(&s.path), &mut |r| {
+            batch.push(r.text);
+            if batch.len() >= BATCH {
+                if let Err(e) = flush(&mut batch, &mut writer, &mut done) {
+                    failure = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+    }
+    flush(&mut batch, &mut writer, &mut done)?;
+    if let Some((w, rel)) = writer.take() {
+        let (tokens, docs) = w.finish()?;
+        done.push(ShardStat { path: rel, tokens, docs });
+    }
+    Ok(done)
+}
