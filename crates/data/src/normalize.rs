@@ -55,9 +55,7 @@ pub fn normalize(text: &str) -> String {
         out.push_str(cleaned);
         out.push('\n');
     }
-    let trimmed = out.trim_end().len();
-    out.truncate(trimmed);
-    out
+    out.trim().to_string()
 }
 
 #[cfg(test)]
@@ -67,7 +65,7 @@ mod tests {
     #[test]
     fn cleans_whitespace_and_composes() {
         let raw = "\u{FEFF}  Cafe\u{301}\r\n\r\n\r\n\r\nline  with   gaps \u{00A0}x\t\n    indented  code\x07\n\n";
-        assert_eq!(normalize(raw), "  Café\n\nline with gaps x\n    indented code");
+        assert_eq!(normalize(raw), "Café\n\nline with gaps x\n    indented code");
     }
 
     #[test]
