@@ -16,6 +16,6 @@ pub mod rng;
 pub mod run;
 
 pub use error::{Error, Result};
-pub use manifest::{Manifest, OutputDir, Prepared};
+pub use manifest::{Manifest, Outcome, OutputDir, Prepared};
 pub use progress::{NoProgress, Progress};
 pub use rng::Rng;

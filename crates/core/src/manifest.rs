@@ -122,6 +122,15 @@ pub fn fingerprint(params: &serde_json::Value) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&canonical))
 }
 
+/// What a stage did: the manifest of its output, and whether a complete identical output was reused.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The output's manifest (new, or the one found).
+    pub manifest: Manifest,
+    /// True when nothing was redone because the same output was already complete.
+    pub skipped: bool,
+}
+
 /// Result of [`OutputDir::prepare`].
 #[derive(Debug)]
 pub enum Prepared {

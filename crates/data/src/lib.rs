@@ -17,4 +17,4 @@ pub mod prepare;
 pub mod shards;
 
 pub use error::{DataError, Result};
-pub use prepare::{prepare, Outcome, PrepareConfig};
+pub use prepare::{prepare, PrepareConfig};

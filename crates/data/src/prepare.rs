@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, OutputDir, Prepared, Progress};
+use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
 
 /// Artifact name of prepared text.
 pub const ARTIFACT: &str = "text-shards";
@@ -74,15 +74,6 @@ impl PrepareConfig {
         self.filters.validate().map_err(DataError::Config)?;
         self.dedup.validate().map_err(DataError::Config)
     }
-}
-
-/// What `prepare` did.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The manifest of the output (new or found).
-    pub manifest: Manifest,
-    /// True when a complete output with the same fingerprint was found and nothing was redone.
-    pub skipped: bool,
 }
 
 /// Documents kept and dropped, overall and per input.

@@ -74,13 +74,13 @@ fn txt_jsonl_and_parquet_with_counts_per_filter() {
     let out = tmp.path().join("out");
     let c = PrepareConfig { text_field: "text".into(), ..cfg() };
     // The parquet file names its column "content": the error must say so and list the columns.
-    let err = prepare(&[input.clone()], &out, &c, false, &NoProgress).unwrap_err().to_string();
+    let err = prepare(std::slice::from_ref(&input), &out, &c, false, &NoProgress).unwrap_err().to_string();
     assert!(err.contains("d.parquet") && err.contains("'text'") && err.contains("content"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 
     std::fs::rename(input.join("d.parquet"), tmp.path().join("d.parquet")).unwrap();
     let pq_input = tmp.path().join("d.parquet");
-    prepare(&[input.clone()], &out, &c, false, &NoProgress).unwrap();
+    prepare(std::slice::from_ref(&input), &out, &c, false, &NoProgress).unwrap();
     let pq_out = tmp.path().join("pq_out");
     prepare(&[pq_input], &pq_out, &PrepareConfig { text_field: "content".into(), ..cfg() }, false, &NoProgress)
         .unwrap();

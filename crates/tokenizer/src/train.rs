@@ -13,7 +13,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, TokenizerBuilder};
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, OutputDir, Prepared, Progress};
+use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
 use tsukuru_data::prepare::{shards, ARTIFACT as TEXT_ARTIFACT};
 use tsukuru_data::shards::for_each_record;
 
@@ -61,14 +61,6 @@ impl TokenizerConfig {
         }
         Ok(())
     }
-}
-
-/// What `train` did.
-pub struct Outcome {
-    /// The tokenizer's manifest.
-    pub manifest: Manifest,
-    /// True when an identical tokenizer was already there.
-    pub skipped: bool,
 }
 
 /// An empty tokenizer with tsukuru's pipeline (split → byte level → BPE; byte-level decoder).

@@ -89,6 +89,6 @@ impl TokenDataset {
     pub fn read_doc(&self, doc: u64, max: u64, out: &mut Vec<u32>) {
         let (shard, local) = self.locate(doc);
         let (a, b) = shard.doc_range(local);
-        shard.read_into(a, b.min(a + max), out);
+        shard.read_into(a, b.min(a.saturating_add(max)), out);
     }
 }

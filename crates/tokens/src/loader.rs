@@ -4,7 +4,9 @@
 //! `T`) and starts at a document's BOS. Rows are packed best-fit: from a small
 //! buffer of upcoming documents, the longest one that still fits goes in next;
 //! when none fits, the shortest is cropped to fill the row exactly (its tail is
-//! dropped, so a row never starts mid-document). Documents come in a seeded
+//! dropped, so a row never starts mid-document). A document that has waited in
+//! the buffer for twice its size in draws starts the next row, so documents
+//! longer than a row are used too and none waits forever. Documents come in a seeded
 //! permutation per epoch. The whole position is `(epoch, cursor, buffer)`:
 //! [`Loader::state`] returns it and [`Loader::resume`] continues with exactly
 //! the batches an unbroken run would have produced.
@@ -12,6 +14,7 @@
 use crate::dataset::TokenDataset;
 use crate::{Result, TokensError};
 use serde::{Deserialize, Serialize};
+use std::cmp::Reverse;
 use tsukuru_core::Rng;
 
 /// Loader settings.
@@ -35,6 +38,11 @@ impl LoaderConfig {
     pub fn train(batch_size: usize, seq_len: usize, seed: u64) -> Self {
         Self { batch_size, seq_len, seed, shuffle: true, buffer: 64 }
     }
+
+    /// An evaluation loader: documents in stored order, no packing reorder (buffer of one).
+    pub fn eval(batch_size: usize, seq_len: usize) -> Self {
+        Self { batch_size, seq_len, seed: 0, shuffle: false, buffer: 1 }
+    }
 }
 
 /// Where a loader is: enough to continue exactly. Serialise it into a checkpoint.
@@ -44,8 +52,10 @@ pub struct LoaderState {
     pub epoch: u64,
     /// Next position in the epoch's document order.
     pub cursor: u64,
-    /// Documents drawn but not yet placed, in draw order.
-    pub buffer: Vec<u64>,
+    /// Documents drawn so far, over all epochs.
+    pub drawn: u64,
+    /// Documents drawn but not yet placed, in draw order, each with its draw number.
+    pub buffer: Vec<(u64, u64)>,
     /// Settings the state belongs to (checked on resume).
     pub config: LoaderConfig,
 }
@@ -79,7 +89,7 @@ pub struct Loader<'d> {
 impl<'d> Loader<'d> {
     /// A loader at the start of epoch 0.
     pub fn new(data: &'d TokenDataset, cfg: LoaderConfig) -> Result<Self> {
-        let state = LoaderState { epoch: 0, cursor: 0, buffer: Vec::new(), config: cfg };
+        let state = LoaderState { epoch: 0, cursor: 0, drawn: 0, buffer: Vec::new(), config: cfg };
         Self::resume(data, state)
     }
 
@@ -89,7 +99,7 @@ impl<'d> Loader<'d> {
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.buffer == 0 {
             return Err(TokensError::Format("batch_size, seq_len and buffer must be at least 1".into()));
         }
-        if state.cursor > data.n_docs() || state.buffer.iter().any(|d| *d >= data.n_docs()) {
+        if state.cursor > data.n_docs() || state.buffer.iter().any(|(d, _)| *d >= data.n_docs()) {
             return Err(TokensError::Format(format!(
                 "loader state (cursor {}) does not fit a dataset of {} documents; was it saved for other data?",
                 state.cursor,
@@ -117,22 +127,30 @@ impl<'d> Loader<'d> {
                 self.state.cursor = 0;
                 self.order = epoch_order(self.data.n_docs(), self.cfg, self.state.epoch);
             }
-            self.state.buffer.push(self.order[self.state.cursor as usize]);
+            self.state.buffer.push((self.order[self.state.cursor as usize], self.state.drawn));
             self.state.cursor += 1;
+            self.state.drawn += 1;
         }
     }
 
     /// Fills one row of `T + 1` tokens.
     fn row(&mut self, out: &mut Vec<u32>) {
-        let mut room = self.cfg.seq_len as u64 + 1;
+        let full = self.cfg.seq_len as u64 + 1;
+        let mut room = full;
         while room > 0 {
             self.refill();
-            let lens: Vec<u64> = self.state.buffer.iter().map(|d| self.data.doc_len(*d)).collect();
-            let fit = (0..lens.len()).filter(|i| lens[*i] <= room).max_by_key(|i| (lens[*i], std::cmp::Reverse(*i)));
-            let pick = fit.unwrap_or_else(|| {
+            let lens: Vec<u64> = self.state.buffer.iter().map(|(d, _)| self.data.doc_len(*d)).collect();
+            let waited = self.state.drawn - self.state.buffer[0].1;
+            let pick = if room == full && waited >= 2 * self.cfg.buffer as u64 {
+                0
+            } else if let Some(fit) =
+                (0..lens.len()).filter(|i| lens[*i] <= room).max_by_key(|i| (lens[*i], Reverse(*i)))
+            {
+                fit
+            } else {
                 (0..lens.len()).min_by_key(|i| (lens[*i], *i)).expect("buffer holds at least one document")
-            });
-            let doc = self.state.buffer.remove(pick);
+            };
+            let (doc, _) = self.state.buffer.remove(pick);
             let take = lens[pick].min(room);
             self.data.read_doc(doc, take, out);
             self.placed += take;

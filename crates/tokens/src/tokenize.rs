@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, OutputDir, Prepared, Progress};
+use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
 use tsukuru_data::prepare::{shards, ARTIFACT as TEXT_ARTIFACT};
 use tsukuru_data::shards::for_each_record;
 use tsukuru_tokenizer::{special, Tok, ARTIFACT as TOKENIZER_ARTIFACT};
@@ -30,14 +30,6 @@ pub struct ShardStat {
 
 /// Documents encoded per parallel batch.
 const BATCH: usize = 2048;
-
-/// What `tokenize` did.
-pub struct Outcome {
-    /// The output manifest.
-    pub manifest: Manifest,
-    /// True when identical output was already present.
-    pub skipped: bool,
-}
 
 /// Encodes both splits of `data` with the tokenizer in `tokenizer`, into `out`.
 ///
