@@ -1,0 +1,121 @@
+//! The real binary: speedrun end to end, reruns that skip, and errors that exit non-zero and say why.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn tsukuru(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tsukuru")).args(args).current_dir(dir).output().expect("binary runs")
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = tsukuru(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tsukuru {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = tsukuru(dir, args);
+    assert!(!out.status.success(), "tsukuru {args:?} should fail");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("error:"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn speedrun_builds_every_stage_and_a_rerun_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(tmp.path(), &["speedrun", "--quiet"]);
+    let run = tmp.path().join("runs/speedrun");
+    for stage in ["world", "data", "tokenizer", "tokens"] {
+        assert!(run.join(stage).join("manifest.json").exists(), "{stage} missing: {out}");
+    }
+    assert!(run.join("tokenizer/tokenizer.json").exists() && run.join("config.resolved.toml").exists());
+    let tokens: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("tokens/manifest.json")).unwrap()).unwrap();
+    assert!(tokens["stats"]["train"]["tokens"].as_u64().unwrap() > 10_000);
+
+    let again = ok(tmp.path(), &["speedrun", "--quiet"]);
+    assert_eq!(again.matches("skipped").count(), 4, "{again}");
+    let err = fails(tmp.path(), &["speedrun", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
+    assert!(err.contains("different config") && err.contains("--force"), "{err}");
+    let err = fails(tmp.path(), &["speedrun", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
+    assert!(err.contains("vocab_sise"), "{err}");
+
+    // The tokenizer round-trips through the CLI too.
+    let tok = run.join("tokenizer");
+    let tok = tok.to_str().unwrap();
+    let ids = ok(tmp.path(), &["tokenizer", "encode", "--tokenizer", tok, "Zürich 🚲 <|user|> 42"]);
+    let args: Vec<&str> =
+        ["tokenizer", "decode", "--tokenizer", tok].into_iter().chain(ids.split_whitespace()).collect();
+    assert_eq!(ok(tmp.path(), &args), "Zürich 🚲 <|user|> 42");
+    let err = fails(tmp.path(), &["tokenizer", "decode", "--tokenizer", tok, "999999"]);
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
+#[test]
+fn world_generate_is_byte_identical_for_a_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    ok(tmp.path(), &["world", "generate", "--out", "a", "--seed", "5", "--quiet"]);
+    ok(tmp.path(), &["world", "generate", "--out", "b", "--seed", "5", "--quiet"]);
+    ok(tmp.path(), &["world", "generate", "--out", "c", "--seed", "6", "--quiet"]);
+    for f in tsukuru_world_files() {
+        let a = std::fs::read(tmp.path().join("a").join(f)).unwrap();
+        assert_eq!(a, std::fs::read(tmp.path().join("b").join(f)).unwrap(), "{f}");
+        if f == "corpus.jsonl" {
+            assert_ne!(a, std::fs::read(tmp.path().join("c").join(f)).unwrap());
+        }
+    }
+    let err = fails(tmp.path(), &["world", "generate", "--out", "a", "--seed", "6", "--quiet"]);
+    assert!(err.contains("different parameters") && err.contains("--force"), "{err}");
+    ok(tmp.path(), &["world", "generate", "--out", "a", "--seed", "6", "--force", "--quiet"]);
+}
+
+fn tsukuru_world_files() -> [&'static str; 6] {
+    ["entities.jsonl", "facts.jsonl", "corpus.jsonl", "heldout.jsonl", "templates.jsonl", "phantoms.jsonl"]
+}
+
+#[test]
+fn data_errors_exit_non_zero_and_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let err = fails(d, &["data", "prepare", "--input", "missing.jsonl", "--out", "o"]);
+    assert!(err.contains("missing.jsonl does not exist"), "{err}");
+
+    std::fs::write(d.join("good.txt"), "A perfectly ordinary document about boats, bridges and bakeries.").unwrap();
+    std::fs::write(d.join("bad.txt"), b"valid start \xff\xfe then more text that is long enough").unwrap();
+    let err = fails(d, &["data", "prepare", "--input", "bad.txt", "--out", "o"]);
+    assert!(err.contains("bad.txt") && err.contains("byte offset 12") && err.contains("--skip-invalid"), "{err}");
+    let out = ok(d, &["data", "prepare", "--input", "bad.txt", "good.txt", "--out", "o2", "--skip-invalid", "--quiet"]);
+    assert!(out.contains("invalid_utf8") && out.contains("1 train"), "{out}");
+
+    std::fs::write(d.join("rows.jsonl"), "{\"body\": \"some text\"}\n").unwrap();
+    let err = fails(d, &["data", "prepare", "--input", "rows.jsonl", "--out", "o3"]);
+    assert!(err.contains("rows.jsonl:1") && err.contains("--text-field"), "{err}");
+
+    std::fs::create_dir(d.join("mine")).unwrap();
+    std::fs::write(d.join("mine/notes.txt"), "precious").unwrap();
+    let err = fails(d, &["data", "prepare", "--input", "good.txt", "--out", "mine", "--force"]);
+    assert!(err.contains("not written by tsukuru"), "{err}");
+    assert!(d.join("mine/notes.txt").exists());
+
+    let err = fails(d, &["data", "prepare", "--input", "good.txt", "--out", "o4", "--set", "filters.min_chars=-3"]);
+    assert!(err.contains("min_chars"), "{err}");
+    let err = fails(d, &["tokenizer", "train", "--data", "o2", "--vocab-size", "100", "--out", "t"]);
+    assert!(err.contains("vocab_size 100 is too small"), "{err}");
+    let err = fails(d, &["data", "tokenize", "--data", "o2", "--tokenizer", "o2", "--out", "tk"]);
+    assert!(err.contains("expected a tokenizer artifact"), "{err}");
+}
+
+#[test]
+fn progress_is_json_lines_off_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tsukuru(tmp.path(), &["world", "generate", "--out", "w"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["event"].is_string());
+    }
+}
