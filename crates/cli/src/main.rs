@@ -28,6 +28,9 @@ enum Command {
     /// Train a byte-level BPE tokenizer, or inspect one.
     #[command(subcommand)]
     Tokenizer(commands::tokenizer::TokenizerCmd),
+    /// Measure speed, for side-by-side comparison with peers (see benches/).
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCmd),
     /// Run every stage that exists, on the built-in world by default, into runs/NAME.
     Speedrun(commands::speedrun::SpeedrunArgs),
 }
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Data(c) => commands::data::run(c, &progress),
         Command::Tokenizer(c) => commands::tokenizer::run(c, &progress),
         Command::Speedrun(a) => commands::speedrun::run(a, &progress),
+        Command::Bench(c) => commands::bench::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

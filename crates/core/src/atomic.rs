@@ -48,7 +48,8 @@ impl AtomicFile {
         file.sync_all().at("syncing", &self.tmp)?;
         drop(file);
         fs::rename(&self.tmp, &self.target).at("renaming into place", &self.target)?;
-        sync_dir(self.target.parent().unwrap_or(Path::new(".")))
+        let parent = self.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        sync_dir(parent)
     }
 }
 

@@ -18,7 +18,9 @@ pub fn resolve<T: DeserializeOwned>(text: &str, origin: &str, sets: &[String]) -
         apply_set(&mut root, set).map_err(|m| cfg_err(&format!("--set {set}"), m))?;
     }
     let value = toml::Value::Table(root);
-    T::deserialize(value).map_err(|e| cfg_err(origin, e.to_string()))
+    let origin =
+        if sets.is_empty() { origin.to_string() } else { format!("{origin} after --set {}", sets.join(" --set ")) };
+    T::deserialize(value).map_err(|e| cfg_err(&origin, e.to_string()))
 }
 
 /// Reads `path` (or uses `builtin` when `None`) and resolves it with `sets`.

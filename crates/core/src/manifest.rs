@@ -150,7 +150,7 @@ impl OutputDir {
     /// Claims `path` for `artifact` with parameters hashing to `fingerprint`.
     ///
     /// * absent or empty → created, marked incomplete, [`Prepared::Fresh`];
-    /// * complete with the same artifact and fingerprint → [`Prepared::Done`] (unless `force`);
+    /// * complete with the same artifact and fingerprint → [`Prepared::Done`];
     /// * left incomplete by an interrupted run of the same artifact → cleared and reused;
     /// * anything else tsukuru wrote → an error, unless `force`, which clears it;
     /// * a non-empty directory tsukuru did not write → always an error: it is never deleted.
@@ -164,7 +164,8 @@ impl OutputDir {
             let marker = path.join(INCOMPLETE);
             if manifest.exists() {
                 let m = Manifest::read(path)?;
-                if m.artifact == artifact && m.fingerprint == fingerprint && !force {
+                // The same output is never redone: --force only permits replacing a different one.
+                if m.artifact == artifact && m.fingerprint == fingerprint {
                     return Ok(Prepared::Done(m));
                 }
                 if !force {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// Dedup settings (the `[dedup]` table of a prepare config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DedupConfig {
     /// Drop exact duplicates of normalised text (default true).
     pub exact: bool,
@@ -43,8 +43,8 @@ impl DedupConfig {
         if !(8..=1024).contains(&self.num_perm) {
             return Err(format!("dedup.num_perm must be within 8..=1024, got {}", self.num_perm));
         }
-        if self.shingle == 0 || self.memory_mib == 0 {
-            return Err("dedup.shingle and dedup.memory_mib must be at least 1".into());
+        if self.shingle == 0 || !(1..=1 << 20).contains(&self.memory_mib) {
+            return Err("dedup.shingle must be at least 1 and dedup.memory_mib within 1..=1048576".into());
         }
         Ok(())
     }

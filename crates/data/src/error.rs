@@ -15,7 +15,7 @@ pub enum DataError {
     #[error("no input data: {0}")]
     EmptyInput(String),
     /// A file's extension is not a supported format.
-    #[error("{path}: unsupported input format; use .txt, .jsonl, .jsonl.zst or .parquet")]
+    #[error("{path}: unsupported input format; use .txt, .md, .jsonl, .ndjson, .jsonl.zst or .parquet")]
     UnsupportedFormat {
         /// The file.
         path: PathBuf,

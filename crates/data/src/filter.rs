@@ -68,7 +68,7 @@ impl Reason {
 
 /// Filter thresholds (the `[filters]` table of a prepare config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FilterConfig {
     /// Minimum length in characters (default 40).
     pub min_chars: usize,

@@ -1,7 +1,8 @@
 //! Finding input files and streaming documents out of them.
 //!
-//! Formats: `.txt` (a whole file, its paragraphs, or its lines as documents),
-//! `.jsonl` / `.jsonl.zst` (one JSON object per line, text in a named field) and
+//! Formats: `.txt` / `.md` (a whole file, its paragraphs, or its lines as documents),
+//! `.jsonl` / `.ndjson` / `.jsonl.zst` / `.json.zst` (one JSON object per line, text in a
+//! named field) and
 //! `.parquet` (text in a named string column, read batch by batch). Files are
 //! streamed: memory holds one batch, never a whole input.
 
@@ -97,7 +98,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
     found.dedup();
     if found.is_empty() {
         return Err(DataError::EmptyInput(format!(
-            "no .txt, .jsonl, .jsonl.zst or .parquet files under {}",
+            "no .txt, .md, .jsonl, .ndjson, .jsonl.zst or .parquet files under {}",
             paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )));
     }
@@ -122,12 +123,15 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at("listing", dir)? {
-        let path = entry.at("listing", dir)?.path();
+        let entry = entry.at("listing", dir)?;
+        let path = entry.path();
         let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-        if hidden {
+        // Symlinked directories are not followed (a link cycle would never end); linked files are read.
+        let real_dir = entry.file_type().at("reading the type of", &path)?.is_dir();
+        if hidden || (path.is_dir() && !real_dir) {
             continue;
         }
-        if path.is_dir() {
+        if real_dir {
             walk(&path, out)?;
         } else if Format::of(&path).is_some() {
             out.push(path);
@@ -208,14 +212,14 @@ fn read_txt(file: &InputFile, opts: &ReadOptions, sink: &mut dyn FnMut(Content, 
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path).at("opening", path)?);
     let (mut offset, mut line_no) = (0u64, 0u64);
     let mut doc: Vec<u8> = Vec::new();
-    let mut doc_start = 0u64;
+    let (mut doc_start, mut doc_line) = (0u64, 0u64);
     let mut line = Vec::new();
     let flush = |doc: &mut Vec<u8>, start: u64, line_no: u64, sink: &mut dyn FnMut(Content, u64) -> Result<()>| {
         if doc.is_empty() {
             return Ok(());
         }
         let consumed = doc.len() as u64;
-        let where_ = format!(", near line {line_no}");
+        let where_ = format!(", in the document starting on line {line_no}");
         match utf8_or(path, std::mem::take(doc), start, where_, opts.skip_invalid)? {
             Some(text) => sink(Content::Text(text), consumed),
             None => sink(Content::InvalidUtf8, consumed),
@@ -238,10 +242,10 @@ fn read_txt(file: &InputFile, opts: &ReadOptions, sink: &mut dyn FnMut(Content, 
             }
             _ => {
                 if blank {
-                    flush(&mut doc, doc_start, line_no, sink)?;
+                    flush(&mut doc, doc_start, doc_line, sink)?;
                 } else {
                     if doc.is_empty() {
-                        doc_start = offset;
+                        (doc_start, doc_line) = (offset, line_no);
                     }
                     doc.extend_from_slice(&line);
                 }
@@ -249,7 +253,7 @@ fn read_txt(file: &InputFile, opts: &ReadOptions, sink: &mut dyn FnMut(Content, 
         }
         offset += n as u64;
     }
-    flush(&mut doc, doc_start, line_no, sink)
+    flush(&mut doc, doc_start, doc_line, sink)
 }
 
 fn read_jsonl(
@@ -281,8 +285,10 @@ fn read_jsonl(
             continue;
         };
         let json_err = |message: String| DataError::Json { path: path.to_path_buf(), line: line_no, message };
+        // Editors on some systems start UTF-8 files with a byte-order mark.
+        let line = if line_no == 1 { line.strip_prefix('\u{FEFF}').unwrap_or(&line) } else { &line };
         let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
+            serde_json::from_str(line).map_err(|e| json_err(format!("invalid JSON: {e}")))?;
         let obj = value.as_object().ok_or_else(|| json_err("expected a JSON object per line".into()))?;
         let content = match obj.get(&opts.text_field) {
             None => {

@@ -18,7 +18,9 @@ fn is_removed_control(c: char) -> bool {
 
 /// Normalises `text` as described in the module header.
 pub fn normalize(text: &str) -> String {
-    let unified = text.replace("\r\n", "\n").replace('\r', "\n");
+    // Controls go first: removing one between a letter and a combining mark must not leave non-NFC text.
+    let unified: String =
+        text.replace("\r\n", "\n").replace('\r', "\n").chars().filter(|c| !is_removed_control(*c)).collect();
     let mut out = String::with_capacity(unified.len());
     let mut blank_run = 0usize;
     for line in unified.nfc().collect::<String>().split('\n') {
@@ -26,9 +28,6 @@ pub fn normalize(text: &str) -> String {
         let mut in_indent = true;
         let mut prev_space = false;
         for c in line.chars() {
-            if is_removed_control(c) {
-                continue;
-            }
             let c = if is_exotic_space(c) { ' ' } else { c };
             if c == ' ' && !in_indent {
                 if prev_space {
@@ -72,6 +71,7 @@ mod tests {
     fn keeps_emoji_sequences_and_is_idempotent() {
         let s = "family: 👨\u{200D}👩\u{200D}👧 and 日本語";
         assert_eq!(normalize(s), s);
+        assert_eq!(normalize("e\u{7}\u{301}"), "\u{e9}", "a control between letter and mark must not block NFC");
         let messy = " a \r\n\n\n b\u{3000}c ";
         assert_eq!(normalize(&normalize(messy)), normalize(messy));
     }

@@ -68,8 +68,8 @@ impl PrepareConfig {
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(DataError::Config(format!("val_fraction must be within [0, 1), got {}", self.val_fraction)));
         }
-        if self.text_field.is_empty() || self.shard_mib == 0 {
-            return Err(DataError::Config("text_field must be non-empty and shard_mib at least 1".into()));
+        if self.text_field.is_empty() || !(1..=1 << 20).contains(&self.shard_mib) {
+            return Err(DataError::Config("text_field must be non-empty and shard_mib within 1..=1048576".into()));
         }
         self.filters.validate().map_err(DataError::Config)?;
         self.dedup.validate().map_err(DataError::Config)

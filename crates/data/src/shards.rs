@@ -93,18 +93,66 @@ impl ShardWriter {
     }
 }
 
-/// Streams the records of one shard into `f`; stops early if `f` returns `false`.
-pub fn for_each_record(path: &Path, f: &mut dyn FnMut(Record) -> bool) -> Result<()> {
+type Lines = std::io::Lines<BufReader<zstd::Decoder<'static, BufReader<std::fs::File>>>>;
+
+fn open_lines(path: &Path) -> Result<Lines> {
     let file = std::fs::File::open(path).at("opening", path)?;
     let dec = zstd::Decoder::new(file).at("opening zstd stream", path)?;
-    for (i, line) in BufReader::with_capacity(1 << 20, dec).lines().enumerate() {
-        let line = line.at("reading", path)?;
-        let rec: Record = serde_json::from_str(&line).map_err(|e| DataError::Json {
-            path: path.to_path_buf(),
-            line: i as u64 + 1,
-            message: format!("corrupt text shard record: {e}"),
-        })?;
-        if !f(rec) {
+    Ok(BufReader::with_capacity(1 << 20, dec).lines())
+}
+
+fn parse(path: &Path, line_no: u64, line: std::io::Result<String>) -> Result<Record> {
+    let line = line.at("reading", path)?;
+    serde_json::from_str(&line).map_err(|e| DataError::Json {
+        path: path.to_path_buf(),
+        line: line_no,
+        message: format!("corrupt text shard record: {e}"),
+    })
+}
+
+/// Streams every record of one split (`train` or `val`) of a text-shards directory, shard after
+/// shard, holding one decompression buffer at a time.
+pub struct SplitReader {
+    root: PathBuf,
+    pending: std::vec::IntoIter<ShardInfo>,
+    current: Option<(PathBuf, u64, Lines)>,
+}
+
+impl SplitReader {
+    /// Opens `split` of the prepared text in `dir` (checks its manifest).
+    pub fn open(dir: &Path, split: &str) -> Result<Self> {
+        let manifest =
+            tsukuru_core::Manifest::expect(dir, crate::prepare::ARTIFACT, "prepare it with `tsukuru data prepare`")?;
+        let shards = crate::prepare::shards(&manifest, split)?;
+        Ok(Self { root: dir.to_path_buf(), pending: shards.into_iter(), current: None })
+    }
+}
+
+impl Iterator for SplitReader {
+    type Item = Result<Record>;
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some((path, line_no, lines)) = &mut self.current {
+                if let Some(line) = lines.next() {
+                    *line_no += 1;
+                    return Some(parse(path, *line_no, line));
+                }
+                self.current = None;
+            }
+            let shard = self.pending.next()?;
+            let path = self.root.join(&shard.path);
+            match open_lines(&path) {
+                Ok(lines) => self.current = Some((path, 0, lines)),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Streams the records of one shard into `f`; stops early if `f` returns `false`.
+pub fn for_each_record(path: &Path, f: &mut dyn FnMut(Record) -> bool) -> Result<()> {
+    for (i, line) in open_lines(path)?.enumerate() {
+        if !f(parse(path, i as u64 + 1, line)?) {
             break;
         }
     }

@@ -46,7 +46,10 @@ pub(crate) fn lib_err(context: &str) -> impl Fn(tokenizers::Error) -> TokError +
 /// A trained tokenizer.
 #[derive(Clone)]
 pub struct Tok {
+    /// Recognises special-token strings (for chat templates written by tsukuru itself).
     inner: Tokenizer,
+    /// Treats special-token strings as plain text (for data, which must not inject control tokens).
+    plain: Tokenizer,
 }
 
 impl Tok {
@@ -62,7 +65,9 @@ impl Tok {
             context: format!("loading {}", path.display()),
             message: e.to_string(),
         })?;
-        let tok = Self { inner };
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let tok = Self { inner, plain };
         for (id, s) in special::SPECIAL_TOKENS.iter().enumerate() {
             if tok.inner.token_to_id(s) != Some(id as u32) {
                 return Err(TokError::Config(format!(
@@ -74,9 +79,16 @@ impl Tok {
         Ok(tok)
     }
 
-    /// Token ids of `text` (no BOS added; special-token strings in the text map to their ids).
+    /// Token ids of `text` (no BOS added); special-token strings in the text map to their ids.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode_fast(text, false).map_err(lib_err("encoding"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of untrusted text: a literal `<|bos|>` or `<|user|>` in it is encoded as
+    /// ordinary bytes, so data can never inject document boundaries or chat roles.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.plain.encode_fast(text, false).map_err(lib_err("encoding"))?;
         Ok(enc.get_ids().to_vec())
     }
 

@@ -3,7 +3,8 @@
 use crate::special::{MIN_VOCAB, SPECIAL_TOKENS};
 use crate::{lib_err, Result, Tok, TokError};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
@@ -15,7 +16,7 @@ use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
 use tsukuru_data::prepare::{shards, ARTIFACT as TEXT_ARTIFACT};
-use tsukuru_data::shards::for_each_record;
+use tsukuru_data::shards::SplitReader;
 
 /// Artifact name of a trained tokenizer.
 pub const ARTIFACT: &str = "tokenizer";
@@ -87,11 +88,12 @@ fn pipeline() -> Result<Bpe> {
     Ok(built)
 }
 
-/// Streams training texts from shards, stopping at `max_chars`; records the first error.
+/// Streams training texts from the train split, stopping at `max_chars`; records the first error
+/// (the trainer's iterator cannot return one) and the bytes actually read.
 struct Texts<'a> {
-    paths: std::vec::IntoIter<PathBuf>,
-    buffer: std::vec::IntoIter<String>,
+    records: SplitReader,
     chars_left: u64,
+    bytes_read: Arc<AtomicU64>,
     error: Arc<Mutex<Option<TokError>>>,
     progress: &'a dyn Progress,
 }
@@ -99,27 +101,20 @@ struct Texts<'a> {
 impl Iterator for Texts<'_> {
     type Item = String;
     fn next(&mut self) -> Option<String> {
-        loop {
-            if self.chars_left == 0 {
-                return None;
+        if self.chars_left == 0 {
+            return None;
+        }
+        match self.records.next()? {
+            Ok(r) => {
+                self.chars_left = self.chars_left.saturating_sub(r.text.chars().count() as u64);
+                self.bytes_read.fetch_add(r.text.len() as u64, Ordering::Relaxed);
+                self.progress.advance(r.text.len() as u64);
+                Some(r.text)
             }
-            if let Some(t) = self.buffer.next() {
-                let n = t.chars().count() as u64;
-                self.chars_left = self.chars_left.saturating_sub(n);
-                self.progress.advance(t.len() as u64);
-                return Some(t);
-            }
-            // Load the next shard in slices so memory holds a bounded batch.
-            let path = self.paths.next()?;
-            let mut texts = Vec::new();
-            if let Err(e) = for_each_record(&path, &mut |r| {
-                texts.push(r.text);
-                true
-            }) {
+            Err(e) => {
                 *self.error.lock().expect("not poisoned") = Some(e.into());
-                return None;
+                None
             }
-            self.buffer = texts.into_iter();
         }
     }
 }
@@ -148,10 +143,11 @@ pub fn train(data: &Path, out: &Path, cfg: &TokenizerConfig, force: bool, progre
         .show_progress(false)
         .build();
     let error = Arc::new(Mutex::new(None));
+    let bytes_read = Arc::new(AtomicU64::new(0));
     let texts = Texts {
-        paths: train_shards.iter().map(|s| data.join(&s.path)).collect::<Vec<_>>().into_iter(),
-        buffer: Vec::new().into_iter(),
+        records: SplitReader::open(data, "train")?,
         chars_left: if cfg.max_chars == 0 { u64::MAX } else { cfg.max_chars },
+        bytes_read: bytes_read.clone(),
         error: error.clone(),
         progress,
     };
@@ -177,13 +173,14 @@ pub fn train(data: &Path, out: &Path, cfg: &TokenizerConfig, force: bool, progre
     let tok = Tok::from_file(&path)?;
     progress.finish(&format!("trained {got} tokens in {seconds:.1}s"));
 
-    let (bytes, tokens, docs) = compression(&tok, data, &text)?;
+    let (split, bytes, tokens, docs) = compression(&tok, data, &text)?;
     manifest.files = vec![FileEntry::of(dir.path(), "tokenizer.json")?];
     manifest.stats = serde_json::json!({
         "vocab_size": got,
         "special_tokens": SPECIAL_TOKENS,
         "train_seconds": seconds,
-        "train_text_bytes": total,
+        "train_text_bytes": bytes_read.load(Ordering::Relaxed),
+        "compression_split": split,
         "val_docs": docs,
         "val_bytes": bytes,
         "val_tokens": tokens,
@@ -193,30 +190,16 @@ pub fn train(data: &Path, out: &Path, cfg: &TokenizerConfig, force: bool, progre
     Ok(Outcome { manifest, skipped: false })
 }
 
-/// Bytes per token on the validation split (or, if it is empty, the first train shard).
-fn compression(tok: &Tok, data: &Path, text: &Manifest) -> Result<(u64, u64, u64)> {
-    let mut list = shards(text, "val")?;
-    if list.is_empty() {
-        list = shards(text, "train")?.into_iter().take(1).collect();
-    }
+/// Bytes per token on the validation split (or, if it is empty, on the first train documents):
+/// the split used, bytes, tokens and documents, over at most 100,000 documents.
+fn compression(tok: &Tok, data: &Path, text: &Manifest) -> Result<(&'static str, u64, u64, u64)> {
+    let split = if shards(text, "val")?.iter().any(|s| s.docs > 0) { "val" } else { "train" };
     let (mut bytes, mut tokens, mut docs) = (0u64, 0u64, 0u64);
-    let mut failure = None;
-    for s in list {
-        for_each_record(&data.join(&s.path), &mut |r| match tok.encode(&r.text) {
-            Ok(ids) => {
-                bytes += r.text.len() as u64;
-                tokens += ids.len() as u64;
-                docs += 1;
-                docs < 100_000
-            }
-            Err(e) => {
-                failure = Some(e);
-                false
-            }
-        })?;
+    for record in SplitReader::open(data, split)?.take(100_000) {
+        let r = record?;
+        bytes += r.text.len() as u64;
+        tokens += tok.encode(&r.text)?.len() as u64;
+        docs += 1;
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok((bytes, tokens, docs)),
-    }
+    Ok((split, bytes, tokens, docs))
 }

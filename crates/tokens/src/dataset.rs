@@ -79,6 +79,9 @@ impl TokenDataset {
     }
 
     /// Length in tokens of global document `doc` (BOS included).
+    ///
+    /// # Panics
+    /// If `doc >= n_docs()`.
     pub fn doc_len(&self, doc: u64) -> u64 {
         let (shard, local) = self.locate(doc);
         let (a, b) = shard.doc_range(local);
@@ -86,6 +89,9 @@ impl TokenDataset {
     }
 
     /// Appends the first `max` tokens of document `doc` to `out`.
+    ///
+    /// # Panics
+    /// If `doc >= n_docs()`.
     pub fn read_doc(&self, doc: u64, max: u64, out: &mut Vec<u32>) {
         let (shard, local) = self.locate(doc);
         let (a, b) = shard.doc_range(local);

@@ -70,7 +70,6 @@ impl ShardWriter {
 
     /// Appends one document: BOS then `ids`.
     pub fn push(&mut self, ids: &[u32]) -> Result<()> {
-        self.starts.push(self.tokens);
         let mut buf = Vec::with_capacity((ids.len() + 1) * self.width as usize);
         for &id in std::iter::once(&self.bos).chain(ids) {
             if id >= self.vocab_size {
@@ -86,6 +85,7 @@ impl ShardWriter {
             }
         }
         self.file.write_all(&buf).at("writing", &self.path)?;
+        self.starts.push(self.tokens);
         self.tokens += ids.len() as u64 + 1;
         Ok(())
     }
@@ -168,19 +168,38 @@ impl TokenShard {
             return Err(bad(format!("token width {width} (expected 2 or 4)")));
         }
         let (vocab_size, bos, tokens, docs) = (u32_at(&map, 16), u32_at(&map, 20), u64_at(&map, 24), u64_at(&map, 32));
-        let index_offset = u64_at(&map, 40) as usize;
-        let expected_len = index_offset as u64 + (docs + 1) * 8;
-        if index_offset < HEADER + tokens as usize * width || map.len() as u64 != expected_len {
-            return Err(bad(format!("truncated or corrupt: {} bytes, header implies {expected_len}", map.len())));
+        let index_offset = u64_at(&map, 40);
+        if bos >= vocab_size {
+            return Err(bad(format!("BOS id {bos} is outside the vocabulary of {vocab_size}")));
         }
+        // Header values come from the file: check every size with overflow-safe arithmetic.
+        let data_end = tokens.checked_mul(width as u64).and_then(|n| n.checked_add(HEADER as u64));
+        let expected_len = docs.checked_add(1).and_then(|n| n.checked_mul(8)).and_then(|n| n.checked_add(index_offset));
+        match (data_end, expected_len) {
+            (Some(end), Some(len))
+                if index_offset >= end && index_offset.is_multiple_of(8) && map.len() as u64 == len => {}
+            _ => {
+                return Err(bad(format!(
+                    "truncated or corrupt: {} bytes do not match a header of {tokens} tokens and {docs} documents",
+                    map.len()
+                )))
+            }
+        }
+        let index_offset = index_offset as usize;
         let shard = Self { map, path: path.to_path_buf(), width, vocab_size, bos, tokens, docs, index_offset };
-        let mut prev = 0;
+        // Starts rise strictly from 0 to N (every document holds at least its BOS), and each starts with BOS.
+        let mut prev = None;
         for d in 0..=docs {
             let s = shard.start(d);
-            if s < prev || (d == 0 && s != 0) || (d == docs && s != tokens) {
+            let ok = match prev {
+                None => s == 0,
+                Some(p) => s > p && (d < docs || s == tokens) && s <= tokens,
+            };
+            let starts_with_bos = d == docs || (s < tokens && shard.token(s) == bos);
+            if !ok || !starts_with_bos {
                 return Err(bad(format!("document index is corrupt at entry {d}")));
             }
-            prev = s;
+            prev = Some(s);
         }
         Ok(shard)
     }
@@ -210,12 +229,24 @@ impl TokenShard {
         &self.path
     }
 
+    fn token(&self, at: u64) -> u32 {
+        let mut one = Vec::with_capacity(1);
+        self.read_into(at, at + 1, &mut one);
+        one[0]
+    }
+
     /// Token range `[start, end)` of document `doc` (starting with BOS).
+    ///
+    /// # Panics
+    /// If `doc >= n_docs()`.
     pub fn doc_range(&self, doc: u64) -> (u64, u64) {
         (self.start(doc), self.start(doc + 1))
     }
 
     /// Appends tokens `[start, end)` to `out` as u32.
+    ///
+    /// # Panics
+    /// If the range is not within `0..=n_tokens()`.
     pub fn read_into(&self, start: u64, end: u64, out: &mut Vec<u32>) {
         let bytes = &self.map[HEADER + start as usize * self.width..HEADER + end as usize * self.width];
         match self.width {

@@ -5,8 +5,8 @@
 //! buffer of upcoming documents, the longest one that still fits goes in next;
 //! when none fits, the shortest is cropped to fill the row exactly (its tail is
 //! dropped, so a row never starts mid-document). A document that has waited in
-//! the buffer for twice its size in draws starts the next row, so documents
-//! longer than a row are used too and none waits forever. Documents come in a seeded
+//! the buffer for twice the buffer's size in draws starts the next row, so
+//! documents longer than a row are used too and none waits forever. Documents come in a seeded
 //! permutation per epoch. The whole position is `(epoch, cursor, buffer)`:
 //! [`Loader::state`] returns it and [`Loader::resume`] continues with exactly
 //! the batches an unbroken run would have produced.
@@ -56,7 +56,7 @@ pub struct LoaderState {
     pub drawn: u64,
     /// Documents drawn but not yet placed, in draw order, each with its draw number.
     pub buffer: Vec<(u64, u64)>,
-    /// Settings the state belongs to (checked on resume).
+    /// Settings the state was saved with; [`Loader::resume`] refuses other settings.
     pub config: LoaderConfig,
 }
 
@@ -71,7 +71,7 @@ pub struct Batch {
     pub batch: usize,
     /// T.
     pub seq: usize,
-    /// Epoch the batch's last document came from.
+    /// Epoch of the loader when the batch was finished (of the last document drawn into its buffer).
     pub epoch: u64,
 }
 
@@ -90,16 +90,22 @@ impl<'d> Loader<'d> {
     /// A loader at the start of epoch 0.
     pub fn new(data: &'d TokenDataset, cfg: LoaderConfig) -> Result<Self> {
         let state = LoaderState { epoch: 0, cursor: 0, drawn: 0, buffer: Vec::new(), config: cfg };
-        Self::resume(data, state)
+        Self::resume(data, cfg, state)
     }
 
-    /// A loader continuing from `state`.
-    pub fn resume(data: &'d TokenDataset, state: LoaderState) -> Result<Self> {
-        let cfg = state.config;
+    /// A loader with settings `cfg` continuing from `state`, which must have been saved with `cfg`.
+    pub fn resume(data: &'d TokenDataset, cfg: LoaderConfig, state: LoaderState) -> Result<Self> {
+        if state.config != cfg {
+            return Err(TokensError::Format(format!(
+                "loader state was saved with {:?}, but the loader is configured with {cfg:?}",
+                state.config
+            )));
+        }
         if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.buffer == 0 {
             return Err(TokensError::Format("batch_size, seq_len and buffer must be at least 1".into()));
         }
-        if state.cursor > data.n_docs() || state.buffer.iter().any(|(d, _)| *d >= data.n_docs()) {
+        let inconsistent = state.buffer.iter().any(|(_, drawn)| *drawn >= state.drawn);
+        if inconsistent || state.cursor > data.n_docs() || state.buffer.iter().any(|(d, _)| *d >= data.n_docs()) {
             return Err(TokensError::Format(format!(
                 "loader state (cursor {}) does not fit a dataset of {} documents; was it saved for other data?",
                 state.cursor,

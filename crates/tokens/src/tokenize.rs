@@ -9,7 +9,7 @@ use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
 use tsukuru_data::prepare::{shards, ARTIFACT as TEXT_ARTIFACT};
-use tsukuru_data::shards::for_each_record;
+use tsukuru_data::shards::SplitReader;
 use tsukuru_tokenizer::{special, Tok, ARTIFACT as TOKENIZER_ARTIFACT};
 
 /// Artifact name of token shards.
@@ -65,7 +65,7 @@ pub fn tokenize(
     let started = std::time::Instant::now();
     let mut all_files = Vec::new();
     for split in ["train", "val"] {
-        let list = encode_split(data, &text, split, &tok, dir.path(), shard_tokens, progress)?;
+        let list = encode_split(data, split, &tok, dir.path(), shard_tokens, progress)?;
         let tokens: u64 = list.iter().map(|s| s.tokens).sum();
         let docs: u64 = list.iter().map(|s| s.docs).sum();
         all_files.extend(list.iter().map(|s| s.path.clone()));
@@ -89,7 +89,6 @@ pub fn tokenize(
 
 fn encode_split(
     data: &Path,
-    text: &Manifest,
     split: &str,
     tok: &Tok,
     out: &Path,
@@ -105,7 +104,7 @@ fn encode_split(
                  writer: &mut Option<(ShardWriter, String)>,
                  done: &mut Vec<ShardStat>|
      -> Result<()> {
-        let encoded: Vec<Vec<u32>> = batch.par_iter().map(|t| tok.encode(t)).collect::<Result<_, _>>()?;
+        let encoded: Vec<Vec<u32>> = batch.par_iter().map(|t| tok.encode_text(t)).collect::<Result<_, _>>()?;
         progress.advance(batch.iter().map(|t| t.len() as u64).sum());
         batch.clear();
         for ids in encoded {
@@ -123,20 +122,10 @@ fn encode_split(
         }
         Ok(())
     };
-    for s in shards(text, split)? {
-        let mut failure = None;
-        for_each_record(&data.join(&s.path), &mut |r| {
-            batch.push(r.text);
-            if batch.len() >= BATCH {
-                if let Err(e) = flush(&mut batch, &mut writer, &mut done) {
-                    failure = Some(e);
-                    return false;
-                }
-            }
-            true
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
+    for record in SplitReader::open(data, split)? {
+        batch.push(record?.text);
+        if batch.len() >= BATCH {
+            flush(&mut batch, &mut writer, &mut done)?;
         }
     }
     flush(&mut batch, &mut writer, &mut done)?;

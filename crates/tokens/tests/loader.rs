@@ -71,7 +71,10 @@ fn resume_is_exact_across_epochs() {
     let saved = serde_json::to_string(&first.state()).unwrap();
     drop(first);
     let state: LoaderState = serde_json::from_str(&saved).unwrap();
-    let mut resumed = Loader::resume(&ds, state).unwrap();
+    let other = LoaderConfig { seq_len: 17, ..cfg };
+    let err = Loader::resume(&ds, other, state.clone()).err().unwrap().to_string();
+    assert!(err.contains("saved with"), "{err}");
+    let mut resumed = Loader::resume(&ds, cfg, state).unwrap();
     for b in &all[17..] {
         assert_eq!(&resumed.next_batch(), b);
     }
@@ -89,10 +92,11 @@ fn seeds_change_the_order_and_states_must_fit_the_data() {
 
     let small = tempfile::tempdir().unwrap();
     let (tiny, _) = dataset(small.path(), 6);
-    let mut big = Loader::new(&ds, LoaderConfig::train(2, 64, 1)).unwrap();
+    let cfg = LoaderConfig::train(2, 64, 1);
+    let mut big = Loader::new(&ds, cfg).unwrap();
     for _ in 0..5 {
         big.next_batch();
     }
-    let err = Loader::resume(&tiny, big.state()).err().unwrap().to_string();
+    let err = Loader::resume(&tiny, cfg, big.state()).err().unwrap().to_string();
     assert!(err.contains("does not fit a dataset of 6 documents"), "{err}");
 }

@@ -52,6 +52,12 @@ fn corrupt_shards_are_refused_with_the_reason() {
     };
     check(&good[..good.len() - 3], "truncated");
     let mut bad = good.clone();
+    bad[24..32].copy_from_slice(&u64::MAX.to_le_bytes()); // absurd token count must not overflow
+    check(&bad, "truncated or corrupt");
+    let mut bad = good.clone();
+    bad[64] = 7; // first document no longer starts with BOS
+    check(&bad, "index is corrupt at entry 0");
+    let mut bad = good.clone();
     bad[0] = b'X';
     check(&bad, "bad magic");
     let mut bad = good.clone();

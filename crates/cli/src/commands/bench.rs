@@ -1,0 +1,85 @@
+//! `tsukuru bench tokenizer`: encoding throughput, for side-by-side runs with Python peers
+//! (benches/tokenizer.sh). Prints one JSON line per measurement.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::time::Instant;
+use tsukuru_core::Manifest;
+use tsukuru_data::shards::for_each_record;
+use tsukuru_tokenizer::Tok;
+
+/// Bench subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Encoding throughput of a tokenizer on prepared text, one thread and all threads.
+    Tokenizer(TokenizerBenchArgs),
+}
+
+/// Arguments of `bench tokenizer`.
+#[derive(Args, Debug)]
+pub struct TokenizerBenchArgs {
+    /// Prepared text (its train split is encoded).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tokenizer directory.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Most text to load, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub max_mib: u64,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+}
+
+/// Runs a bench subcommand.
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Tokenizer(a) => tokenizer(&a),
+    }
+}
+
+fn tokenizer(a: &TokenizerBenchArgs) -> Result<()> {
+    let tok = Tok::load(&a.tokenizer)?;
+    let manifest = Manifest::expect(&a.data, tsukuru_data::prepare::ARTIFACT, "run `tsukuru data prepare` first")?;
+    let mut texts = Vec::new();
+    let mut bytes = 0u64;
+    let limit = a.max_mib.saturating_mul(1 << 20);
+    for s in tsukuru_data::prepare::shards(&manifest, "train")? {
+        for_each_record(&a.data.join(&s.path), &mut |r| {
+            bytes += r.text.len() as u64;
+            texts.push(r.text);
+            bytes < limit
+        })?;
+        if bytes >= limit {
+            break;
+        }
+    }
+    let threads_all = rayon::current_num_threads();
+    for threads in [1, threads_all] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("building a thread pool")?;
+        let mut times = Vec::new();
+        let mut tokens = 0usize;
+        for _ in 0..a.repeat.max(1) {
+            let start = Instant::now();
+            let counts: Vec<usize> = pool.install(|| {
+                texts.par_iter().map(|t| tok.encode_text(t).map(|ids| ids.len())).collect::<Result<_, _>>()
+            })?;
+            times.push(start.elapsed().as_secs_f64());
+            tokens = counts.iter().sum();
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "tokenizer_encode", "impl": "tsukuru", "threads": threads, "docs": texts.len(),
+                "bytes": bytes, "tokens": tokens, "seconds_median": median,
+                "mib_per_s": bytes as f64 / median / (1u64 << 20) as f64,
+            })
+        );
+    }
+    Ok(())
+}
