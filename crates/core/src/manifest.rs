@@ -266,6 +266,15 @@ mod tests {
     }
 
     #[test]
+    fn fingerprints_are_pinned_and_key_order_free() {
+        // serde_json sorts object keys (no `preserve_order`); if that ever changes, every
+        // fingerprint changes and every stage reruns. This pin catches it.
+        assert_eq!(fingerprint(&json!({"b": 1, "a": [1, 2]})), fingerprint(&json!({"a": [1, 2], "b": 1})));
+        // Reference: the Python `xxhash` package's xxh3_64 of the bytes {"seed":1}.
+        assert_eq!(fingerprint(&json!({"seed": 1})), "da0dfbf32679ca1e");
+    }
+
+    #[test]
     fn foreign_directories_are_never_cleared() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("precious.txt"), "keep me").unwrap();

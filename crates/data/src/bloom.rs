@@ -14,12 +14,7 @@ pub struct Bloom {
     inserted: u64,
 }
 
-/// Mixes a key into a second, independent hash for double hashing (splitmix64 finaliser).
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use tsukuru_core::rng::mix64 as mix;
 
 impl Bloom {
     /// A filter of `bytes` bytes (rounded up to 8) using `probes` bit probes per key.

@@ -69,12 +69,17 @@ const EXACT_SALT: u64 = 0x6578_6163_7400_0000;
 
 impl Dedup {
     /// A fresh state for `config`, seeded so that runs are reproducible.
-    pub fn new(config: &DedupConfig, seed: u64) -> Self {
+    ///
+    /// The filter takes `memory_mib`, or less when the input is small: a document of at least
+    /// 40 bytes adds at most `bands + 1` keys, and 10 bits per key keep the false-positive rate
+    /// near 1%, so `input_bytes / 2` bytes always suffice for `input_bytes` of text.
+    pub fn new(config: &DedupConfig, seed: u64, input_bytes: u64) -> Self {
         let hasher = config.near.then(|| {
             let (b, r) = crate::minhash::optimal_bands(config.threshold, config.num_perm);
             MinHasher::new(b, r, config.shingle, seed)
         });
-        Self { config: config.clone(), hasher, bloom: Bloom::new(config.memory_mib << 20, 7) }
+        let bytes = (config.memory_mib << 20).min((input_bytes / 2).max(1 << 20) as usize);
+        Self { config: config.clone(), hasher, bloom: Bloom::new(bytes, 7) }
     }
 
     /// Exact hash and band keys of a normalised document. Thread-safe.
@@ -131,7 +136,7 @@ mod tests {
     #[test]
     fn first_copy_kept_later_copies_dropped() {
         let cfg = DedupConfig { memory_mib: 1, ..Default::default() };
-        let mut d = Dedup::new(&cfg, 0);
+        let mut d = Dedup::new(&cfg, 0, 1 << 30);
         let base: String = (0..200).map(|i| format!("word{i} ")).collect();
         let near = base.replace("word100 ", "changed ");
         let other: String = (0..200).map(|i| format!("other{i} ")).collect();

@@ -120,10 +120,15 @@ pub fn prepare(
     progress.phase("prepare", Some(total), Unit::Bytes);
     let mut state = State {
         cfg,
-        dedup: Dedup::new(&cfg.dedup, cfg.seed),
+        dedup: Dedup::new(&cfg.dedup, cfg.seed, total),
         train: ShardWriter::new(dir.path(), "train", cfg.shard_mib << 20),
         val: ShardWriter::new(dir.path(), "val", cfg.shard_mib << 20),
-        counts: Counts { per_input: files.iter().map(|_| InputCounts::default()).collect(), ..Default::default() },
+        counts: Counts {
+            per_input: files.iter().map(|_| InputCounts::default()).collect(),
+            // Every reason is listed, zeros included, so a manifest always shows each filter's count.
+            dropped: Reason::ALL.iter().map(|r| (r.name(), 0)).collect(),
+            ..Default::default()
+        },
         batch: Vec::new(),
         batch_bytes: 0,
     };
@@ -167,11 +172,14 @@ pub fn prepare(
     Ok(Outcome { manifest, skipped: false })
 }
 
-fn drop_summary(dropped: &BTreeMap<&'static str, u64>) -> String {
-    if dropped.is_empty() {
-        return "none".into();
+/// Non-zero drop counts as `reason n, …`, or `none`.
+pub fn drop_summary(dropped: &BTreeMap<&'static str, u64>) -> String {
+    let nonzero: Vec<String> = dropped.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
+    if nonzero.is_empty() {
+        "none".into()
+    } else {
+        nonzero.join(", ")
     }
-    dropped.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Streaming state: the batch being filled and everything decided so far.

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tsukuru_core::NoProgress;
-use tsukuru_data::shards::for_each_record;
+use tsukuru_data::shards::SplitReader;
 use tsukuru_data::{prepare, DataError, PrepareConfig};
 
 fn cfg() -> PrepareConfig {
@@ -20,16 +20,7 @@ fn sentence(i: usize) -> String {
 }
 
 fn kept_texts(out: &Path, split: &str) -> Vec<String> {
-    let m = tsukuru_core::Manifest::read(out).unwrap();
-    let mut texts = Vec::new();
-    for s in tsukuru_data::prepare::shards(&m, split).unwrap() {
-        for_each_record(&out.join(&s.path), &mut |r| {
-            texts.push(r.text);
-            true
-        })
-        .unwrap();
-    }
-    texts
+    SplitReader::open(out, split).unwrap().map(|r| r.unwrap().text).collect()
 }
 
 fn dropped(out: &Path, reason: &str) -> u64 {
@@ -254,4 +245,16 @@ fn txt_paragraph_and_line_modes() {
     let out = tmp.path().join("line");
     prepare(&[input], &out, &c, false, &NoProgress).unwrap();
     assert_eq!(kept_texts(&out, "train").len(), 3);
+}
+
+#[test]
+fn shipped_prepare_config_equals_the_defaults() {
+    // `data prepare` reads configs/prepare.toml; speedrun and the library use `Default`. They must agree.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/prepare.toml")).unwrap();
+    let from_file: PrepareConfig = tsukuru_core::config::resolve(&text, "configs/prepare.toml", &[]).unwrap();
+    assert_eq!(from_file, PrepareConfig::default());
+    // Partial tables fill the rest from the defaults.
+    let partial: PrepareConfig = tsukuru_core::config::resolve("[dedup]\nthreshold = 0.7\n", "partial", &[]).unwrap();
+    assert_eq!(partial.dedup.threshold, 0.7);
+    assert_eq!(partial.filters, PrepareConfig::default().filters);
 }

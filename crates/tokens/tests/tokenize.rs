@@ -1,8 +1,8 @@
 //! `data tokenize` end to end: token shards decode back to exactly the prepared text.
 
 use std::io::Write;
-use tsukuru_core::{Manifest, NoProgress};
-use tsukuru_data::shards::for_each_record;
+use tsukuru_core::NoProgress;
+use tsukuru_data::shards::SplitReader;
 use tsukuru_tokenizer::{Tok, TokenizerConfig};
 use tsukuru_tokens::tokenize::tokenize;
 use tsukuru_tokens::TokenDataset;
@@ -33,16 +33,8 @@ fn shards_decode_to_the_prepared_text_and_are_deterministic() {
     assert!(tokenize(&data, &tok_dir, &out, 5_000, false, &NoProgress).unwrap().skipped);
 
     let tok = Tok::load(&tok_dir).unwrap();
-    let text_manifest = Manifest::read(&data).unwrap();
     for split in ["train", "val"] {
-        let mut texts = Vec::new();
-        for s in tsukuru_data::prepare::shards(&text_manifest, split).unwrap() {
-            for_each_record(&data.join(&s.path), &mut |r| {
-                texts.push(r.text);
-                true
-            })
-            .unwrap();
-        }
+        let texts: Vec<String> = SplitReader::open(&data, split).unwrap().map(|r| r.unwrap().text).collect();
         let ds = TokenDataset::open(&out, split).unwrap();
         assert_eq!(ds.n_docs(), texts.len() as u64);
         for (i, t) in texts.iter().enumerate() {

@@ -32,8 +32,10 @@ pub fn build(seed: u64, scale: Scale) -> (Vec<Entity>, Vec<Fact>) {
 
     let mut rng = Rng::stream(seed, "attributes");
     let mut direct: Vec<(u32, Relation, Object)> = Vec::new();
-    let log_uniform =
-        |rng: &mut Rng, lo: f64, hi: f64| (lo.ln() + rng.f64() * (hi.ln() - lo.ln())).exp().round() as i64;
+    // libm, not the platform's math library: the same seed must give the same bytes on every platform.
+    let log_uniform = |rng: &mut Rng, lo: f64, hi: f64| {
+        libm::round(libm::exp(libm::log(lo) + rng.f64() * (libm::log(hi) - libm::log(lo)))) as i64
+    };
 
     // Countries.
     let countries = &ids[&Kind::Country];
@@ -172,7 +174,7 @@ fn mark_popularity_and_holdout(seed: u64, entities: &mut [Entity], ids: &BTreeMa
         let mut ranked = members.clone();
         rng.shuffle(&mut ranked);
         for (rank, id) in ranked.iter().enumerate() {
-            entities[*id as usize].popularity = 1.0 / ((rank + 1) as f64).powf(0.8);
+            entities[*id as usize].popularity = 1.0 / libm::pow((rank + 1) as f64, 0.8);
         }
         let mut pool = members.clone();
         rng.shuffle(&mut pool);

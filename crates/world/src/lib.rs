@@ -26,7 +26,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use tsukuru_core::atomic::AtomicFile;
 use tsukuru_core::error::IoContext;
-use tsukuru_core::{Manifest, Rng};
+use tsukuru_core::manifest::FileEntry;
+use tsukuru_core::progress::Unit;
+use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
 
 /// On-disk format version of a world directory (docs/ARTIFACTS.md).
 pub const FORMAT_VERSION: u32 = 1;
@@ -198,6 +200,31 @@ impl World {
         let manifest = Manifest::expect(dir, ARTIFACT, "run `tsukuru world generate --out DIR` first")?;
         Ok((manifest, read_jsonl(&dir.join("entities.jsonl"))?, read_jsonl(&dir.join("facts.jsonl"))?))
     }
+}
+
+/// Generates the world for `seed` at `scale` into `out` with its manifest, unless the same
+/// world is already complete there (`--force` replaces a different tsukuru output).
+pub fn generate_into(
+    out: &Path,
+    seed: u64,
+    scale: Scale,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<Outcome, Error> {
+    let params = serde_json::json!({ "seed": seed, "scale": scale, "generator": FORMAT_VERSION });
+    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
+        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
+        Prepared::Fresh(dir) => dir,
+    };
+    progress.phase("world", None, Unit::Items);
+    let world = World::generate(seed, scale);
+    let files = world.write(dir.path())?;
+    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<Result<_, _>>()?;
+    manifest.stats = world.stats();
+    progress.finish(&format!("{} entities, {} facts", world.entities.len(), world.facts.len()));
+    dir.finish(&manifest)?;
+    Ok(Outcome { manifest, skipped: false })
 }
 
 /// A name that no entity of the world has, for "I don't know" questions.

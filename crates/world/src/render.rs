@@ -134,8 +134,9 @@ impl<'w> Renderer<'w> {
         template.render(&self.entities[f.subject as usize].name, &f.object_text)
     }
 
-    /// States `fact` in `draft` with a random training template and counts the mention.
-    fn state(&mut self, rng: &mut Rng, draft: &mut Draft, fact: u32) {
+    /// States `fact` in `draft` with a random training template, counts the mention, and
+    /// returns the template used.
+    fn state(&mut self, rng: &mut Rng, draft: &mut Draft, fact: u32) -> &'w Template {
         let relation = self.facts[fact as usize].relation;
         let all = &self.by_relation[&relation];
         let fresh: Vec<&Template> = all.iter().copied().filter(|t| !draft.used.contains(&t.text)).collect();
@@ -144,6 +145,7 @@ impl<'w> Renderer<'w> {
         draft.sentences.push(self.sentence(fact, template));
         self.note(draft, fact);
         self.facts[fact as usize].mentions += 1;
+        template
     }
 
     fn note(&self, draft: &mut Draft, fact: u32) {
@@ -219,11 +221,11 @@ impl<'w> Renderer<'w> {
             if i == 1 {
                 text.push(fill(rng.pick(ACTIVITIES)));
             }
-            self.state(rng, &mut draft, f);
+            let template = self.state(rng, &mut draft, f);
             let s = draft.sentences.pop().expect("just stated");
             let connector = if rng.chance(0.4) { connectors.pop() } else { None };
             text.push(match connector {
-                Some(c) => format!("{c} {}", lower_first(&s)),
+                Some(c) => format!("{c} {}", after_connector(&s, template)),
                 None => s,
             });
         }
@@ -231,7 +233,8 @@ impl<'w> Renderer<'w> {
         draft.finish(id, DocKind::Narrative, format!("A day in {c}"), text.join(" "))
     }
 
-    /// Held-out phrasings of every stated direct fact of `entity` (not counted as mentions).
+    /// Held-out phrasings of every direct fact of `entity`, stated in the corpus or not
+    /// (not counted as mentions).
     pub fn heldout(&self, id: u32, entity: u32) -> Option<Doc> {
         let mut draft = Draft::default();
         for &f in &self.outgoing[entity as usize] {
@@ -247,15 +250,14 @@ impl<'w> Renderer<'w> {
     }
 }
 
-/// Lower-cases the first letter unless the sentence starts with a name.
-fn lower_first(s: &str) -> String {
-    let starts_with_article =
-        ["The ", "About ", "A ", "By ", "Settlers ", "People ", "Most "].iter().any(|w| s.starts_with(w));
-    if !starts_with_article {
-        return s.to_string();
+/// Lower-cases the first letter of a sentence that follows a connector, unless the
+/// template puts a name there (names keep their capitals, even "The Guild Company").
+fn after_connector(sentence: &str, template: &Template) -> String {
+    if template.text.starts_with('{') {
+        return sentence.to_string();
     }
-    let mut c = s.chars();
-    let first = c.next().expect("non-empty sentence");
+    let mut c = sentence.chars();
+    let first = c.next().expect("templates are non-empty");
     first.to_lowercase().chain(c).collect()
 }
 

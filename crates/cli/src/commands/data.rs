@@ -107,9 +107,16 @@ pub fn prepare(
     let o = tsukuru_data::prepare(input, out, cfg, force, progress)
         .with_context(|| format!("data prepare into {}", out.display()))?;
     let c = &o.manifest.stats["counts"];
+    let dropped: std::collections::BTreeMap<&'static str, u64> = tsukuru_data::filter::Reason::ALL
+        .iter()
+        .map(|r| (r.name(), c["dropped"][r.name()].as_u64().unwrap_or(0)))
+        .collect();
     let detail = format!(
-        "{} documents read, {} train, {} val; dropped {}",
-        c["docs_read"], c["train_docs"], c["val_docs"], c["dropped"]
+        "{} documents read, {} train, {} val; dropped: {}",
+        c["docs_read"],
+        c["train_docs"],
+        c["val_docs"],
+        tsukuru_data::prepare::drop_summary(&dropped)
     );
     super::report("data prepare", out, o.skipped, &detail);
     Ok(())

@@ -23,15 +23,18 @@ pub struct TrainArgs {
     /// Prepared text (output of `data prepare`).
     #[arg(long)]
     pub data: PathBuf,
-    /// Vocabulary size, special tokens included.
-    #[arg(long, default_value_t = 8192)]
-    pub vocab_size: usize,
-    /// Least number of occurrences for a merge.
-    #[arg(long, default_value_t = 2)]
-    pub min_frequency: u64,
-    /// Most characters of training text to read (0 = all).
-    #[arg(long, default_value_t = 2_000_000_000)]
-    pub max_chars: u64,
+    /// Vocabulary size, special tokens included [default 8192].
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
+    /// Least number of occurrences for a merge [default 2].
+    #[arg(long)]
+    pub min_frequency: Option<u64>,
+    /// Most characters of training text to read, 0 for all [default 2,000,000,000].
+    #[arg(long)]
+    pub max_chars: Option<u64>,
+    /// Longest token in characters [default 16].
+    #[arg(long)]
+    pub max_token_length: Option<usize>,
     /// Output directory (tokenizer.json + manifest.json).
     #[arg(long)]
     pub out: PathBuf,
@@ -70,11 +73,12 @@ pub struct DecodeArgs {
 pub fn run(cmd: TokenizerCmd, progress: &dyn Progress) -> Result<()> {
     match cmd {
         TokenizerCmd::Train(a) => {
+            let d = TokenizerConfig::default();
             let cfg = TokenizerConfig {
-                vocab_size: a.vocab_size,
-                min_frequency: a.min_frequency,
-                max_chars: a.max_chars,
-                ..Default::default()
+                vocab_size: a.vocab_size.unwrap_or(d.vocab_size),
+                min_frequency: a.min_frequency.unwrap_or(d.min_frequency),
+                max_chars: a.max_chars.unwrap_or(d.max_chars),
+                max_token_length: a.max_token_length.unwrap_or(d.max_token_length),
             };
             train(&a.data, &a.out, &cfg, a.force, progress)
         }

@@ -3,10 +3,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
-use tsukuru_core::manifest::FileEntry;
-use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, OutputDir, Prepared, Progress};
-use tsukuru_world::{Scale, World, ARTIFACT, FORMAT_VERSION};
+use tsukuru_core::Progress;
+use tsukuru_world::Scale;
 
 /// World subcommands.
 #[derive(Subcommand, Debug)]
@@ -37,36 +35,20 @@ pub fn run(cmd: WorldCmd, progress: &dyn Progress) -> Result<()> {
     match cmd {
         WorldCmd::Generate(a) => {
             let scale = Scale::parse(&a.scale).expect("clap restricts the values");
-            generate(&a.out, a.seed, scale, a.force, progress).map(|_| ())
+            generate(&a.out, a.seed, scale, a.force, progress)
         }
     }
 }
 
-/// Generates the world into `out` unless the same world is already there; returns its manifest.
-pub fn generate(out: &Path, seed: u64, scale: Scale, force: bool, progress: &dyn Progress) -> Result<Manifest> {
-    let params = serde_json::json!({ "seed": seed, "scale": scale, "generator": FORMAT_VERSION });
-    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
-        Prepared::Done(m) => {
-            super::report("world", out, true, &summary(&m.stats));
-            return Ok(m);
-        }
-        Prepared::Fresh(dir) => dir,
-    };
-    progress.phase("world", None, Unit::Items);
-    let world = World::generate(seed, scale);
-    let files = world.write(dir.path()).with_context(|| format!("writing the world to {}", out.display()))?;
-    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<Result<_, _>>()?;
-    manifest.stats = world.stats();
-    progress.finish(&summary(&manifest.stats));
-    dir.finish(&manifest)?;
-    super::report("world", out, false, &summary(&manifest.stats));
-    Ok(manifest)
-}
-
-fn summary(stats: &serde_json::Value) -> String {
-    format!(
+/// Runs `world generate` and prints its counts.
+pub fn generate(out: &Path, seed: u64, scale: Scale, force: bool, progress: &dyn Progress) -> Result<()> {
+    let o = tsukuru_world::generate_into(out, seed, scale, force, progress)
+        .with_context(|| format!("world generate into {}", out.display()))?;
+    let s = &o.manifest.stats;
+    let detail = format!(
         "{} entities, {} facts, {} corpus documents, {} bytes of text",
-        stats["entities"], stats["facts"], stats["corpus_docs"], stats["corpus_bytes"]
-    )
+        s["entities"], s["facts"], s["corpus_docs"], s["corpus_bytes"]
+    );
+    super::report("world", out, o.skipped, &detail);
+    Ok(())
 }
