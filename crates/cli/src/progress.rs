@@ -65,15 +65,15 @@ impl Progress for Reporter {
                     Some(t) => ProgressBar::new(t),
                     None => ProgressBar::new_spinner(),
                 };
-                let counts = if unit == Unit::Bytes {
-                    "{binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
-                } else {
-                    "{human_pos}/{human_len} {msg} ({per_sec}, ETA {eta})"
+                let counts = match (total, unit) {
+                    (None, _) => "{spinner}",
+                    (Some(_), Unit::Bytes) => {
+                        "{wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
+                    }
+                    (Some(_), _) => "{wide_bar} {human_pos}/{human_len} {msg} ({per_sec}, ETA {eta})",
                 };
-                let style = ProgressStyle::with_template(&format!(
-                    "{{prefix:>24}} [{{elapsed_precise}}] {{wide_bar}} {counts}"
-                ))
-                .expect("valid template");
+                let style = ProgressStyle::with_template(&format!("{{prefix:>24}} [{{elapsed_precise}}] {counts}"))
+                    .expect("valid template");
                 pb.set_style(style);
                 pb.set_prefix(name.to_string());
                 pb.set_message(unit.name());
