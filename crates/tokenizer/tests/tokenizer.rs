@@ -1,7 +1,6 @@
 //! Tokenizer training on prepared world text: exact round trips, fixed special ids, clear errors.
 
 use proptest::prelude::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use tsukuru_core::NoProgress;
@@ -13,13 +12,9 @@ fn prepared() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let world = tsukuru_world::World::generate(1, tsukuru_world::Scale::Tiny);
-        let input = tmp.path().join("corpus.jsonl");
-        let mut f = std::fs::File::create(&input).unwrap();
-        for d in &world.corpus {
-            writeln!(f, "{}", serde_json::json!({ "text": d.text })).unwrap();
-        }
-        drop(f);
+        let world = tmp.path().join("world");
+        tsukuru_world::generate_into(&world, 1, tsukuru_world::Scale::Tiny, false, &NoProgress).unwrap();
+        let input = world.join("corpus.jsonl");
         let data = tmp.path().join("data");
         let cfg = tsukuru_data::PrepareConfig { val_fraction: 0.1, ..Default::default() };
         tsukuru_data::prepare(&[input], &data, &cfg, false, &NoProgress).unwrap();

@@ -1,6 +1,5 @@
 //! `data tokenize` end to end: token shards decode back to exactly the prepared text.
 
-use std::io::Write;
 use tsukuru_core::NoProgress;
 use tsukuru_data::shards::SplitReader;
 use tsukuru_tokenizer::{Tok, TokenizerConfig};
@@ -10,13 +9,9 @@ use tsukuru_tokens::TokenDataset;
 #[test]
 fn shards_decode_to_the_prepared_text_and_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let world = tsukuru_world::World::generate(2, tsukuru_world::Scale::Tiny);
-    let input = tmp.path().join("corpus.jsonl");
-    let mut f = std::fs::File::create(&input).unwrap();
-    for d in &world.corpus {
-        writeln!(f, "{}", serde_json::json!({ "text": d.text })).unwrap();
-    }
-    drop(f);
+    let world = tmp.path().join("world");
+    tsukuru_world::generate_into(&world, 2, tsukuru_world::Scale::Tiny, false, &NoProgress).unwrap();
+    let input = world.join("corpus.jsonl");
     let data = tmp.path().join("data");
     let cfg = tsukuru_data::PrepareConfig { val_fraction: 0.1, ..Default::default() };
     tsukuru_data::prepare(&[input], &data, &cfg, false, &NoProgress).unwrap();
