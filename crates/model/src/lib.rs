@@ -1,0 +1,14 @@
+//! tsukuru-model: the only place models are defined.
+//!
+//! [`ModelConfig`] holds every architectural variant as a field (GQA, activation, QK-norm, tied
+//! embeddings) with a one-dial depth preset; [`Transformer`] is the Llama-style decoder built from a
+//! candle `VarBuilder`, so the same definition trains from [`init::init_params`] and loads saved
+//! weights; [`ops`] holds the differentiable composites it is built from.
+
+pub mod config;
+pub mod init;
+pub mod ops;
+pub mod transformer;
+
+pub use config::{Activation, ConfigError, ModelConfig};
+pub use transformer::{KvCache, Transformer};

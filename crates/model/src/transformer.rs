@@ -1,0 +1,235 @@
+//! The Llama-style decoder: pre-norm blocks of grouped-query attention with RoPE and a
+//! feed-forward network, no biases. Weight names follow the Hugging Face Llama / Qwen3
+//! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
+
+use crate::config::{Activation, ModelConfig};
+use crate::ops::{causal_mask, rms_norm, rope, rope_tables, softmax_last};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+
+fn linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<Linear> {
+    Ok(Linear::new(vb.get((out_dim, in_dim), &format!("{name}.weight"))?, None))
+}
+
+/// Keys and values of earlier positions, per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache for `n_layers` layers.
+    pub fn new(n_layers: usize) -> Self {
+        Self { layers: vec![None; n_layers] }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+impl Attention {
+    fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+        let (d, hd) = (cfg.d_model, cfg.head_dim());
+        let norm = |name: &str| if cfg.qk_norm { vb.get(hd, &format!("{name}.weight")).map(Some) } else { Ok(None) };
+        Ok(Self {
+            q: linear(vb, cfg.n_heads * hd, d, "q_proj")?,
+            k: linear(vb, cfg.n_kv_heads * hd, d, "k_proj")?,
+            v: linear(vb, cfg.n_kv_heads * hd, d, "v_proj")?,
+            o: linear(vb, d, cfg.n_heads * hd, "o_proj")?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+            head_dim: hd,
+            eps: cfg.norm_eps,
+        })
+    }
+
+    /// x (B, T, D) at positions `start..start + T` → (B, T, D).
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope_t: &(Tensor, Tensor),
+        start: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
+        let mut q = heads(self.q.forward(x)?, self.n_heads)?; // (B, H, T, hd)
+        let mut k = heads(self.k.forward(x)?, self.n_kv_heads)?; // (B, KV, T, hd)
+        let v = heads(self.v.forward(x)?, self.n_kv_heads)?.contiguous()?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = rms_norm(&q, qn, self.eps)?;
+            k = rms_norm(&k, kn, self.eps)?;
+        }
+        let q = rope(&q.contiguous()?, &rope_t.0, &rope_t.1, start)?;
+        let k = rope(&k.contiguous()?, &rope_t.0, &rope_t.1, start)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        // Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads.
+        let groups = self.n_heads / self.n_kv_heads;
+        let repeat = |y: &Tensor| -> Result<Tensor> {
+            if groups == 1 {
+                return Ok(y.clone());
+            }
+            let (b, kv, s, hd) = y.dims4()?;
+            y.unsqueeze(2)?.broadcast_as((b, kv, groups, s, hd))?.contiguous()?.reshape((b, kv * groups, s, hd))
+        };
+        let (k, v) = (repeat(&k)?, repeat(&v)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?; // (B, H, T, S)
+        let mask = causal_mask(t, start, scores.dtype(), scores.device())?;
+        let att = softmax_last(&scores.broadcast_add(&mask)?)?;
+        let y = att.matmul(&v)?; // (B, H, T, hd)
+        self.o.forward(&y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?)
+    }
+}
+
+struct Mlp {
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
+        let gate = match cfg.activation {
+            Activation::Swiglu => Some(linear(vb, cfg.ffn_dim, cfg.d_model, "gate_proj")?),
+            _ => None,
+        };
+        Ok(Self {
+            gate,
+            up: linear(vb, cfg.ffn_dim, cfg.d_model, "up_proj")?,
+            down: linear(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
+            activation: cfg.activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let up = self.up.forward(x)?;
+        let hidden = match (self.activation, &self.gate) {
+            (Activation::Swiglu, Some(gate)) => (gate.forward(x)?.silu()? * up)?,
+            (Activation::Relu2, _) => up.relu()?.sqr()?,
+            _ => up.gelu()?,
+        };
+        self.down.forward(&hidden)
+    }
+}
+
+struct Block {
+    input_norm: Tensor,
+    attn: Attention,
+    post_norm: Tensor,
+    mlp: Mlp,
+    eps: f64,
+}
+
+/// The decoder. One definition trains, loads and serves: weights come from a `VarBuilder`.
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: (Tensor, Tensor),
+}
+
+impl Transformer {
+    /// Builds the model from `vb` (a fresh parameter map for training, or loaded weights).
+    pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let m = vb.pp("model");
+        let embed_w = m.get((cfg.vocab_size, cfg.d_model), "embed_tokens.weight")?;
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for i in 0..cfg.n_layers {
+            let l = m.pp("layers").pp(i);
+            blocks.push(Block {
+                input_norm: l.get(cfg.d_model, "input_layernorm.weight")?,
+                attn: Attention::new(cfg, &l.pp("self_attn"))?,
+                post_norm: l.get(cfg.d_model, "post_attention_layernorm.weight")?,
+                mlp: Mlp::new(cfg, &l.pp("mlp"))?,
+                eps: cfg.norm_eps,
+            });
+        }
+        let lm_head = if cfg.tie_embeddings {
+            Linear::new(embed_w.clone(), None)
+        } else {
+            linear(&vb, cfg.vocab_size, cfg.d_model, "lm_head")?
+        };
+        let rope = rope_tables(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, vb.dtype(), vb.device())?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed: Embedding::new(embed_w, cfg.d_model),
+            blocks,
+            norm: m.get(cfg.d_model, "norm.weight")?,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Logits `(B, T, V)` for token ids `(B, T)` at positions `cache.len()..` (or `0..` without a cache).
+    /// With a cache, the new keys and values are appended to it.
+    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let start = cache.as_ref().map_or(0, |c| c.len());
+        if start + t > self.cfg.max_seq_len {
+            candle_core::bail!(
+                "sequence of {} positions exceeds max_seq_len = {}; shorten the input or raise max_seq_len",
+                start + t,
+                self.cfg.max_seq_len
+            );
+        }
+        let mut x = self.embed.forward(ids)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = block.attn.forward(&rms_norm(&x, &block.input_norm, block.eps)?, &self.rope, start, slot)?;
+            x = (x + h)?;
+            let h = block.mlp.forward(&rms_norm(&x, &block.post_norm, block.eps)?)?;
+            x = (x + h)?;
+        }
+        let x = rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
+        self.lm_head.forward(&x)
+    }
+
+    /// Logits of the last position only, `(B, V)`: what decoding needs.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let logits = self.forward(ids, cache)?;
+        let t = logits.dim(1)?;
+        logits.narrow(1, t - 1, 1)?.squeeze(1)
+    }
+}
