@@ -1,0 +1,38 @@
+//! tsukuru-train: one training loop for every objective.
+//!
+//! [`trainer::Trainer`] runs optimiser steps for any [`trainer::Objective`] (next-token prediction
+//! now; instruction tuning and preference optimisation plug in later) with gradient accumulation,
+//! global-norm clipping, a learning-rate [`schedule::Schedule`], [`optim::AdamW`] with parameter
+//! groups, and a guard that skips non-finite steps and stops after too many in a row.
+
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use optim::{AdamW, AdamWConfig};
+pub use schedule::Schedule;
+pub use trainer::{LoopConfig, NextToken, Objective, StepReport, Trainer};
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A setting is out of range.
+    #[error("invalid training config: {0}")]
+    Config(String),
+    /// Too many non-finite steps in a row.
+    #[error(
+        "training diverged: {in_a_row} steps in a row up to step {step} had a non-finite loss or gradient \
+         (learning rate {lr:.3e}); lower the learning rate, raise warmup, or tighten clipping"
+    )]
+    Diverged {
+        /// The last step taken.
+        step: u64,
+        /// Consecutive bad steps.
+        in_a_row: u32,
+        /// Learning rate at that step.
+        lr: f64,
+    },
+}

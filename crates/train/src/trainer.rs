@@ -1,0 +1,148 @@
+//! The one training loop. Objectives plug in; the loop owns accumulation, clipping, the schedule,
+//! the optimiser and the stability guard, so every objective (next-token now; SFT and DPO later)
+//! gets them the same way.
+
+use crate::optim::AdamW;
+use crate::schedule::Schedule;
+use crate::TrainError;
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use tsukuru_model::ops::cross_entropy;
+use tsukuru_model::Transformer;
+use tsukuru_tokens::Batch;
+
+/// What a training step optimises.
+pub trait Objective {
+    /// Scalar loss of `batch` under `model` (a mean, so micro-batches of equal size average correctly).
+    fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor>;
+}
+
+/// Next-token prediction: mean cross-entropy of every position's prediction of the following token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NextToken;
+
+impl Objective for NextToken {
+    fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
+        let inputs = Tensor::from_slice(&batch.inputs, (batch.batch, batch.seq), device)?;
+        let targets = Tensor::from_slice(&batch.targets, batch.batch * batch.seq, device)?;
+        let logits = model.forward(&inputs, None)?;
+        cross_entropy(&logits.reshape((batch.batch * batch.seq, ()))?, &targets)
+    }
+}
+
+/// Settings of the loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// Optimiser steps in the whole run.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Global gradient-norm limit (0 disables clipping).
+    pub clip: f64,
+    /// Non-finite steps in a row after which training stops with an error.
+    pub max_bad_steps: u32,
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepReport {
+    /// Step number (1-based, counting skipped steps).
+    pub step: u64,
+    /// Mean loss over the micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// True when the step was skipped because the loss or gradients were not finite.
+    pub skipped: bool,
+}
+
+/// The loop's state between steps.
+pub struct Trainer {
+    opt: AdamW,
+    vars: Vec<Var>,
+    cfg: LoopConfig,
+    step: u64,
+    bad_in_row: u32,
+    skipped: u64,
+}
+
+impl Trainer {
+    /// A trainer over `vars` (the model's parameters) with optimiser `opt`.
+    pub fn new(vars: Vec<Var>, opt: AdamW, cfg: LoopConfig) -> Result<Self, TrainError> {
+        cfg.schedule.validate().map_err(TrainError::Config)?;
+        if cfg.grad_accum == 0 || cfg.steps == 0 || cfg.lr <= 0.0 || cfg.lr.is_nan() {
+            return Err(TrainError::Config(format!(
+                "steps ({}), grad_accum ({}) and lr ({}) must be positive",
+                cfg.steps, cfg.grad_accum, cfg.lr
+            )));
+        }
+        Ok(Self { opt, vars, cfg, step: 0, bad_in_row: 0, skipped: 0 })
+    }
+
+    /// Steps taken so far (skipped ones included).
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Steps skipped for non-finite values so far.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// One optimiser step over `grad_accum` micro-batches drawn from `next_batch`.
+    pub fn step(
+        &mut self,
+        model: &Transformer,
+        objective: &dyn Objective,
+        device: &Device,
+        next_batch: &mut dyn FnMut() -> Batch,
+    ) -> Result<StepReport, TrainError> {
+        let accum = self.cfg.grad_accum;
+        let mut total: Option<GradStore> = None;
+        let mut loss_sum = 0.0;
+        for _ in 0..accum {
+            let batch = next_batch();
+            let loss = objective.loss(model, &batch, device)?;
+            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let grads = loss.backward()?;
+            total = Some(match total {
+                None => grads,
+                Some(mut acc) => {
+                    for v in &self.vars {
+                        if let (Some(a), Some(g)) = (acc.get(v.as_tensor()), grads.get(v.as_tensor())) {
+                            let sum = (a + g)?;
+                            acc.insert(v.as_tensor(), sum);
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let grads = total.expect("grad_accum ≥ 1");
+        self.step += 1;
+        let loss = loss_sum / accum as f64;
+        // Gradients are sums over micro-batches: dividing by `accum` gives the mean's gradient.
+        let grad_norm = self.opt.grad_norm(&grads)? / accum as f64;
+        let lr = self.cfg.lr * self.cfg.schedule.factor(self.step - 1, self.cfg.steps);
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            self.bad_in_row += 1;
+            self.skipped += 1;
+            if self.bad_in_row >= self.cfg.max_bad_steps {
+                return Err(TrainError::Diverged { step: self.step, in_a_row: self.bad_in_row, lr });
+            }
+            return Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: true });
+        }
+        self.bad_in_row = 0;
+        let clip = if self.cfg.clip > 0.0 && grad_norm > self.cfg.clip { self.cfg.clip / grad_norm } else { 1.0 };
+        self.opt.step(&grads, lr, clip / accum as f64)?;
+        Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: false })
+    }
+}
