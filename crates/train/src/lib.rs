@@ -5,6 +5,7 @@
 //! global-norm clipping, a learning-rate [`schedule::Schedule`], [`optim::AdamW`] with parameter
 //! groups, and a guard that skips non-finite steps and stops after too many in a row.
 
+pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
@@ -22,6 +23,12 @@ pub enum TrainError {
     /// A setting is out of range.
     #[error("invalid training config: {0}")]
     Config(String),
+    /// A checkpoint is missing, corrupt or made for another model.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
+    /// File system problem.
+    #[error(transparent)]
+    Core(#[from] tsukuru_core::Error),
     /// Too many non-finite steps in a row.
     #[error(
         "training diverged: {in_a_row} steps in a row up to step {step} had a non-finite loss or gradient \

@@ -101,6 +101,33 @@ impl AdamW {
         Ok(())
     }
 
+    /// Optimiser state for a checkpoint: `m.NAME` and `v.NAME` moments, plus the update count.
+    pub fn state(&self) -> (u64, Vec<(String, Tensor)>) {
+        let mut out = Vec::with_capacity(self.slots.len() * 2);
+        for s in &self.slots {
+            out.push((format!("m.{}", s.name), s.m.clone()));
+            out.push((format!("v.{}", s.name), s.v.clone()));
+        }
+        (self.step, out)
+    }
+
+    /// Restores [`AdamW::state`]; every moment must be present with the parameter's shape.
+    pub fn load_state(&mut self, step: u64, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        for s in &mut self.slots {
+            for (key, slot) in [(format!("m.{}", s.name), &mut s.m), (format!("v.{}", s.name), &mut s.v)] {
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("missing optimiser state {key}")))?;
+                if t.shape() != slot.shape() {
+                    candle_core::bail!("optimiser state {key} has shape {:?}, expected {:?}", t.shape(), slot.shape());
+                }
+                *slot = t.to_dtype(DType::F32)?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// Names of the decayed and undecayed groups (for logs and tests).
     pub fn groups(&self) -> (Vec<&str>, Vec<&str>) {
         let (d, n): (Vec<&Slot>, Vec<&Slot>) = self.slots.iter().partition(|s| s.decay);

@@ -92,6 +92,23 @@ impl Trainer {
         self.step
     }
 
+    /// The optimiser (for checkpoints).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// Continues from a checkpoint: the loop's step count and the optimiser's state.
+    pub fn restore(
+        &mut self,
+        step: u64,
+        opt_step: u64,
+        state: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<(), TrainError> {
+        self.opt.load_state(opt_step, state)?;
+        self.step = step;
+        Ok(())
+    }
+
     /// Steps skipped for non-finite values so far.
     pub fn skipped(&self) -> u64 {
         self.skipped

@@ -1,0 +1,155 @@
+//! Checkpoints: weights, optimiser moments, loader position and step, written atomically.
+//!
+//! A checkpoint is a directory `step-NNNNNNN/` holding `model.safetensors` (Hugging Face names),
+//! `config.json` (the model config), `state.safetensors` (AdamW moments) and `meta.json` (step,
+//! optimiser step, loader state, model config). It is written into a hidden temporary directory,
+//! every file fsynced, then renamed into place, so a crash leaves either the whole checkpoint or
+//! none. Loading checks every file and refuses a different model config, naming the fields.
+
+use crate::TrainError;
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tsukuru_core::error::IoContext;
+use tsukuru_model::ModelConfig;
+use tsukuru_tokens::LoaderState;
+
+/// What `meta.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    /// Optimiser steps taken by the loop (skipped ones included).
+    pub step: u64,
+    /// Updates applied by AdamW (bias correction depends on it).
+    pub opt_step: u64,
+    /// Where the training loader was.
+    pub loader: LoaderState,
+    /// The model's shape.
+    pub model: ModelConfig,
+    /// Validation loss at this step, if measured.
+    pub val_loss: Option<f64>,
+}
+
+/// A loaded checkpoint.
+pub struct Loaded {
+    /// Its metadata.
+    pub meta: Meta,
+    /// Optimiser moments.
+    pub opt_state: HashMap<String, Tensor>,
+}
+
+/// Directory name of the checkpoint at `step`.
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:07}")
+}
+
+fn ckpt_err(dir: &Path, what: impl std::fmt::Display) -> TrainError {
+    TrainError::Checkpoint(format!("{}: {what}", dir.display()))
+}
+
+fn fsync(path: &Path) -> Result<(), TrainError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).at("syncing", path)?;
+    Ok(())
+}
+
+/// Writes a checkpoint of `params` and `opt_state` under `root/step-NNNNNNN`, atomically.
+pub fn save(root: &Path, params: &VarMap, opt_state: &[(String, Tensor)], meta: &Meta) -> Result<PathBuf, TrainError> {
+    std::fs::create_dir_all(root).at("creating", root)?;
+    let final_dir = root.join(dir_name(meta.step));
+    let tmp = root.join(format!(".{}.tmp-{}", dir_name(meta.step), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).at("removing", &tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).at("creating", &tmp)?;
+    let weights: HashMap<String, Tensor> =
+        params.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    let state: HashMap<String, Tensor> = opt_state.iter().cloned().collect();
+    candle_core::safetensors::save(&state, tmp.join("state.safetensors"))?;
+    write_json(&tmp.join("config.json"), &meta.model)?;
+    write_json(&tmp.join("meta.json"), meta)?;
+    for f in ["model.safetensors", "state.safetensors", "config.json", "meta.json"] {
+        fsync(&tmp.join(f))?;
+    }
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).at("replacing", &final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir).at("renaming into place", &final_dir)?;
+    tsukuru_core::atomic::sync_dir(root)?;
+    Ok(final_dir)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).expect("checkpoint metadata serialises");
+    std::fs::write(path, text).at("writing", path)?;
+    Ok(())
+}
+
+/// Checkpoint directories under `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(root).at("listing", root)? {
+        let path = entry.at("listing", root)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
+            out.push((step, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes all but the newest `keep` checkpoints, and never the one named `protect` (the best).
+pub fn prune(root: &Path, keep: usize, protect: Option<&Path>) -> Result<(), TrainError> {
+    let all = list(root)?;
+    let excess = all.len().saturating_sub(keep);
+    for (_, path) in all.into_iter().take(excess) {
+        if Some(path.as_path()) != protect {
+            std::fs::remove_dir_all(&path).at("removing", &path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads the checkpoint in `dir` into `params`, refusing one made for another model config.
+pub fn load(dir: &Path, params: &VarMap, expected: &ModelConfig, device: &Device) -> Result<Loaded, TrainError> {
+    let meta_path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| ckpt_err(dir, format!("cannot read meta.json: {e}")))?;
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| ckpt_err(dir, format!("meta.json is corrupt: {e}")))?;
+    let differing = differing_fields(&meta.model, expected);
+    if !differing.is_empty() {
+        return Err(ckpt_err(
+            dir,
+            format!("was made for a different model; differing fields: {}", differing.join(", ")),
+        ));
+    }
+    let read = |name: &str| {
+        candle_core::safetensors::load(dir.join(name), device)
+            .map_err(|e| ckpt_err(dir, format!("{name} is unreadable (truncated or corrupt?): {e}")))
+    };
+    let weights = read("model.safetensors")?;
+    let opt_state = read("state.safetensors")?;
+    for (name, var) in params.data().lock().expect("not poisoned").iter() {
+        let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("model.safetensors lacks {name}")))?;
+        if t.shape() != var.shape() {
+            return Err(ckpt_err(dir, format!("{name} has shape {:?}, expected {:?}", t.shape(), var.shape())));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(Loaded { meta, opt_state })
+}
+
+/// Names and values of the config fields that differ, e.g. `d_model: 64 ≠ 128`.
+fn differing_fields(saved: &ModelConfig, now: &ModelConfig) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(saved).expect("serialises"), serde_json::to_value(now).expect("serialises"));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return vec![] };
+    a.iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: checkpoint {v} ≠ config {}", b.get(k).cloned().unwrap_or_default()))
+        .collect()
+}
