@@ -28,6 +28,8 @@ enum Command {
     /// Train a byte-level BPE tokenizer, or inspect one.
     #[command(subcommand)]
     Tokenizer(commands::tokenizer::TokenizerCmd),
+    /// Train a base model on token shards (resumable; checkpoints and metrics.jsonl in --out).
+    Pretrain(commands::pretrain::PretrainArgs),
     /// Measure speed, for side-by-side comparison with peers (see benches/).
     #[command(subcommand)]
     Bench(commands::bench::BenchCmd),
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Tokenizer(c) => commands::tokenizer::run(c, &progress),
         Command::Speedrun(a) => commands::speedrun::run(a, &progress),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Pretrain(a) => commands::pretrain::run(a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,9 +25,9 @@ fn fails(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = ok(tmp.path(), &["speedrun", "--quiet"]);
-    let run = tmp.path().join("runs/speedrun");
-    for stage in ["world", "data", "tokenizer", "tokens"] {
+    let out = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
+    let run = tmp.path().join("runs/speedrun-quick");
+    for stage in ["world", "data", "tokenizer", "tokens", "base"] {
         assert!(run.join(stage).join("manifest.json").exists(), "{stage} missing: {out}");
     }
     assert!(run.join("tokenizer/tokenizer.json").exists() && run.join("config.resolved.toml").exists());
@@ -35,11 +35,21 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
         serde_json::from_str(&std::fs::read_to_string(run.join("tokens/manifest.json")).unwrap()).unwrap();
     assert!(tokens["stats"]["train"]["tokens"].as_u64().unwrap() > 10_000);
 
-    let again = ok(tmp.path(), &["speedrun", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 4, "{again}");
-    let err = fails(tmp.path(), &["speedrun", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
+    assert!(run.join("base/step-0000020/model.safetensors").exists());
+    let metrics = std::fs::read_to_string(run.join("base/metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["loss"].as_f64())
+        .collect();
+    assert_eq!(losses.len(), 20, "one metrics line per step");
+    assert!(losses[19] < losses[0] - 1.0, "pretraining loss must fall: {losses:?}");
+
+    let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
+    assert_eq!(again.matches("skipped").count(), 5, "{again}");
+    let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
-    let err = fails(tmp.path(), &["speedrun", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
+    let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
     assert!(err.contains("vocab_sise"), "{err}");
 
     // The tokenizer round-trips through the CLI too.
@@ -118,4 +128,40 @@ fn progress_is_json_lines_off_a_terminal() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         assert!(v["event"].is_string());
     }
+}
+
+#[test]
+fn pretrain_killed_with_sigkill_resumes_without_corruption() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["speedrun", "--quick", "--quiet"]);
+    let tokens = "runs/speedrun-quick/tokens";
+    let sets =
+        ["--set", "pretrain.steps=40", "--set", "pretrain.checkpoint_every=10", "--set", "pretrain.eval_every=20"];
+    let mut args = vec!["pretrain", "--quiet", "--tokens", tokens, "--out", "base"];
+    args.extend(sets);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsukuru")).args(&args).current_dir(d).spawn().unwrap();
+    let first = d.join("base/step-0000010");
+    let start = std::time::Instant::now();
+    while !first.exists() && start.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    assert!(first.join("meta.json").exists(), "the first checkpoint was complete before the kill");
+    assert!(!d.join("base/manifest.json").exists(), "a killed run must not look finished");
+
+    let err = fails(d, &args);
+    assert!(err.contains("--resume"), "{err}");
+    args.push("--resume");
+    ok(d, &args);
+    let metrics = std::fs::read_to_string(d.join("base/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=40).collect::<Vec<_>>(), "each step logged exactly once across the kill");
+    assert!(d.join("base/manifest.json").exists() && d.join("base/step-0000040/model.safetensors").exists());
 }

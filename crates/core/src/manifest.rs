@@ -138,6 +138,9 @@ pub enum Prepared {
     Fresh(OutputDir),
     /// The same artifact with the same fingerprint is already complete here.
     Done(Manifest),
+    /// An interrupted run of the same artifact and settings left partial work to continue
+    /// (only from [`OutputDir::prepare_resumable`]).
+    Resume(OutputDir),
 }
 
 /// An output directory claimed by one stage.
@@ -155,6 +158,17 @@ impl OutputDir {
     /// * anything else tsukuru wrote → an error, unless `force`, which clears it;
     /// * a non-empty directory tsukuru did not write → always an error: it is never deleted.
     pub fn prepare(path: &Path, artifact: &str, fingerprint: &str, force: bool) -> Result<Prepared> {
+        Self::claim(path, artifact, fingerprint, force, false)
+    }
+
+    /// Like [`OutputDir::prepare`], for stages that resume (training): an incomplete output of the
+    /// same artifact and fingerprint is kept and returned as [`Prepared::Resume`]; one made with
+    /// other settings is refused unless `force` (it may hold hours of work).
+    pub fn prepare_resumable(path: &Path, artifact: &str, fingerprint: &str, force: bool) -> Result<Prepared> {
+        Self::claim(path, artifact, fingerprint, force, true)
+    }
+
+    fn claim(path: &Path, artifact: &str, fingerprint: &str, force: bool, resumable: bool) -> Result<Prepared> {
         let refuse = |message: String| Err(Error::OutputExists { path: path.to_path_buf(), message });
         if path.exists() && !path.is_dir() {
             return refuse("exists and is not a directory; choose another output path".into());
@@ -180,10 +194,15 @@ impl OutputDir {
                 }
             } else if marker.exists() {
                 let was = fs::read_to_string(&marker).at("reading", &marker)?;
-                if was.trim() != artifact && !force {
+                let mut lines = was.lines();
+                let (was_artifact, was_fingerprint) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+                if resumable && was_artifact == artifact && was_fingerprint == fingerprint {
+                    return Ok(Prepared::Resume(OutputDir { path: path.to_path_buf() }));
+                }
+                if (was_artifact != artifact || resumable) && !force {
                     return refuse(format!(
-                        "holds an incomplete {} output; pass --force to replace it or choose another directory",
-                        was.trim()
+                        "holds an incomplete {was_artifact} output{}; pass --force to replace it or choose another directory",
+                        if was_artifact == artifact { " made with other settings" } else { "" }
                     ));
                 }
             } else {
@@ -195,7 +214,7 @@ impl OutputDir {
             clear(path)?;
         }
         fs::create_dir_all(path).at("creating", path)?;
-        write_atomic(path.join(INCOMPLETE), artifact.as_bytes())?;
+        write_atomic(path.join(INCOMPLETE), format!("{artifact}\n{fingerprint}\n").as_bytes())?;
         Ok(Prepared::Fresh(OutputDir { path: path.to_path_buf() }))
     }
 
@@ -244,7 +263,7 @@ mod tests {
                 fs::write(out.path().join("data.txt"), "x").unwrap();
                 out.finish(&m).unwrap();
             }
-            Prepared::Done(_) => panic!("expected a fresh directory"),
+            Prepared::Done(_) | Prepared::Resume(_) => panic!("expected a fresh directory"),
         }
     }
 
@@ -294,5 +313,21 @@ mod tests {
         assert!(err.contains("incomplete"), "{err}");
         assert!(matches!(OutputDir::prepare(&dir, "world", "1", false).unwrap(), Prepared::Fresh(_)));
         assert!(!dir.join("half.txt").exists());
+    }
+
+    #[test]
+    fn resumable_stages_keep_their_partial_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("base");
+        let Prepared::Fresh(out) = OutputDir::prepare_resumable(&dir, "base-model", "f1", false).unwrap() else {
+            panic!()
+        };
+        fs::write(out.path().join("step-1"), "work").unwrap();
+        drop(out); // killed
+        assert!(matches!(OutputDir::prepare_resumable(&dir, "base-model", "f1", false).unwrap(), Prepared::Resume(_)));
+        assert!(dir.join("step-1").exists(), "resuming keeps the partial work");
+        let err = OutputDir::prepare_resumable(&dir, "base-model", "f2", false).unwrap_err().to_string();
+        assert!(err.contains("made with other settings") && err.contains("--force"), "{err}");
+        assert!(matches!(OutputDir::prepare_resumable(&dir, "base-model", "f2", true).unwrap(), Prepared::Fresh(_)));
     }
 }

@@ -1,7 +1,7 @@
 //! The run directory: one folder per run, one subfolder per stage.
 //!
 //! ```text
-//! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/
+//! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -40,5 +40,9 @@ impl RunDir {
     /// Output of `data tokenize` (token shards).
     pub fn tokens(&self) -> PathBuf {
         self.root.join("tokens")
+    }
+    /// Output of `pretrain` (checkpoints, metrics.jsonl).
+    pub fn base(&self) -> PathBuf {
+        self.root.join("base")
     }
 }

@@ -113,7 +113,7 @@ pub fn prepare(
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
     let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => dir,
+        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
     };
 
     let total: u64 = files.iter().map(|f| f.bytes).sum();

@@ -127,7 +127,7 @@ pub fn train(data: &Path, out: &Path, cfg: &TokenizerConfig, force: bool, progre
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
     let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => dir,
+        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
     };
     let train_shards = shards(&text, "train")?;
     let total: u64 = train_shards.iter().map(|s| s.text_bytes).sum();

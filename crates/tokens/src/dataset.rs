@@ -14,6 +14,7 @@ pub struct TokenDataset {
     doc_offsets: Vec<u64>,
     bos: u32,
     vocab_size: u32,
+    text_bytes: Option<u64>,
 }
 
 impl TokenDataset {
@@ -30,7 +31,9 @@ impl TokenDataset {
             .map_err(|e| TokensError::Format(format!("{}: bad shard list: {e}", dir.display())))?
             .unwrap_or_default();
         let shards = list.iter().map(|s| TokenShard::open(&dir.join(&s.path))).collect::<Result<Vec<_>>>()?;
-        Self::from_shards(shards, &format!("{} ({split})", dir.display()))
+        let mut ds = Self::from_shards(shards, &format!("{} ({split})", dir.display()))?;
+        ds.text_bytes = manifest.stats.get(split).and_then(|s| s.get("text_bytes")).and_then(|b| b.as_u64());
+        Ok(ds)
     }
 
     /// A dataset over already opened shards, which must agree on vocabulary and BOS.
@@ -50,7 +53,7 @@ impl TokenDataset {
         if doc_offsets.last() == Some(&0) {
             return Err(TokensError::Format(format!("{name}: the shards hold no documents")));
         }
-        Ok(Self { shards, doc_offsets, bos, vocab_size })
+        Ok(Self { shards, doc_offsets, bos, vocab_size, text_bytes: None })
     }
 
     /// Documents in the split.
@@ -61,6 +64,11 @@ impl TokenDataset {
     /// Tokens in the split.
     pub fn n_tokens(&self) -> u64 {
         self.shards.iter().map(|s| s.n_tokens()).sum()
+    }
+
+    /// UTF-8 bytes of the split's original text, when the manifest records it (for bits per byte).
+    pub fn text_bytes(&self) -> Option<u64> {
+        self.text_bytes
     }
 
     /// The BOS id that starts every document.

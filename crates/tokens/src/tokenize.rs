@@ -26,6 +26,8 @@ pub struct ShardStat {
     pub tokens: u64,
     /// Documents.
     pub docs: u64,
+    /// UTF-8 bytes of the documents' text (bits-per-byte needs it).
+    pub text_bytes: u64,
 }
 
 /// Documents encoded per parallel batch.
@@ -53,7 +55,7 @@ pub fn tokenize(
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
     let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => dir,
+        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
     };
     let tok = Tok::load(tokenizer)?;
     let mut stats = serde_json::Map::new();
@@ -68,8 +70,12 @@ pub fn tokenize(
         let list = encode_split(data, split, &tok, dir.path(), shard_tokens, progress)?;
         let tokens: u64 = list.iter().map(|s| s.tokens).sum();
         let docs: u64 = list.iter().map(|s| s.docs).sum();
+        let text_bytes: u64 = list.iter().map(|s| s.text_bytes).sum();
         all_files.extend(list.iter().map(|s| s.path.clone()));
-        stats.insert(split.into(), serde_json::json!({ "tokens": tokens, "docs": docs, "shards": list }));
+        stats.insert(
+            split.into(),
+            serde_json::json!({ "tokens": tokens, "docs": docs, "text_bytes": text_bytes, "shards": list }),
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
     let train_tokens = stats["train"]["tokens"].as_u64().unwrap_or(0);
@@ -98,26 +104,28 @@ fn encode_split(
     let split_dir = out.join(split);
     std::fs::create_dir_all(&split_dir).map_err(|e| tsukuru_core::Error::io("creating", &split_dir, e))?;
     let mut done = Vec::new();
-    let mut writer: Option<(ShardWriter, String)> = None;
+    let mut writer: Option<(ShardWriter, String, u64)> = None;
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
     let flush = |batch: &mut Vec<String>,
-                 writer: &mut Option<(ShardWriter, String)>,
+                 writer: &mut Option<(ShardWriter, String, u64)>,
                  done: &mut Vec<ShardStat>|
      -> Result<()> {
-        let encoded: Vec<Vec<u32>> = batch.par_iter().map(|t| tok.encode_text(t)).collect::<Result<_, _>>()?;
+        let encoded: Vec<(Vec<u32>, u64)> =
+            batch.par_iter().map(|t| tok.encode_text(t).map(|ids| (ids, t.len() as u64))).collect::<Result<_, _>>()?;
         progress.advance(batch.iter().map(|t| t.len() as u64).sum());
         batch.clear();
-        for ids in encoded {
+        for (ids, bytes) in encoded {
             if writer.is_none() {
                 let rel = format!("{split}/{:05}.bin", done.len());
-                *writer = Some((ShardWriter::create(&out.join(&rel), tok.vocab_size(), special::BOS)?, rel));
+                *writer = Some((ShardWriter::create(&out.join(&rel), tok.vocab_size(), special::BOS)?, rel, 0));
             }
-            let (w, _) = writer.as_mut().expect("opened above");
+            let (w, _, text_bytes) = writer.as_mut().expect("opened above");
             w.push(&ids)?;
+            *text_bytes += bytes;
             if w.tokens() >= shard_tokens {
-                let (w, rel) = writer.take().expect("open");
+                let (w, rel, text_bytes) = writer.take().expect("open");
                 let (tokens, docs) = w.finish()?;
-                done.push(ShardStat { path: rel, tokens, docs });
+                done.push(ShardStat { path: rel, tokens, docs, text_bytes });
             }
         }
         Ok(())
@@ -129,9 +137,9 @@ fn encode_split(
         }
     }
     flush(&mut batch, &mut writer, &mut done)?;
-    if let Some((w, rel)) = writer.take() {
+    if let Some((w, rel, text_bytes)) = writer.take() {
         let (tokens, docs) = w.finish()?;
-        done.push(ShardStat { path: rel, tokens, docs });
+        done.push(ShardStat { path: rel, tokens, docs, text_bytes });
     }
     Ok(done)
 }

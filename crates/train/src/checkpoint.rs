@@ -104,8 +104,16 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     Ok(out)
 }
 
-/// Deletes all but the newest `keep` checkpoints, and never the one named `protect` (the best).
+/// Deletes all but the newest `keep` checkpoints, and never the one named `protect` (the best),
+/// plus temporary directories left by a process killed while writing a checkpoint.
 pub fn prune(root: &Path, keep: usize, protect: Option<&Path>) -> Result<(), TrainError> {
+    for entry in std::fs::read_dir(root).at("listing", root)? {
+        let path = entry.at("listing", root)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with(".step-") && name.contains(".tmp-") && path.is_dir() {
+            std::fs::remove_dir_all(&path).at("removing", &path)?;
+        }
+    }
     let all = list(root)?;
     let excess = all.len().saturating_sub(keep);
     for (_, path) in all.into_iter().take(excess) {

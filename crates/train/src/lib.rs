@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod pretrain;
 pub mod schedule;
 pub mod trainer;
 
@@ -17,6 +18,9 @@ pub use trainer::{LoopConfig, NextToken, Objective, StepReport, Trainer};
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// Token shards could not be read.
+    #[error(transparent)]
+    Tokens(#[from] tsukuru_tokens::TokensError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -215,7 +215,7 @@ pub fn generate_into(
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
     let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => dir,
+        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
     };
     progress.phase("world", None, Unit::Items);
     let world = World::generate(seed, scale);

@@ -1,8 +1,9 @@
 //! `tsukuru speedrun`: every stage that exists, in order, into one run directory.
 //!
-//! world → data prepare → tokenizer train → data tokenize. Each stage skips when
-//! its output is complete with the same settings, so a rerun after a kill picks
-//! up where it stopped.
+//! world → data prepare → tokenizer train → data tokenize → pretrain. Each stage
+//! skips when its output is complete with the same settings, and pretraining
+//! resumes from its latest checkpoint, so a rerun after a kill picks up where it
+//! stopped.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -12,6 +13,7 @@ use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
 use tsukuru_tokenizer::TokenizerConfig;
+use tsukuru_train::pretrain::PretrainConfig;
 use tsukuru_world::Scale;
 
 /// The built-in speedrun config.
@@ -35,6 +37,12 @@ pub struct SpeedrunArgs {
     /// Replace earlier outputs of this run made with other settings.
     #[arg(long)]
     pub force: bool,
+    /// A smoke run: 20 pretraining steps with small evaluations (the run is named NAME-quick).
+    #[arg(long)]
+    pub quick: bool,
+    /// Device for pretraining: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// The whole speedrun config.
@@ -51,6 +59,8 @@ pub struct SpeedrunConfig {
     pub tokenizer: TokenizerConfig,
     /// Tokenization.
     pub tokens: TokensSection,
+    /// Pretraining.
+    pub pretrain: PretrainConfig,
 }
 
 /// `[world]` of a speedrun config.
@@ -76,10 +86,18 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     if a.run.is_empty() || a.run.contains(['/', '\\']) || a.run.starts_with('.') {
         bail!("--run '{}' must be a plain directory name", a.run);
     }
-    let cfg: SpeedrunConfig = tsukuru_core::config::load(a.config.as_deref(), TINY, &a.sets)?;
+    let mut sets = a.sets.clone();
+    if a.quick {
+        // Put first, so that explicit --set values still win.
+        let quick =
+            ["pretrain.steps=20", "pretrain.eval_every=10", "pretrain.eval_batches=2", "pretrain.checkpoint_every=10"];
+        sets.splice(0..0, quick.iter().map(|s| s.to_string()));
+    }
+    let cfg: SpeedrunConfig = tsukuru_core::config::load(a.config.as_deref(), TINY, &sets)?;
+    let name = if a.quick { format!("{}-quick", a.run) } else { a.run.clone() };
     cfg.data.validate()?;
     cfg.tokenizer.validate()?;
-    let run = RunDir::new(a.runs_dir.join(&a.run));
+    let run = RunDir::new(a.runs_dir.join(&name));
     std::fs::create_dir_all(run.root()).with_context(|| format!("creating {}", run.root().display()))?;
     let resolved = toml::to_string(&cfg).context("serialising the resolved config")?;
     if let Ok(old) = std::fs::read_to_string(run.config()) {
@@ -97,6 +115,8 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     super::data::prepare(&[corpus], &run.data(), &cfg.data, a.force, progress)?;
     super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, a.force, progress)?;
     super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
+    let device = super::pretrain::device(&a.device)?;
+    super::pretrain::pretrain(&run.tokens(), &run.base(), &cfg.pretrain, &device, true, a.force, progress)?;
     println!("speedrun: done; everything is in {}", run.root().display());
     Ok(())
 }
