@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the speedrun tokenizer, encodes validation text and hard cases with tsukuru, and checks
+# Trains the speedrun's tokenizer, encodes validation text and hard cases with tsukuru, and checks
 # that Python's `tokenizers` (installed here into a cached virtualenv) produces the same ids.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,11 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$bin" speedrun --quiet --runs-dir "$work/runs" > /dev/null
-run="$work/runs/speedrun"
+# The speedrun's world, data and tokenizer stages (pretraining is not needed here).
+run="$work/run"
+"$bin" world generate --quiet --out "$run/world" > /dev/null
+"$bin" data prepare --quiet --input "$run/world/corpus.jsonl" --out "$run/data" --val-fraction 0.05 > /dev/null
+"$bin" tokenizer train --quiet --data "$run/data" --vocab-size 2048 --out "$run/tokenizer" > /dev/null
 
 # Texts: every validation document plus strings chosen to break byte-level BPE.
 "$venv/bin/python" - "$run" "$work/texts.jsonl" <<'PY'
