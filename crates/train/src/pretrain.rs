@@ -217,7 +217,11 @@ pub fn pretrain(
             }
             Loader::resume(&train, loader_cfg, loaded.meta.loader)?
         }
-        None => Loader::new(&train, loader_cfg)?,
+        None => {
+            // Killed before the first checkpoint: nothing to continue, and no step may be logged twice.
+            truncate_metrics(&metrics_path, 0)?;
+            Loader::new(&train, loader_cfg)?
+        }
     };
     let mut metrics =
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).at("opening", &metrics_path)?;
