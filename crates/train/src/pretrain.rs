@@ -266,7 +266,6 @@ pub fn pretrain(
         checkpoint::list(&ckpt_root)?.pop().ok_or_else(|| TrainError::Checkpoint("none written".into()))?;
     let (val_loss, bpb) = evaluate(&model, &val, cfg, device)?;
     progress.finish(&format!("{final_step} steps, validation loss {val_loss:.4}"));
-    manifest.files = vec![];
     manifest.stats = serde_json::json!({
         "final_step": final_step,
         "final_checkpoint": final_dir.file_name().map(|n| n.to_string_lossy().into_owned()),
