@@ -2,6 +2,7 @@
 
 mod commands;
 mod progress;
+mod signals;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,7 +53,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let interrupted = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<tsukuru_train::TrainError>(),
+                    Some(tsukuru_train::TrainError::Interrupted { .. })
+                )
+            });
+            if interrupted {
+                ExitCode::from(signals::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

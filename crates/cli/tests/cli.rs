@@ -165,3 +165,52 @@ fn pretrain_killed_with_sigkill_resumes_without_corruption() {
     assert_eq!(steps, (1..=40).collect::<Vec<_>>(), "each step logged exactly once across the kill");
     assert!(d.join("base/manifest.json").exists() && d.join("base/step-0000040/model.safetensors").exists());
 }
+
+#[test]
+fn pretrain_stopped_with_sigterm_saves_a_checkpoint_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["speedrun", "--quick", "--quiet"]);
+    // No periodic checkpoints: the only one before the end must come from the signal.
+    let mut args = vec!["pretrain", "--quiet", "--tokens", "runs/speedrun-quick/tokens", "--out", "base"];
+    args.extend(["--set", "pretrain.steps=60", "--set", "pretrain.checkpoint_every=1000"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_tsukuru"))
+        .args(&args)
+        .current_dir(d)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = d.join("base/metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3
+        && start.elapsed() < std::time::Duration::from_secs(120)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted after step") && stderr.contains("--resume"), "{stderr}");
+    let saved: Vec<_> = std::fs::read_dir(d.join("base"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    let step: u64 = saved[0]["step-".len()..].parse().unwrap();
+    assert!((3..60).contains(&step), "stopped at step {step}");
+    assert!(!d.join("base/manifest.json").exists(), "a stopped run must not look finished");
+
+    args.push("--resume");
+    ok(d, &args);
+    let logged: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged, (1..=60).collect::<Vec<_>>());
+}

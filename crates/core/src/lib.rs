@@ -4,18 +4,21 @@
 //! skip when its output is already complete and refuse to overwrite a different
 //! artifact ([`manifest`]), crash-safe file replacement ([`atomic`]), a portable
 //! seeded random generator whose streams never change between releases ([`rng`]),
-//! TOML configs with `--set key=value` overrides ([`config`]), and the
+//! TOML configs with `--set key=value` overrides ([`config`]), a cooperative stop flag that
+//! signal handlers set ([`interrupt`]), and the
 //! [`progress::Progress`] trait that libraries report through.
 
 pub mod atomic;
 pub mod config;
 pub mod error;
+pub mod interrupt;
 pub mod manifest;
 pub mod progress;
 pub mod rng;
 pub mod run;
 
 pub use error::{Error, Result};
+pub use interrupt::Interrupt;
 pub use manifest::{Manifest, Outcome, OutputDir, Prepared};
 pub use progress::{NoProgress, Progress};
 pub use rng::Rng;

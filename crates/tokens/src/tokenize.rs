@@ -17,6 +17,9 @@ pub const ARTIFACT: &str = "token-shards";
 /// Format version of the token-shards directory (docs/ARTIFACTS.md).
 pub const FORMAT_VERSION: u32 = crate::format::VERSION;
 
+/// The tokenizer's file, copied into the token-shards directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
 /// One token shard as listed in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardStat {
@@ -58,6 +61,11 @@ pub fn tokenize(
         Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
     };
     let tok = Tok::load(tokenizer)?;
+    // The ids mean nothing without their tokenizer: keep a copy beside them, so that training and
+    // every later stage can decode without knowing where the tokenizer was trained.
+    let tok_src = tokenizer.join("tokenizer.json");
+    let tok_copy = dir.path().join(TOKENIZER_FILE);
+    std::fs::copy(&tok_src, &tok_copy).map_err(|e| tsukuru_core::Error::io("copying", &tok_src, e))?;
     let mut stats = serde_json::Map::new();
     let total: u64 = ["train", "val"]
         .iter()
@@ -65,7 +73,7 @@ pub fn tokenize(
         .sum::<Result<u64, _>>()?;
     progress.phase("tokenize", Some(total), Unit::Bytes);
     let started = std::time::Instant::now();
-    let mut all_files = Vec::new();
+    let mut all_files = vec![TOKENIZER_FILE.to_string()];
     for split in ["train", "val"] {
         let list = encode_split(data, split, &tok, dir.path(), shard_tokens, progress)?;
         let tokens: u64 = list.iter().map(|s| s.tokens).sum();

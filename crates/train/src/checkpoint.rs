@@ -54,8 +54,15 @@ fn fsync(path: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Writes a checkpoint of `params` and `opt_state` under `root/step-NNNNNNN`, atomically.
-pub fn save(root: &Path, params: &VarMap, opt_state: &[(String, Tensor)], meta: &Meta) -> Result<PathBuf, TrainError> {
+/// Writes a checkpoint of `params` and `opt_state` under `root/step-NNNNNNN`, atomically, with a
+/// copy of `tokenizer` (a `tokenizer.json`) when given, so the checkpoint is usable on its own.
+pub fn save(
+    root: &Path,
+    params: &VarMap,
+    opt_state: &[(String, Tensor)],
+    meta: &Meta,
+    tokenizer: Option<&Path>,
+) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(root).at("creating", root)?;
     let final_dir = root.join(dir_name(meta.step));
     let tmp = root.join(format!(".{}.tmp-{}", dir_name(meta.step), std::process::id()));
@@ -70,7 +77,12 @@ pub fn save(root: &Path, params: &VarMap, opt_state: &[(String, Tensor)], meta: 
     candle_core::safetensors::save(&state, tmp.join("state.safetensors"))?;
     write_json(&tmp.join("config.json"), &meta.model)?;
     write_json(&tmp.join("meta.json"), meta)?;
-    for f in ["model.safetensors", "state.safetensors", "config.json", "meta.json"] {
+    let mut files = vec!["model.safetensors", "state.safetensors", "config.json", "meta.json"];
+    if let Some(src) = tokenizer {
+        std::fs::copy(src, tmp.join("tokenizer.json")).at("copying", src)?;
+        files.push("tokenizer.json");
+    }
+    for f in files {
         fsync(&tmp.join(f))?;
     }
     if final_dir.exists() {

@@ -33,6 +33,14 @@ pub enum TrainError {
     /// File system problem.
     #[error(transparent)]
     Core(#[from] tsukuru_core::Error),
+    /// A stop was requested (SIGINT/SIGTERM); the state was saved first.
+    #[error("interrupted after step {step}; saved checkpoint {}; continue with --resume", checkpoint.display())]
+    Interrupted {
+        /// The last step taken.
+        step: u64,
+        /// The checkpoint written on the way out.
+        checkpoint: std::path::PathBuf,
+    },
     /// Too many non-finite steps in a row.
     #[error(
         "training diverged: {in_a_row} steps in a row up to step {step} had a non-finite loss or gradient \

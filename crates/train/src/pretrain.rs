@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tsukuru_core::error::IoContext;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
+use tsukuru_core::{Interrupt, Manifest, Outcome, OutputDir, Prepared, Progress};
 use tsukuru_model::init::init_params;
 use tsukuru_model::{Activation, ModelConfig, Transformer};
 use tsukuru_tokens::{Loader, LoaderConfig, TokenDataset};
@@ -165,31 +165,48 @@ fn evaluate(
     Ok((loss, bpb))
 }
 
-/// Trains a base model on the token shards in `tokens` into `out`. With `resume`, continues an
-/// interrupted run of the same settings from its latest checkpoint (without it, such a run is
-/// refused rather than silently continued); skips if the same run is complete; refuses other
-/// outputs unless `force`.
+/// How a training job treats earlier output in its directory, and requests to stop.
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// Continue an interrupted run of the same settings from its latest checkpoint (without it,
+    /// such a run is refused rather than silently continued).
+    pub resume: bool,
+    /// Replace a different tsukuru output.
+    pub force: bool,
+    /// Polled after every step: once set, a checkpoint is written and the job returns
+    /// [`TrainError::Interrupted`].
+    pub interrupt: Interrupt,
+}
+
+/// Trains a base model on the token shards in `tokens` into `out`; skips if the same run is
+/// complete there (see [`JobOptions`] for resuming, replacing and stopping).
 pub fn pretrain(
     tokens: &Path,
     out: &Path,
     cfg: &PretrainConfig,
     device: &Device,
-    resume: bool,
-    force: bool,
+    job: &JobOptions,
     progress: &dyn Progress,
 ) -> Result<Outcome, TrainError> {
     cfg.validate()?;
     let tok_manifest =
         Manifest::expect(tokens, tsukuru_tokens::tokenize::ARTIFACT, "make it with `tsukuru data tokenize`")?;
+    let tokenizer = tokens.join(tsukuru_tokens::tokenize::TOKENIZER_FILE);
+    if !tokenizer.is_file() {
+        return Err(TrainError::Config(format!(
+            "{} is missing (token shards made by an older tsukuru); redo them with `tsukuru data tokenize --force`",
+            tokenizer.display()
+        )));
+    }
     let train = TokenDataset::open(tokens, "train")?;
     let val = TokenDataset::open(tokens, "val").or_else(|_| TokenDataset::open(tokens, "train"))?;
     let model_cfg = cfg.model_config(train.vocab_size() as usize)?;
     let params = serde_json::json!({ "config": cfg, "tokens": tok_manifest.fingerprint, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let (dir, resuming) = match OutputDir::prepare_resumable(out, ARTIFACT, &manifest.fingerprint, force)? {
+    let (dir, resuming) = match OutputDir::prepare_resumable(out, ARTIFACT, &manifest.fingerprint, job.force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
         Prepared::Fresh(dir) => (dir, false),
-        Prepared::Resume(dir) if resume => (dir, true),
+        Prepared::Resume(dir) if job.resume => (dir, true),
         Prepared::Resume(_) => {
             return Err(TrainError::Config(format!(
             "{} holds an interrupted run with these settings; pass --resume to continue it or --force to start over",
@@ -249,16 +266,20 @@ pub fn pretrain(
             writeln!(metrics, "{}", serde_json::json!({"step": r.step, "val_loss": val_loss, "val_bpb": bpb}))
                 .at("writing", &metrics_path)?;
         }
-        if r.step % cfg.checkpoint_every == 0 || last {
+        let stop = job.interrupt.is_set() && !last;
+        if r.step % cfg.checkpoint_every == 0 || last || stop {
             metrics.flush().at("writing", &metrics_path)?;
             let (opt_step, state) = trainer.optimizer().state();
             let meta =
                 Meta { step: r.step, opt_step, loader: loader.state(), model: model_cfg.clone(), val_loss: last_val };
-            let path = checkpoint::save(&ckpt_root, &varmap, &state, &meta)?;
+            let path = checkpoint::save(&ckpt_root, &varmap, &state, &meta, Some(&tokenizer))?;
             if let Some(v) = last_val.filter(|v| best.as_ref().is_none_or(|(b, _)| v < b)) {
-                best = Some((v, path));
+                best = Some((v, path.clone()));
             }
             checkpoint::prune(&ckpt_root, cfg.keep_checkpoints, best.as_ref().map(|(_, p)| p.as_path()))?;
+            if stop {
+                return Err(TrainError::Interrupted { step: r.step, checkpoint: path });
+            }
         }
     }
     drop(metrics);

@@ -64,7 +64,7 @@ fn ten_plus_resume_plus_ten_equals_twenty() {
         (0..10).map(|_| t.step(&m, &NextToken, &dev, &mut || loader.next_batch()).unwrap().loss).collect();
     let (opt_step, state) = t.optimizer().state();
     let meta = Meta { step: t.step_count(), opt_step, loader: loader.state(), model: cfg(), val_loss: None };
-    checkpoint::save(&ckpts, &map, &state, &meta).unwrap();
+    checkpoint::save(&ckpts, &map, &state, &meta, None).unwrap();
     drop((map, m, t, loader));
 
     // A fresh process starts from other weights: loading must overwrite all of them.
@@ -86,7 +86,7 @@ fn bad_checkpoints_are_refused_with_reasons() {
     let (opt_step, state) = t.optimizer().state();
     let meta = Meta { step: 3, opt_step, loader: loader.state(), model: cfg(), val_loss: None };
     let root = tmp.path().join("ckpt");
-    let dir = checkpoint::save(&root, &map, &state, &meta).unwrap();
+    let dir = checkpoint::save(&root, &map, &state, &meta, None).unwrap();
     assert!(dir.ends_with("step-0000003"));
 
     let wider = ModelConfig { d_model: 192, n_heads: 3, ..cfg() };
@@ -104,7 +104,7 @@ fn bad_checkpoints_are_refused_with_reasons() {
     assert!(err.contains("meta.json is corrupt"), "{err}");
 
     for step in [5, 7, 9] {
-        checkpoint::save(&root, &map, &state, &Meta { step, ..meta.clone() }).unwrap();
+        checkpoint::save(&root, &map, &state, &Meta { step, ..meta.clone() }, None).unwrap();
     }
     checkpoint::prune(&root, 2, Some(&dir)).unwrap();
     let left: Vec<u64> = checkpoint::list(&root).unwrap().into_iter().map(|(s, _)| s).collect();

@@ -5,7 +5,7 @@ use clap::Args;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tsukuru_core::Progress;
-use tsukuru_train::pretrain::PretrainConfig;
+use tsukuru_train::pretrain::{JobOptions, PretrainConfig};
 
 /// Arguments of `pretrain`.
 #[derive(Args, Debug)]
@@ -62,7 +62,7 @@ pub fn run(a: PretrainArgs, progress: &dyn Progress) -> Result<()> {
     pretrain(&a.tokens, &a.out, &file.pretrain, &device(&a.device)?, a.resume, a.force, progress)
 }
 
-/// Runs pretraining and prints its figures.
+/// Runs pretraining and prints its figures. SIGINT/SIGTERM make it save a checkpoint and stop.
 pub fn pretrain(
     tokens: &Path,
     out: &Path,
@@ -72,7 +72,9 @@ pub fn pretrain(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let o = tsukuru_train::pretrain::pretrain(tokens, out, cfg, device, resume, force, progress)
+    let signals = crate::signals::StopOnSignal::install()?;
+    let job = JobOptions { resume, force, interrupt: signals.interrupt().clone() };
+    let o = tsukuru_train::pretrain::pretrain(tokens, out, cfg, device, &job, progress)
         .with_context(|| format!("pretrain into {}", out.display()))?;
     let s = &o.manifest.stats;
     let detail = format!(
