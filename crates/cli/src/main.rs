@@ -31,6 +31,8 @@ enum Command {
     Tokenizer(commands::tokenizer::TokenizerCmd),
     /// Train a base model on token shards (resumable; checkpoints and metrics.jsonl in --out).
     Pretrain(commands::pretrain::PretrainArgs),
+    /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
+    Generate(commands::generate::GenerateArgs),
     /// Measure speed, for side-by-side comparison with peers (see benches/).
     #[command(subcommand)]
     Bench(commands::bench::BenchCmd),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Speedrun(a) => commands::speedrun::run(a, &progress),
         Command::Bench(c) => commands::bench::run(c),
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
+        Command::Generate(a) => commands::generate::run(a, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,18 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
     assert!(err.contains("vocab_sise"), "{err}");
 
+    // Generation: the checkpoint is self-contained, the seed reproduces the text, bad input is named.
+    let gen = ["generate", "--model", "runs/speedrun-quick/base", "--prompt", "The city of", "--max-new-tokens", "12"];
+    let a = ok(tmp.path(), &[&gen[..], &["--seed", "5"]].concat());
+    assert!(a.starts_with("The city of") && a.len() > "The city of".len() + 2, "{a}");
+    assert_eq!(a, ok(tmp.path(), &[&gen[..], &["--seed", "5"]].concat()));
+    let greedy = ok(tmp.path(), &[&gen[..], &["--temperature", "0", "--seed", "1"]].concat());
+    assert_eq!(greedy, ok(tmp.path(), &[&gen[..], &["--temperature", "0", "--seed", "2"]].concat()));
+    let err = fails(tmp.path(), &[&gen[..], &["--top-p", "0"]].concat());
+    assert!(err.contains("top_p"), "{err}");
+    let err = fails(tmp.path(), &["generate", "--model", "runs", "--prompt", "x"]);
+    assert!(err.contains("no model here"), "{err}");
+
     // The tokenizer round-trips through the CLI too.
     let tok = run.join("tokenizer");
     let tok = tok.to_str().unwrap();

@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::ops::{causal_mask, rms_norm, rope, rope_tables, softmax_last};
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 fn linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<Linear> {
@@ -162,6 +162,7 @@ pub struct Transformer {
     norm: Tensor,
     lm_head: Linear,
     rope: (Tensor, Tensor),
+    device: Device,
 }
 
 impl Transformer {
@@ -194,12 +195,18 @@ impl Transformer {
             norm: m.get(cfg.d_model, "norm.weight")?,
             lm_head,
             rope,
+            device: vb.device().clone(),
         })
     }
 
     /// The model's config.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The device its weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Logits `(B, T, V)` for token ids `(B, T)` at positions `cache.len()..` (or `0..` without a cache).
