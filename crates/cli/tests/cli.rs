@@ -27,7 +27,7 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let tmp = tempfile::tempdir().unwrap();
     let out = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
     let run = tmp.path().join("runs/speedrun-quick");
-    for stage in ["world", "data", "tokenizer", "tokens", "base"] {
+    for stage in ["world", "data", "tokenizer", "tokens", "base", "eval"] {
         assert!(run.join(stage).join("manifest.json").exists(), "{stage} missing: {out}");
     }
     assert!(run.join("tokenizer/tokenizer.json").exists() && run.join("config.resolved.toml").exists());
@@ -45,8 +45,18 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     assert_eq!(losses.len(), 20, "one metrics line per step");
     assert!(losses[19] < losses[0] - 1.0, "pretraining loss must fall: {losses:?}");
 
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for part in ["unigram", "base model", "bits/byte", "stated in the corpus", "never stated", "chance", "## Samples"] {
+        assert!(report.contains(part), "report.md lacks {part}:\n{report}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval/summary.json")).unwrap()).unwrap();
+    let (model, unigram) = (&summary["model"]["bits_per_byte"], &summary["unigram"]["bits_per_byte"]);
+    assert!(model.as_f64().unwrap() < unigram.as_f64().unwrap(), "even 20 steps beat unigram counts: {summary}");
+    assert_eq!(summary["probe_stated"]["n"], 20);
+
     let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 5, "{again}");
+    assert_eq!(again.matches("skipped").count(), 6, "{again}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
+//!           eval/  report.md
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,5 +45,13 @@ impl RunDir {
     /// Output of `pretrain` (checkpoints, metrics.jsonl).
     pub fn base(&self) -> PathBuf {
         self.root.join("base")
+    }
+    /// Evaluation of the base model.
+    pub fn eval(&self) -> PathBuf {
+        self.root.join("eval")
+    }
+    /// The run's report.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.md")
     }
 }

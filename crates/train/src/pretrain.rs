@@ -289,6 +289,8 @@ pub fn pretrain(
     progress.finish(&format!("{final_step} steps, validation loss {val_loss:.4}"));
     manifest.stats = serde_json::json!({
         "final_step": final_step,
+        "tokens_trained": final_step * tokens_per_step,
+        "train_seconds": step_seconds(&metrics_path, tokens_per_step)?,
         "final_checkpoint": final_dir.file_name().map(|n| n.to_string_lossy().into_owned()),
         "best_checkpoint": best.as_ref().and_then(|(_, p)| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
         "val_loss": val_loss,
@@ -298,6 +300,17 @@ pub fn pretrain(
     });
     dir.finish(&manifest)?;
     Ok(Outcome { manifest, skipped: false })
+}
+
+/// Time spent in training steps, summed over `metrics.jsonl` (so it spans resumed runs).
+fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
+    let text = std::fs::read_to_string(path).at("reading", path)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some(v["tokens_per_s"].as_f64()?).filter(|t| *t > 0.0))
+        .map(|tps| tokens_per_step as f64 / tps)
+        .sum::<f64>())
 }
 
 /// Keeps only the lines of `metrics.jsonl` for steps up to `step` (the resumed checkpoint).

@@ -1,9 +1,9 @@
 //! `tsukuru speedrun`: every stage that exists, in order, into one run directory.
 //!
-//! world → data prepare → tokenizer train → data tokenize → pretrain. Each stage
-//! skips when its output is complete with the same settings, and pretraining
-//! resumes from its latest checkpoint, so a rerun after a kill picks up where it
-//! stopped.
+//! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
+//! against a unigram baseline, the world's fact probe, samples) → `report.md`. Each stage skips
+//! when its output is complete with the same settings, and pretraining resumes from its latest
+//! checkpoint, so a rerun after a kill picks up where it stopped.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
+use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs};
+use tsukuru_eval::report::{render, ReportContext};
 use tsukuru_tokenizer::TokenizerConfig;
 use tsukuru_train::pretrain::PretrainConfig;
 use tsukuru_world::Scale;
@@ -61,6 +63,9 @@ pub struct SpeedrunConfig {
     pub tokens: TokensSection,
     /// Pretraining.
     pub pretrain: PretrainConfig,
+    /// Evaluation of the base model.
+    #[serde(default)]
+    pub eval: BaseEvalConfig,
 }
 
 /// `[world]` of a speedrun config.
@@ -89,8 +94,14 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     let mut sets = a.sets.clone();
     if a.quick {
         // Put first, so that explicit --set values still win.
-        let quick =
-            ["pretrain.steps=20", "pretrain.eval_every=10", "pretrain.eval_batches=2", "pretrain.checkpoint_every=10"];
+        let quick = [
+            "pretrain.steps=20",
+            "pretrain.eval_every=10",
+            "pretrain.eval_batches=2",
+            "pretrain.checkpoint_every=10",
+            "eval.probe_facts=20",
+            "eval.samples=1",
+        ];
         sets.splice(0..0, quick.iter().map(|s| s.to_string()));
     }
     let cfg: SpeedrunConfig = tsukuru_core::config::load(a.config.as_deref(), TINY, &sets)?;
@@ -117,6 +128,39 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
     let device = super::pretrain::device(&a.device)?;
     super::pretrain::pretrain(&run.tokens(), &run.base(), &cfg.pretrain, &device, true, a.force, progress)?;
-    println!("speedrun: done; everything is in {}", run.root().display());
+    let inputs = BaseEvalInputs { model: &run.base(), tokens: &run.tokens(), world: Some(&run.world()) };
+    let eval = evaluate_base(inputs, &run.eval(), &cfg.eval, &device, a.force, progress)
+        .with_context(|| format!("evaluating into {}", run.eval().display()))?;
+    let s = &eval.manifest.stats;
+    let detail = format!(
+        "{:.3} bits/byte vs unigram {:.3}; stated facts {:.0}% (chance {:.0}%)",
+        s["model"]["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
+        s["unigram"]["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
+        100.0 * s["probe_stated"]["choice_accuracy"].as_f64().unwrap_or(f64::NAN),
+        100.0 * s["probe_stated"]["chance"].as_f64().unwrap_or(f64::NAN),
+    );
+    super::report("evaluate", &run.eval(), eval.skipped, &detail);
+    write_report(&run, &name)?;
+    println!("speedrun: done; report in {}", run.report().display());
+    Ok(())
+}
+
+/// Renders `report.md` from the finished stages' manifests.
+fn write_report(run: &RunDir, name: &str) -> Result<()> {
+    let read = |dir: PathBuf| tsukuru_core::Manifest::read(&dir).map(|m| m.stats);
+    let (base, tokens) = (read(run.base())?, read(run.tokens())?);
+    let summary: tsukuru_eval::base::BaseEvalSummary = {
+        let path = run.eval().join("summary.json");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+    };
+    let ctx = ReportContext {
+        title: &format!("Speedrun report: {name}"),
+        training: &base,
+        tokens_trained: base["tokens_trained"].as_u64().unwrap_or(0),
+        train_tokens: tokens["train"]["tokens"].as_u64().unwrap_or(0),
+        train_seconds: base["train_seconds"].as_f64(),
+    };
+    tsukuru_core::atomic::write_atomic(run.report(), render(&ctx, &summary).as_bytes())?;
     Ok(())
 }

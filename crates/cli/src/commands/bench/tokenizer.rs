@@ -1,21 +1,14 @@
 //! `tsukuru bench tokenizer`: encoding throughput, for side-by-side runs with Python peers
-//! (benches/tokenizer.sh). Prints one JSON line per measurement.
+//! (benches/tokenizer.sh). Prints one JSON line per thread count.
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::Instant;
 use tsukuru_core::Manifest;
 use tsukuru_data::shards::for_each_record;
 use tsukuru_tokenizer::Tok;
-
-/// Bench subcommands.
-#[derive(Subcommand, Debug)]
-pub enum BenchCmd {
-    /// Encoding throughput of a tokenizer on prepared text, one thread and all threads.
-    Tokenizer(TokenizerBenchArgs),
-}
 
 /// Arguments of `bench tokenizer`.
 #[derive(Args, Debug)]
@@ -34,14 +27,8 @@ pub struct TokenizerBenchArgs {
     pub repeat: usize,
 }
 
-/// Runs a bench subcommand.
-pub fn run(cmd: BenchCmd) -> Result<()> {
-    match cmd {
-        BenchCmd::Tokenizer(a) => tokenizer(&a),
-    }
-}
-
-fn tokenizer(a: &TokenizerBenchArgs) -> Result<()> {
+/// Runs `bench tokenizer`.
+pub fn run(a: &TokenizerBenchArgs) -> Result<()> {
     let tok = Tok::load(&a.tokenizer)?;
     let manifest = Manifest::expect(&a.data, tsukuru_data::prepare::ARTIFACT, "run `tsukuru data prepare` first")?;
     let mut texts = Vec::new();

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Model benchmark: `tsukuru bench train|generate` against the PyTorch reference on the same model,
+# side by side in one run, with the ratio printed.
+#
+#   bash benches/model.sh [FLAGS...]     e.g. --layers 12, --threads 2, --steps 20
+#
+# FLAGS go to both sides unchanged (they share the reference's flags: --vocab --layers --d-model
+# --heads --kv-heads --ffn --seq --batch --prompt --new-tokens --steps --warmup --threads --device).
+# Training uses FLAGS as given; generation runs batch 1 (a 16-token prompt, 128 new tokens by default).
+# The reference script is ../shared/bench/torch_ref.py beside the project, or $TORCH_REF.
+# PyTorch is installed into a cached virtualenv on first use (a large download).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ref="${TORCH_REF:-../shared/bench/torch_ref.py}"
+if [ ! -f "$ref" ]; then
+  echo "benches/model.sh: the PyTorch reference $ref is missing; set TORCH_REF=path/to/torch_ref.py" >&2
+  exit 2
+fi
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --quiet --release -p tsukuru-cli
+bin="$target/release/tsukuru"
+venv="${TSUKURU_TORCH_VENV:-$HOME/.cache/tsukuru/venv-torch}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check torch numpy
+fi
+
+out=".bench/model"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: > "$results"
+# Peak resident memory of the reference, measured from outside (it does not report it on CPU).
+rss_of() { /usr/bin/env python3 -c '
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True)
+print(round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1), file=sys.stderr)' "$@"; }
+for mode in train generate; do
+  extra=()
+  [ "$mode" = generate ] && extra=(--batch 1)
+  "$bin" bench "$mode" "$@" "${extra[@]}" | tee -a "$results"
+  rss=$(rss_of "$venv/bin/python" "$ref" "$mode" "$@" "${extra[@]}" 2>&1 >"$out/torch.json" | tail -1)
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["impl"]="pytorch"; d["peak_rss_mib"]=float(sys.argv[2]); print(json.dumps(d))' \
+    "$out/torch.json" "$rss" | tee -a "$results"
+done
+python3 - "$results" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+by = {(r["mode"], r["impl"]): r for r in rows}
+print()
+print(f"{'':10} {'tsukuru tok/s':>14} {'PyTorch tok/s':>14} {'speed ratio':>12} {'RSS ratio':>10}")
+for mode in ("train", "generate"):
+    t, p = by[(mode, "tsukuru")], by[(mode, "pytorch")]
+    rss = t["peak_rss_mib"] / p["peak_rss_mib"] if p.get("peak_rss_mib") else float("nan")
+    print(f"{mode:10} {t['tokens_per_s']:>14.1f} {p['tokens_per_s']:>14.1f} {t['tokens_per_s'] / p['tokens_per_s']:>11.2f}x {rss:>9.2f}x")
+PY

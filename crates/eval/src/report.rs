@@ -1,0 +1,107 @@
+//! `report.md`: a base model's evaluation as a page a person reads, with each figure next to the
+//! baseline that gives it meaning (unigram bits per byte, chance accuracy).
+
+use crate::base::BaseEvalSummary;
+use crate::probe::GroupScore;
+use std::fmt::Write;
+
+/// What the report shows besides the evaluation.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportContext<'a> {
+    /// Page title.
+    pub title: &'a str,
+    /// Pretraining figures (the base model's manifest stats: `final_step`, `params`, …).
+    pub training: &'a serde_json::Value,
+    /// Tokens seen in training.
+    pub tokens_trained: u64,
+    /// Training-set size in tokens.
+    pub train_tokens: u64,
+    /// Wall-clock seconds of pretraining, if known.
+    pub train_seconds: Option<f64>,
+}
+
+/// Half-width of the 95% normal-approximation interval of an accuracy.
+fn margin(p: f64, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    1.96 * (p * (1.0 - p) / n as f64).sqrt()
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn probe_row(name: &str, g: &GroupScore) -> String {
+    format!(
+        "| {name} | {} | {} ± {} | {} | {} ± {} |",
+        g.n,
+        pct(g.choice_accuracy),
+        pct(margin(g.choice_accuracy, g.n)),
+        pct(g.chance),
+        pct(g.greedy_accuracy),
+        pct(margin(g.greedy_accuracy, g.n)),
+    )
+}
+
+/// Renders the report.
+pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "# {}\n", ctx.title);
+    let _ = writeln!(
+        r,
+        "Base model `{}`: {} parameters, {} steps, {} tokens seen ({:.1} epochs of {} training tokens){}.\n",
+        s.checkpoint,
+        s.params,
+        ctx.training["final_step"],
+        ctx.tokens_trained,
+        ctx.tokens_trained as f64 / ctx.train_tokens.max(1) as f64,
+        ctx.train_tokens,
+        ctx.train_seconds.map(|t| format!(", {t:.0} s of training")).unwrap_or_default(),
+    );
+    let _ = writeln!(r, "## Validation\n");
+    let _ = writeln!(r, "Every token of the validation split ({} predicted), scored by each model.\n", s.model.tokens);
+    let _ = writeln!(r, "| model | nats/token | bits/byte |\n|---|---|---|");
+    let _ = writeln!(
+        r,
+        "| unigram (add-one counts of the training tokens) | {:.4} | {:.4} |",
+        s.unigram.nats_per_token, s.unigram.bits_per_byte
+    );
+    let _ = writeln!(r, "| base model | {:.4} | {:.4} |", s.model.nats_per_token, s.model.bits_per_byte);
+    let ratio = s.model.bits_per_byte / s.unigram.bits_per_byte;
+    let verdict = if ratio < 0.75 {
+        "far below"
+    } else if ratio < 1.0 {
+        "below"
+    } else {
+        "NOT below"
+    };
+    let _ = writeln!(r, "\nThe model is {verdict} the unigram baseline: {:.1}% of its bits per byte.\n", 100.0 * ratio);
+    if let (Some(st), Some(un)) = (&s.probe_stated, &s.probe_unstated) {
+        let _ = writeln!(r, "## Fact completion\n");
+        let _ = writeln!(
+            r,
+            "Prompts such as \"X was born in\" from in-corpus phrasings. *Choice*: the true object against \
+             distractors of the same relation, by log-likelihood. *Greedy*: decoding writes the object exactly. \
+             ± is a 95% interval.\n"
+        );
+        let _ = writeln!(r, "| facts | n | choice accuracy | chance | greedy exact |\n|---|---|---|---|---|");
+        let _ = writeln!(r, "{}", probe_row("stated in the corpus", st));
+        let _ = writeln!(r, "{}", probe_row("never stated", un));
+        let learned = st.choice_accuracy - margin(st.choice_accuracy, st.n) > st.chance;
+        let _ = writeln!(
+            r,
+            "\nOn stated facts the model is {} chance; never-stated facts show what guessing from priors gives.\n",
+            if learned { "above" } else { "not clearly above" }
+        );
+    }
+    if !s.samples.is_empty() {
+        let _ = writeln!(r, "## Samples\n");
+        for smp in &s.samples {
+            // One quoted paragraph per sample: line breaks of the text would end the quote.
+            let flat = |t: &str| t.replace("\n\n", " ¶ ").replace('\n', " ");
+            let _ = writeln!(r, "> **{}**{}\n", flat(&smp.prompt), flat(&smp.completion));
+        }
+    }
+    r
+}
