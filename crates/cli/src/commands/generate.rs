@@ -54,17 +54,20 @@ pub fn run(a: GenerateArgs, quiet: bool) -> Result<()> {
     write!(out, "{}", a.prompt)?;
     out.flush()?;
     let mut stream = TextStream::new(&tok);
+    let mut emit = |id: u32| -> Result<()> {
+        let piece = stream.push(id)?;
+        write!(out, "{piece}")?;
+        out.flush()?;
+        Ok(())
+    };
     let mut failed = None;
     let started = Instant::now();
     // A document-start or end token means the model finished this text.
     let stop = [special::BOS, special::EOS];
-    let g = tsukuru_infer::generate(&model, &prompt, a.max_new_tokens, &mut sampler, &stop, &mut |id| match stream
-        .push(id)
-        .map_err(anyhow::Error::from)
-        .and_then(|p| Ok(write!(out, "{p}").and(out.flush())?))
-    {
-        Ok(()) => {}
-        Err(e) => failed = failed.take().or(Some(e)),
+    let g = tsukuru_infer::generate(&model, &prompt, a.max_new_tokens, &mut sampler, &stop, &mut |id| {
+        if failed.is_none() {
+            failed = emit(id).err();
+        }
     })?;
     if let Some(e) = failed {
         return Err(e.context("writing the generated text"));
