@@ -2,7 +2,8 @@
 //!
 //! On a TTY, stderr shows a bar with rate and ETA. Off a TTY (CI, pipes), the
 //! command stays quiet except one JSON line when a phase starts and ends, and
-//! one every 30 seconds for long phases, so logs stay short and parseable.
+//! one every 30 seconds for long phases (with the phase's latest status, such as the loss), so logs
+//! stay short and parseable.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -29,6 +30,7 @@ pub struct LineState {
     started: Instant,
     last: Instant,
     done: AtomicU64,
+    status: String,
 }
 
 impl Reporter {
@@ -47,6 +49,7 @@ impl Reporter {
                 started: now,
                 last: now,
                 done: AtomicU64::new(0),
+                status: String::new(),
             }))
         }
     }
@@ -66,17 +69,20 @@ impl Progress for Reporter {
                     None => ProgressBar::new_spinner(),
                 };
                 let counts = match (total, unit) {
-                    (None, _) => "{spinner}",
+                    (None, _) => "{spinner} {msg}".to_string(),
                     (Some(_), Unit::Bytes) => {
-                        "{wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, ETA {eta})"
+                        "{wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {msg}"
+                            .into()
                     }
-                    (Some(_), _) => "{wide_bar} {human_pos}/{human_len} {msg} ({per_sec}, ETA {eta})",
+                    (Some(_), _) => format!(
+                        "{{wide_bar}} {{human_pos}}/{{human_len}} {} ({{per_sec}}, ETA {{eta}}) {{msg}}",
+                        unit.name()
+                    ),
                 };
                 let style = ProgressStyle::with_template(&format!("{{prefix:>24}} [{{elapsed_precise}}] {counts}"))
                     .expect("valid template");
                 pb.set_style(style);
                 pb.set_prefix(name.to_string());
-                pb.set_message(unit.name());
                 pb.enable_steady_tick(Duration::from_millis(200));
                 if let Some(old) = bar.lock().expect("not poisoned").replace(pb) {
                     old.finish_and_clear();
@@ -85,7 +91,15 @@ impl Progress for Reporter {
             Reporter::Lines(state) => {
                 let mut s = state.lock().expect("not poisoned");
                 let now = Instant::now();
-                *s = LineState { phase: name.into(), unit, total, started: now, last: now, done: AtomicU64::new(0) };
+                *s = LineState {
+                    phase: name.into(),
+                    unit,
+                    total,
+                    started: now,
+                    last: now,
+                    done: AtomicU64::new(0),
+                    status: String::new(),
+                };
                 line(serde_json::json!({"event": "start", "phase": name, "total": total, "unit": unit.name()}));
             }
             Reporter::Quiet => {}
@@ -107,10 +121,22 @@ impl Progress for Reporter {
                     let secs = s.started.elapsed().as_secs_f64();
                     line(serde_json::json!({
                         "event": "progress", "phase": s.phase, "done": done, "total": s.total,
-                        "unit": s.unit.name(), "per_second": done as f64 / secs.max(1e-9),
+                        "unit": s.unit.name(), "per_second": done as f64 / secs.max(1e-9), "status": s.status,
                     }));
                 }
             }
+            Reporter::Quiet => {}
+        }
+    }
+
+    fn status(&self, status: &str) {
+        match self {
+            Reporter::Terminal(bar) => {
+                if let Some(pb) = bar.lock().expect("not poisoned").as_ref() {
+                    pb.set_message(status.to_string());
+                }
+            }
+            Reporter::Lines(state) => state.lock().expect("not poisoned").status = status.to_string(),
             Reporter::Quiet => {}
         }
     }

@@ -34,6 +34,8 @@ pub trait Progress: Send + Sync {
     fn advance(&self, n: u64);
     /// Ends the current phase, with a one-line summary.
     fn finish(&self, summary: &str);
+    /// A short live status of the current phase (e.g. the latest loss), shown beside the counts.
+    fn status(&self, _status: &str) {}
 }
 
 /// Progress that reports nothing (tests, libraries used quietly).

@@ -259,6 +259,8 @@ pub fn pretrain(
         });
         writeln!(metrics, "{line}").at("writing", &metrics_path)?;
         progress.advance(tokens_per_step);
+        let val_note = last_val.map(|v| format!(", val {v:.3}")).unwrap_or_default();
+        progress.status(&format!("step {} loss {:.3}{val_note}", r.step, r.loss));
         let last = r.step == cfg.steps;
         if r.step % cfg.eval_every == 0 || last {
             let (val_loss, bpb) = evaluate(&model, &val, cfg, device)?;
