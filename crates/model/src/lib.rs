@@ -3,10 +3,12 @@
 //! [`ModelConfig`] holds every architectural variant as a field (GQA, activation, QK-norm, tied
 //! embeddings) with a one-dial depth preset; [`Transformer`] is the Llama-style decoder built from a
 //! candle `VarBuilder`, so the same definition trains from [`init::init_params`] and loads saved
-//! weights ([`pretrained::load`] reads a checkpoint directory); [`ops`] holds the differentiable composites it is built from.
+//! weights ([`pretrained::load`] reads a checkpoint directory); [`ops`] holds the differentiable
+//! building blocks it is built from: fused CPU [`kernels`], or composites for other devices.
 
 pub mod config;
 pub mod init;
+pub mod kernels;
 pub mod ops;
 pub mod pretrained;
 pub mod transformer;

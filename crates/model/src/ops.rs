@@ -1,80 +1,60 @@
-//! Differentiable building blocks written as compositions of basic tensor ops.
+//! The differentiable building blocks of the model, each taking the fused CPU kernel
+//! ([`crate::kernels`]) for f32 tensors on the CPU and the [`composite`] version otherwise.
 //!
-//! candle 0.11's fused `rms_norm`, `softmax_last_dim`, `layer_norm` and `sdpa` have no backward
-//! pass: gradients silently stop at them. Everything here is built from ops that carry gradients
-//! (reductions, broadcasts, unary maps, matmul), checked by finite differences in the tests.
+//! Setting `TSUKURU_KERNELS=composite` in the environment forces the composite versions everywhere
+//! (to compare speed or numbers against the reference path).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+pub mod composite;
+
+pub use composite::{causal_mask, rope, rope_tables, softmax_last};
+
+use crate::kernels;
+use candle_core::{Result, Tensor};
+use std::sync::OnceLock;
+
+/// Whether the fused kernels may be used at all (`TSUKURU_KERNELS=composite` turns them off).
+pub fn fused_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "composite"))
+}
+
+fn fused(ts: &[&Tensor]) -> bool {
+    fused_enabled() && ts.iter().all(|t| kernels::supported(t))
+}
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(weight)
-}
-
-/// Softmax over the last dimension, shifted by the row maximum for stability.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    // The maximum is a constant shift: detaching it leaves the gradient unchanged and cheaper.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-}
-
-/// Rotary tables for positions `0..max_seq_len`: `(cos, sin)`, each `(max_seq_len, head_dim / 2)`.
-pub fn rope_tables(
-    head_dim: usize,
-    max_seq_len: usize,
-    theta: f64,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let half = head_dim / 2;
-    let mut cos = Vec::with_capacity(max_seq_len * half);
-    let mut sin = Vec::with_capacity(max_seq_len * half);
-    for pos in 0..max_seq_len {
-        for i in 0..half {
-            let freq = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
-            let angle = pos as f64 * freq;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
-        }
+    if fused(&[x, weight]) {
+        kernels::rms_norm::rms_norm(x, weight, eps)
+    } else {
+        composite::rms_norm(x, weight, eps)
     }
-    let cos = Tensor::from_vec(cos, (max_seq_len, half), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (max_seq_len, half), device)?.to_dtype(dtype)?;
-    Ok((cos, sin))
 }
 
-/// Applies rotary embeddings (Llama's half-split convention) to x `(B, H, T, head_dim)` at
-/// positions `start..start + T`, given the tables from [`rope_tables`].
-pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
-    let (_, _, t, hd) = x.dims4()?;
-    let half = hd / 2;
-    let cos = cos.narrow(0, start, t)?;
-    let sin = sin.narrow(0, start, t)?;
-    let cos = Tensor::cat(&[&cos, &cos], 1)?;
-    let sin = Tensor::cat(&[&sin, &sin], 1)?;
-    let x1 = x.narrow(D::Minus1, 0, half)?;
-    let x2 = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(&cos)?.broadcast_add(&rotated.broadcast_mul(&sin)?)
+/// `softmax(scale · scores + causal mask)` over the last dimension of `(…, T, S)` scores whose `T`
+/// queries sit at positions `start..start + T` (keys after a query's position get probability 0).
+pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+    if fused(&[scores]) {
+        kernels::softmax::masked_softmax(scores, scale, start)
+    } else {
+        composite::attention_softmax(scores, scale, start)
+    }
 }
 
-/// Additive causal mask `(T, S)` for `T` queries at positions `start..start + T` over `S = start + T`
-/// keys: 0 where the key is at or before the query, −∞ after it.
-pub fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let s = start + t;
-    let mask: Vec<f32> =
-        (0..t).flat_map(|i| (0..s).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY })).collect();
-    Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)
+/// SwiGLU's gate: `silu(gate) ⊙ up`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(&[gate, up]) {
+        kernels::swiglu::swiglu(gate, up)
+    } else {
+        composite::swiglu(gate, up)
+    }
 }
 
-/// Mean cross-entropy of `logits (N, V)` against `targets (N)` (u32), composed so it carries gradients.
+/// Mean cross-entropy of `logits (N, V)` against u32 `targets (N)`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    let log_probs = shifted.broadcast_sub(&log_z)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?;
-    picked.mean_all()?.neg()
+    if fused(&[logits]) {
+        kernels::cross_entropy::cross_entropy(logits, targets)
+    } else {
+        composite::cross_entropy(logits, targets)
+    }
 }

@@ -3,7 +3,7 @@
 //! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
 
 use crate::config::{Activation, ModelConfig};
-use crate::ops::{causal_mask, rms_norm, rope, rope_tables, softmax_last};
+use crate::ops::{attention_softmax, rms_norm, rope, rope_tables, swiglu};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -106,9 +106,8 @@ impl Attention {
         };
         let (k, v) = (repeat(&k)?, repeat(&v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?; // (B, H, T, S)
-        let mask = causal_mask(t, start, scores.dtype(), scores.device())?;
-        let att = softmax_last(&scores.broadcast_add(&mask)?)?;
+        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, T, S)
+        let att = attention_softmax(&scores, scale, start)?;
         let y = att.matmul(&v)?; // (B, H, T, hd)
         self.o.forward(&y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?)
     }
@@ -138,7 +137,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let up = self.up.forward(x)?;
         let hidden = match (self.activation, &self.gate) {
-            (Activation::Swiglu, Some(gate)) => (gate.forward(x)?.silu()? * up)?,
+            (Activation::Swiglu, Some(gate)) => swiglu(&gate.forward(x)?, &up)?,
             (Activation::Relu2, _) => up.relu()?.sqr()?,
             _ => up.gelu()?,
         };

@@ -1,0 +1,124 @@
+//! Mean cross-entropy of logits `(N, V)` against targets `(N)`, fused.
+//!
+//! The composite version materialises the shifted logits, their exponentials and the log-softmax
+//! (each `N × V`, kept for the backward pass) and then as many gradients. Here the forward reads the
+//! logits once and keeps only each row's log-sum-exp; the backward writes the one `N × V` gradient,
+//! `(softmax − onehot) · g / N`.
+
+use super::simd::{self, dispatch};
+use super::{f32s, rows_per_task, u32s};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// The forward op; it keeps the rows' log-sum-exp for its backward.
+struct CrossEntropy {
+    lse: Mutex<Vec<f32>>,
+}
+
+#[inline(always)]
+fn row_lse(row: &[f32]) -> f32 {
+    let m = simd::max(row);
+    m + simd::sum_exp(row, m).ln()
+}
+
+dispatch! {
+    /// Log-sum-exp of one row.
+    pub fn lse_of_row(row: &[f32]) -> f32 = row_lse;
+}
+
+#[inline(always)]
+fn grad_rows_impl(logits: &[f32], lse: &[f32], targets: &[u32], scale: f32, out: &mut [f32]) {
+    let v = out.len() / lse.len().max(1);
+    for (i, (o, x)) in out.chunks_exact_mut(v).zip(logits.chunks_exact(v)).enumerate() {
+        for (oj, &xj) in o.iter_mut().zip(x) {
+            *oj = simd::exp(xj - lse[i]) * scale;
+        }
+        o[targets[i] as usize] -= scale;
+    }
+}
+
+dispatch! {
+    /// Gradient rows: `(softmax(x) − onehot(t)) · scale`.
+    pub fn grad_rows(logits: &[f32], lse: &[f32], targets: &[u32], scale: f32, out: &mut [f32]) -> () = grad_rows_impl;
+}
+
+fn dims(l: &Layout) -> Result<(usize, usize)> {
+    l.shape().dims2()
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let logits = f32s(s1, l1, self.name())?;
+        let targets = u32s(s2, l2, self.name())?;
+        let (n, v) = dims(l1)?;
+        if targets.len() != n {
+            candle_core::bail!("cross-entropy: {n} rows of logits but {} targets", targets.len());
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}");
+        }
+        let lse: Vec<f32> = logits.par_chunks(v).with_min_len(rows_per_task(v)).map(lse_of_row).collect();
+        let total: f64 =
+            lse.iter().zip(targets).enumerate().map(|(i, (&z, &t))| f64::from(z - logits[i * v + t as usize])).sum();
+        *self.lse.lock().expect("not poisoned") = lse;
+        Ok((CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let lse = self.lse.lock().expect("not poisoned").clone();
+        let g = logits.apply_op3_no_bwd(targets, &grad.contiguous()?, &CrossEntropyGrad { lse })?;
+        Ok((Some(g), None))
+    }
+}
+
+/// The backward op: logits, targets and the incoming (scalar) gradient → `N × V`.
+struct CrossEntropyGrad {
+    lse: Vec<f32>,
+}
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "fused-cross-entropy-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let logits = f32s(s1, l1, self.name())?;
+        let targets = u32s(s2, l2, self.name())?;
+        let g = f32s(s3, l3, self.name())?;
+        let lse = &self.lse;
+        let (n, v) = dims(l1)?;
+        let scale = g.first().copied().unwrap_or(0.0) / n.max(1) as f32;
+        let mut out = vec![0f32; n * v];
+        let per = rows_per_task(v);
+        out.par_chunks_mut(per * v).enumerate().for_each(|(c, o)| {
+            let rows = o.len() / v;
+            let r0 = c * per;
+            grad_rows(&logits[r0 * v..(r0 + rows) * v], &lse[r0..r0 + rows], &targets[r0..r0 + rows], scale, o);
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, v))))
+    }
+}
+
+/// Mean cross-entropy of contiguous f32 `logits (N, V)` on the CPU against u32 `targets (N)`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropy { lse: Mutex::new(Vec::new()) })
+}

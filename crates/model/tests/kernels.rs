@@ -1,0 +1,113 @@
+//! The fused CPU kernels give the composite ops' values and gradients (which the f64 finite
+//! difference tests pin), on odd sizes that exercise every remainder of the vector loops.
+
+use candle_core::{Device, Tensor, Var};
+use tsukuru_core::Rng;
+use tsukuru_model::kernels;
+use tsukuru_model::ops::composite;
+
+fn randn(rng: &mut Rng, shape: &[usize], scale: f32) -> Var {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (rng.f64() as f32 * 2.0 - 1.0) * scale).collect();
+    Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d.to_scalar::<f32>().unwrap()
+}
+
+/// Forward values and the gradients of `sum(out · w)` (a random projection) agree between paths.
+fn check(name: &str, inputs: &[&Var], fused: &dyn Fn() -> Tensor, reference: &dyn Fn() -> Tensor, tol: f32) {
+    let (a, b) = (fused(), reference());
+    let d = max_diff(&a, &b);
+    assert!(d < tol, "{name}: outputs differ by {d}");
+    let mut rng = Rng::new(9);
+    let w = randn(&mut rng, a.dims(), 1.0);
+    let ga = (a * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (b * w.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, x) in inputs.iter().enumerate() {
+        let (da, db) = (ga.get(x).expect("fused gradient"), gb.get(x).expect("reference gradient"));
+        let d = max_diff(da, db);
+        assert!(d < tol, "{name}: gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn rms_norm_matches_the_composite() {
+    let mut rng = Rng::new(1);
+    for d in [5, 8, 67] {
+        let x = randn(&mut rng, &[3, 7, d], 2.0);
+        let w = randn(&mut rng, &[d], 1.5);
+        check(
+            "rms_norm",
+            &[&x, &w],
+            &|| kernels::rms_norm::rms_norm(&x, &w, 1e-5).unwrap(),
+            &|| composite::rms_norm(&x, &w, 1e-5).unwrap(),
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn masked_softmax_matches_the_composite_with_and_without_an_offset() {
+    let mut rng = Rng::new(2);
+    for (t, start) in [(9, 0), (3, 6), (1, 12)] {
+        let s = t + start;
+        let x = randn(&mut rng, &[2, 3, t, s], 4.0);
+        check(
+            "attention_softmax",
+            &[&x],
+            &|| kernels::softmax::masked_softmax(&x, 0.35, start).unwrap(),
+            &|| composite::attention_softmax(&x, 0.35, start).unwrap(),
+            2e-6,
+        );
+    }
+}
+
+#[test]
+fn swiglu_matches_the_composite() {
+    let mut rng = Rng::new(3);
+    let a = randn(&mut rng, &[4, 37], 6.0);
+    let b = randn(&mut rng, &[4, 37], 2.0);
+    check(
+        "swiglu",
+        &[&a, &b],
+        &|| kernels::swiglu::swiglu(&a, &b).unwrap(),
+        &|| composite::swiglu(&a, &b).unwrap(),
+        1e-5,
+    );
+}
+
+#[test]
+fn cross_entropy_matches_the_composite() {
+    let mut rng = Rng::new(4);
+    let logits = randn(&mut rng, &[13, 101], 8.0);
+    let targets: Vec<u32> = (0..13).map(|_| rng.below(101) as u32).collect();
+    let targets = Tensor::from_vec(targets, 13, &Device::Cpu).unwrap();
+    let (a, b) = (
+        kernels::cross_entropy::cross_entropy(&logits, &targets).unwrap(),
+        composite::cross_entropy(&logits, &targets).unwrap(),
+    );
+    let d = max_diff(&a, &b);
+    assert!(d < 1e-5, "loss differs by {d}");
+    let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+    let d = max_diff(ga.get(&logits).unwrap(), gb.get(&logits).unwrap());
+    assert!(d < 1e-6, "gradient differs by {d}");
+    let bad = Tensor::from_vec(vec![101u32; 13], 13, &Device::Cpu).unwrap();
+    let err = kernels::cross_entropy::cross_entropy(&logits, &bad).unwrap_err().to_string();
+    assert!(err.contains("101") && err.contains("vocabulary"), "{err}");
+}
+
+#[test]
+fn the_vectorised_exp_is_accurate_over_the_range_softmax_uses() {
+    let mut worst = 0f32;
+    for i in -8000..=800 {
+        let x = i as f32 * 0.01;
+        let (got, want) = (kernels::simd::exp(x), x.exp());
+        worst = worst.max(((got - want) / want).abs());
+    }
+    assert!(worst < 5e-7, "relative error {worst}");
+    assert!(kernels::simd::exp(f32::NAN).is_nan());
+}
