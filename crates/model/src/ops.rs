@@ -41,6 +41,15 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize) -> Result<Te
     }
 }
 
+/// Attention's batched products `(…, M, K) × (…, K, N)`; either operand may be a transposed view.
+pub fn attention_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fused(&[a, b]) && a.rank() >= 3 {
+        kernels::matmul::batched_matmul(a, b)
+    } else {
+        a.contiguous()?.matmul(&b.contiguous()?)
+    }
+}
+
 /// SwiGLU's gate: `silu(gate) ⊙ up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up]) {

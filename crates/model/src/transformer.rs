@@ -3,7 +3,7 @@
 //! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
 
 use crate::config::{Activation, ModelConfig};
-use crate::ops::{attention_softmax, rms_norm, rope, rope_tables, swiglu};
+use crate::ops::{attention_matmul, attention_softmax, rms_norm, rope, rope_tables, swiglu};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -106,9 +106,9 @@ impl Attention {
         };
         let (k, v) = (repeat(&k)?, repeat(&v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = q.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, T, S)
+        let scores = attention_matmul(&q, &k.transpose(2, 3)?)?; // (B, H, T, S)
         let att = attention_softmax(&scores, scale, start)?;
-        let y = att.matmul(&v)?; // (B, H, T, hd)
+        let y = attention_matmul(&att, &v)?; // (B, H, T, hd)
         self.o.forward(&y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?)
     }
 }

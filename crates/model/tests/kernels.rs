@@ -111,3 +111,20 @@ fn the_vectorised_exp_is_accurate_over_the_range_softmax_uses() {
     assert!(worst < 5e-7, "relative error {worst}");
     assert!(kernels::simd::exp(f32::NAN).is_nan());
 }
+
+#[test]
+fn batched_matmul_matches_candle_on_transposed_views() {
+    let mut rng = Rng::new(5);
+    let a = randn(&mut rng, &[2, 3, 5, 7], 1.0);
+    let b = randn(&mut rng, &[2, 3, 6, 7], 1.0);
+    // a × bᵀ, the attention score product, with bᵀ a view.
+    check(
+        "batched_matmul",
+        &[&a, &b],
+        &|| kernels::matmul::batched_matmul(&a, &b.t().unwrap()).unwrap(),
+        &|| a.matmul(&b.t().unwrap().contiguous().unwrap()).unwrap(),
+        1e-5,
+    );
+    let err = kernels::matmul::batched_matmul(&a, &a).unwrap_err().to_string();
+    assert!(err.contains("cannot multiply"), "{err}");
+}

@@ -8,6 +8,7 @@
 //! against and as the path for other devices and dtypes.
 
 pub mod cross_entropy;
+pub mod matmul;
 pub mod rms_norm;
 pub mod simd;
 pub mod softmax;
