@@ -43,7 +43,9 @@ pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize) -> Result<Te
 
 /// Attention's batched products `(…, M, K) × (…, K, N)`; either operand may be a transposed view.
 pub fn attention_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if fused(&[a, b]) && a.rank() >= 3 {
+    // One query row per product (decoding) leaves too little work per task to gain from the kernel.
+    let rows = a.dims().get(a.rank().saturating_sub(2)).copied().unwrap_or(0);
+    if fused(&[a, b]) && a.rank() >= 3 && rows >= 16 {
         kernels::matmul::batched_matmul(a, b)
     } else {
         a.contiguous()?.matmul(&b.contiguous()?)
