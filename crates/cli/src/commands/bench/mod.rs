@@ -2,6 +2,7 @@
 //! (benches/). The model benchmarks take the flags of the PyTorch reference script and print its
 //! keys, so one script can compare the two line by line.
 
+mod matmul;
 mod model;
 mod tokenizer;
 
@@ -17,6 +18,8 @@ pub enum BenchCmd {
     Train(model::ModelBenchArgs),
     /// Greedy decoding with the KV cache on random weights: a prompt, then --new-tokens one by one.
     Generate(model::ModelBenchArgs),
+    /// Matrix-product throughput on the benchmark model's shapes (candle and the attention kernel).
+    Matmul(matmul::MatmulBenchArgs),
 }
 
 /// Runs a bench subcommand.
@@ -25,5 +28,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Tokenizer(a) => tokenizer::run(&a),
         BenchCmd::Train(a) => model::train(&a),
         BenchCmd::Generate(a) => model::generate(&a),
+        BenchCmd::Matmul(a) => matmul::run(&a),
     }
 }
