@@ -10,12 +10,27 @@ pub use composite::{causal_mask, rope, rope_tables, softmax_last};
 
 use crate::kernels;
 use candle_core::{Result, Tensor};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// 0: not decided yet, 1: fused kernels on, 2: off.
+static FUSED: AtomicU8 = AtomicU8::new(0);
 
 /// Whether the fused kernels may be used at all (`TSUKURU_KERNELS=composite` turns them off).
 pub fn fused_enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "composite"))
+    match FUSED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let on = std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "composite");
+            set_fused_enabled(on);
+            on
+        }
+    }
+}
+
+/// Turns the fused kernels on or off for the whole process (comparisons and tests).
+pub fn set_fused_enabled(on: bool) {
+    FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 fn fused(ts: &[&Tensor]) -> bool {

@@ -128,3 +128,17 @@ fn batched_matmul_matches_candle_on_transposed_views() {
     let err = kernels::matmul::batched_matmul(&a, &a).unwrap_err().to_string();
     assert!(err.contains("cannot multiply"), "{err}");
 }
+
+#[test]
+fn batched_matmul_ignores_strides_of_size_one_dimensions() {
+    // (B, T, 1, D) transposed to (B, 1, T, D): candle calls it contiguous and keeps the stride D on
+    // the head dimension, which must not be taken for the batch stride.
+    let mut rng = Rng::new(6);
+    let v = randn(&mut rng, &[7, 48, 1, 64], 1.0);
+    let v = v.transpose(1, 2).unwrap().contiguous().unwrap();
+    assert_eq!(v.stride()[1], 64, "the layout this test is about");
+    let p = randn(&mut rng, &[7, 1, 48, 48], 1.0);
+    let got = kernels::matmul::batched_matmul(&p, &v).unwrap();
+    let want = p.matmul(&v.copy().unwrap()).unwrap();
+    assert!(max_diff(&got, &want) < 1e-5);
+}

@@ -28,14 +28,17 @@ fn batched(l: &Layout, op: &str) -> Result<Batched> {
     if r < 2 {
         candle_core::bail!("{op}: expected at least 2 dimensions, got {dims:?}");
     }
-    // The batch dimensions must collapse into one: each steps over whole copies of the next.
-    for i in 0..r.saturating_sub(3) {
-        if dims[i + 1] > 1 && strides[i] != strides[i + 1] * dims[i + 1] {
+    // The batch dimensions must collapse into one: each steps over whole copies of the next. Only
+    // dimensions of size > 1 count; candle leaves any stride on a size-1 dimension (a tensor it
+    // calls contiguous may carry a stride from before a transpose there).
+    let outer: Vec<usize> = (0..r - 2).filter(|&i| dims[i] > 1).collect();
+    for w in outer.windows(2) {
+        if strides[w[0]] != strides[w[1]] * dims[w[1]] {
             candle_core::bail!("{op}: batch dimensions of {dims:?} with strides {strides:?} do not collapse");
         }
     }
     let batch = dims[..r - 2].iter().product();
-    let batch_stride = if r > 2 { strides[r - 3] } else { 0 };
+    let batch_stride = outer.last().map_or(0, |&i| strides[i]);
     Ok(Batched {
         batch,
         rows: dims[r - 2],
