@@ -7,6 +7,7 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use tsukuru_model::kernels::{self, adamw::adamw_step, adamw::AdamWStep};
 
 /// AdamW hyper-parameters (the learning rate comes from the schedule at each step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -57,8 +58,10 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let t = var.as_tensor();
-                let zeros = Tensor::zeros(t.shape(), DType::F32, t.device())?;
-                Ok(Slot { decay: decays(&name, t.rank()), name, var, m: zeros.clone(), v: zeros })
+                // Separate buffers: the fused update writes both moments in place.
+                let m = Tensor::zeros(t.shape(), DType::F32, t.device())?;
+                let v = Tensor::zeros(t.shape(), DType::F32, t.device())?;
+                Ok(Slot { decay: decays(&name, t.rank()), name, var, m, v })
             })
             .collect::<Result<_>>()?;
         Ok(Self { slots, cfg, step: 0 })
@@ -89,6 +92,21 @@ impl AdamW {
         let bc2 = 1.0 - beta2.powi(self.step as i32);
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+            let w = s.var.as_tensor();
+            let fusable = [w, &s.m, &s.v, g].iter().all(|t| t.is_contiguous() && kernels::supported(t));
+            if fusable && tsukuru_model::ops::fused_enabled() {
+                let step = AdamWStep {
+                    lr,
+                    weight_decay: if s.decay { weight_decay } else { 0.0 },
+                    beta1,
+                    beta2,
+                    eps,
+                    bias_corrections: (bc1, bc2),
+                    grad_scale,
+                };
+                adamw_step(w, &s.m, &s.v, g, &step)?;
+                continue;
+            }
             let g = (g.to_dtype(DType::F32)? * grad_scale)?;
             s.m = ((&s.m * beta1)? + (&g * (1.0 - beta1))?)?;
             s.v = ((&s.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;

@@ -7,6 +7,7 @@
 //! ([`simd`]). The composite versions in [`crate::ops`] stay as the reference the tests compare
 //! against and as the path for other devices and dtypes.
 
+pub mod adamw;
 pub mod cross_entropy;
 pub mod matmul;
 pub mod rms_norm;
