@@ -6,7 +6,7 @@
 
 pub mod composite;
 
-pub use composite::{causal_mask, rope, rope_tables, softmax_last};
+pub use composite::{causal_mask, rope_tables, softmax_last};
 
 use crate::kernels;
 use candle_core::{Result, Tensor};
@@ -43,6 +43,16 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         kernels::rms_norm::rms_norm(x, weight, eps)
     } else {
         composite::rms_norm(x, weight, eps)
+    }
+}
+
+/// Rotary embeddings (Llama's half-split convention) of `x (B, H, T, head_dim)` at positions
+/// `start..start + T`, from the tables of [`rope_tables`].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    if fused(&[x]) {
+        kernels::rope::rope(x, cos, sin, start)
+    } else {
+        composite::rope(x, cos, sin, start)
     }
 }
 

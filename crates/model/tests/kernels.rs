@@ -142,3 +142,19 @@ fn batched_matmul_ignores_strides_of_size_one_dimensions() {
     let want = p.matmul(&v.copy().unwrap()).unwrap();
     assert!(max_diff(&got, &want) < 1e-5);
 }
+
+#[test]
+fn rope_matches_the_composite_with_an_offset() {
+    let mut rng = Rng::new(8);
+    let (cos, sin) = tsukuru_model::ops::rope_tables(10, 32, 10_000.0, candle_core::DType::F32, &Device::Cpu).unwrap();
+    for (t, start) in [(7, 0), (3, 20)] {
+        let x = randn(&mut rng, &[2, 3, t, 10], 2.0);
+        check(
+            "rope",
+            &[&x],
+            &|| kernels::rope::rope(&x, &cos, &sin, start).unwrap(),
+            &|| composite::rope(&x, &cos, &sin, start).unwrap(),
+            2e-6,
+        );
+    }
+}

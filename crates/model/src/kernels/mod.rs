@@ -11,6 +11,7 @@ pub mod adamw;
 pub mod cross_entropy;
 pub mod matmul;
 pub mod rms_norm;
+pub mod rope;
 pub mod simd;
 pub mod softmax;
 pub mod swiglu;
