@@ -2,10 +2,10 @@
 //! training step, for candle's product and for the batched attention kernel (benches/matmul.sh
 //! runs PyTorch on the same shapes beside it).
 
+use super::median_time;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use std::time::Instant;
 use tsukuru_model::kernels::matmul::batched_matmul;
 
 /// Arguments of `bench matmul`.
@@ -21,17 +21,7 @@ type Product<'a> = &'a dyn Fn() -> Result<Tensor>;
 
 /// Median seconds of `f` over `reps` runs after two untimed ones.
 fn median(reps: usize, f: Product<'_>) -> Result<f64> {
-    for _ in 0..2 {
-        f()?;
-    }
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let start = Instant::now();
-        f()?;
-        t.push(start.elapsed().as_secs_f64());
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    median_time(2, reps, || f().map(drop))
 }
 
 /// Runs `bench matmul`: one JSON line per shape and implementation.

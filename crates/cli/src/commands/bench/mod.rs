@@ -8,6 +8,7 @@ mod tokenizer;
 
 use anyhow::Result;
 use clap::Subcommand;
+use std::time::Instant;
 
 /// Bench subcommands.
 #[derive(Subcommand, Debug)]
@@ -30,4 +31,19 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Generate(a) => model::generate(&a),
         BenchCmd::Matmul(a) => matmul::run(&a),
     }
+}
+
+/// Median of `reps` timed calls (at least one) after `warmup` untimed ones, in seconds.
+fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

@@ -1,11 +1,11 @@
 //! `tsukuru bench train|generate`: the Llama-style model on random tokens, timed like
 //! `torch_ref.py` (same flags, same JSON keys, median of the timed repetitions after warm-up).
 
+use super::median_time;
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
-use std::time::Instant;
 use tsukuru_core::Rng;
 use tsukuru_model::init::init_params;
 use tsukuru_model::{Activation, KvCache, ModelConfig, Transformer};
@@ -108,21 +108,6 @@ impl ModelBenchArgs {
         }
         Ok(rayon::current_num_threads())
     }
-}
-
-/// Median of `reps` timed calls after `warmup` untimed ones, in seconds.
-fn median_time(warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..warmup {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
 }
 
 fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {

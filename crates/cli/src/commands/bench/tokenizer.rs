@@ -1,11 +1,11 @@
 //! `tsukuru bench tokenizer`: encoding throughput, for side-by-side runs with Python peers
 //! (benches/tokenizer.sh). Prints one JSON line per thread count.
 
+use super::median_time;
 use anyhow::{Context, Result};
 use clap::Args;
 use rayon::prelude::*;
 use std::path::PathBuf;
-use std::time::Instant;
 use tsukuru_core::Manifest;
 use tsukuru_data::shards::for_each_record;
 use tsukuru_tokenizer::Tok;
@@ -47,18 +47,14 @@ pub fn run(a: &TokenizerBenchArgs) -> Result<()> {
     let threads_all = rayon::current_num_threads();
     for threads in [1, threads_all] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("building a thread pool")?;
-        let mut times = Vec::new();
-        let mut tokens = 0usize;
-        for _ in 0..a.repeat.max(1) {
-            let start = Instant::now();
-            let counts: Vec<usize> = pool.install(|| {
+        let mut counts: Vec<usize> = Vec::new();
+        let median = median_time(0, a.repeat, || {
+            counts = pool.install(|| {
                 texts.par_iter().map(|t| tok.encode_text(t).map(|ids| ids.len())).collect::<Result<_, _>>()
             })?;
-            times.push(start.elapsed().as_secs_f64());
-            tokens = counts.iter().sum();
-        }
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+            Ok(())
+        })?;
+        let tokens: usize = counts.iter().sum();
         println!(
             "{}",
             serde_json::json!({
