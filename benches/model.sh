@@ -19,11 +19,7 @@ fi
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet --release -p tsukuru-cli
 bin="$target/release/tsukuru"
-venv="${TSUKURU_TORCH_VENV:-$HOME/.cache/tsukuru/venv-torch}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check torch numpy
-fi
+source benches/torch_venv.sh
 
 out=".bench/model"
 mkdir -p "$out"
