@@ -77,8 +77,12 @@ pub fn model_loss(model: &Transformer, data: &TokenDataset, seq_len: usize, batc
 pub fn unigram_loss(train: &TokenDataset, eval: &TokenDataset) -> Result<SplitLoss> {
     let vocab = train.vocab_size() as usize;
     let mut counts = vec![1.0f64; vocab];
-    for id in stream(train) {
-        counts[id as usize] += 1.0;
+    // Document by document: the training split can be far larger than memory.
+    let mut doc = Vec::new();
+    for d in 0..train.n_docs() {
+        doc.clear();
+        train.read_doc(d, u64::MAX, &mut doc);
+        doc.iter().for_each(|&id| counts[id as usize] += 1.0);
     }
     let total: f64 = counts.iter().sum();
     let ids = stream(eval);

@@ -10,7 +10,7 @@
 use crate::Result;
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use tsukuru_core::Rng;
 use tsukuru_infer::{generate, Sampler, SamplingParams};
 use tsukuru_model::Transformer;
@@ -95,6 +95,11 @@ pub fn fact_probe(
     let mut rng = Rng::stream(cfg.seed, "fact-probe");
     let usable: Vec<&Fact> =
         facts.iter().filter(|f| f.derived_from.is_empty() && template_for(&all, f.relation).is_some()).collect();
+    // Every relation's distinct objects, in a fixed (sorted) order: the distractors are drawn from these.
+    let mut objects: BTreeMap<Relation, BTreeSet<&str>> = BTreeMap::new();
+    for f in facts {
+        objects.entry(f.relation).or_default().insert(f.object_text.as_str());
+    }
     let mut items = Vec::new();
     let mut scores = Vec::new();
     for stated in [true, false] {
@@ -105,12 +110,7 @@ pub fn fact_probe(
         for f in group {
             let t = template_for(&all, f.relation).expect("filtered above");
             let prompt = t.text[..t.text.len() - " {o}.".len()].replace("{s}", &entities[f.subject as usize].name);
-            let pool: BTreeSet<&str> = facts
-                .iter()
-                .filter(|g| g.relation == f.relation && g.object_text != f.object_text)
-                .map(|g| g.object_text.as_str())
-                .collect();
-            let mut pool: Vec<&str> = pool.into_iter().collect();
+            let mut pool: Vec<&str> = objects[&f.relation].iter().copied().filter(|o| *o != f.object_text).collect();
             rng.shuffle(&mut pool);
             let mut options: Vec<String> =
                 pool.iter().take(cfg.choices.saturating_sub(1)).map(|o| format!(" {o}")).collect();
