@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
-use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs};
+use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs, BaseEvalSummary};
 use tsukuru_eval::report::{render, ReportContext};
 use tsukuru_tokenizer::TokenizerConfig;
 use tsukuru_train::pretrain::PretrainConfig;
@@ -131,29 +131,27 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     let inputs = BaseEvalInputs { model: &run.base(), tokens: &run.tokens(), world: Some(&run.world()) };
     let eval = evaluate_base(inputs, &run.eval(), &cfg.eval, &device, a.force, progress)
         .with_context(|| format!("evaluating into {}", run.eval().display()))?;
-    let s = &eval.manifest.stats;
+    // The manifest's stats are the evaluation's summary (also in eval/summary.json).
+    let summary: BaseEvalSummary = serde_json::from_value(eval.manifest.stats.clone())
+        .with_context(|| format!("reading the summary in {}", run.eval().join("manifest.json").display()))?;
+    let stated = summary.probe_stated;
     let detail = format!(
         "{:.3} bits/byte vs unigram {:.3}; stated facts {:.0}% (chance {:.0}%)",
-        s["model"]["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
-        s["unigram"]["bits_per_byte"].as_f64().unwrap_or(f64::NAN),
-        100.0 * s["probe_stated"]["choice_accuracy"].as_f64().unwrap_or(f64::NAN),
-        100.0 * s["probe_stated"]["chance"].as_f64().unwrap_or(f64::NAN),
+        summary.model.bits_per_byte,
+        summary.unigram.bits_per_byte,
+        100.0 * stated.map_or(f64::NAN, |g| g.choice_accuracy),
+        100.0 * stated.map_or(f64::NAN, |g| g.chance),
     );
     super::report("evaluate", &run.eval(), eval.skipped, &detail);
-    write_report(&run, &name)?;
+    write_report(&run, &name, &summary)?;
     println!("speedrun: done; report in {}", run.report().display());
     Ok(())
 }
 
-/// Renders `report.md` from the finished stages' manifests.
-fn write_report(run: &RunDir, name: &str) -> Result<()> {
+/// Renders `report.md` from the evaluation's summary and the training stages' manifests.
+fn write_report(run: &RunDir, name: &str, summary: &BaseEvalSummary) -> Result<()> {
     let read = |dir: PathBuf| tsukuru_core::Manifest::read(&dir).map(|m| m.stats);
     let (base, tokens) = (read(run.base())?, read(run.tokens())?);
-    let summary: tsukuru_eval::base::BaseEvalSummary = {
-        let path = run.eval().join("summary.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-    };
     let ctx = ReportContext {
         title: &format!("Speedrun report: {name}"),
         training: &base,
@@ -161,6 +159,6 @@ fn write_report(run: &RunDir, name: &str) -> Result<()> {
         train_tokens: tokens["train"]["tokens"].as_u64().unwrap_or(0),
         train_seconds: base["train_seconds"].as_f64(),
     };
-    tsukuru_core::atomic::write_atomic(run.report(), render(&ctx, &summary).as_bytes())?;
+    tsukuru_core::atomic::write_atomic(run.report(), render(&ctx, summary).as_bytes())?;
     Ok(())
 }
