@@ -114,14 +114,6 @@ fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
 }
 
-fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        _ => "float32",
-    }
-}
-
 /// `bench train`: AdamW steps with clipping through the same loop as pretraining.
 pub fn train(a: &ModelBenchArgs) -> Result<()> {
     let threads = a.threads()?;
@@ -161,7 +153,7 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
     let tokens = a.batch * a.seq;
     let nonemb = cfg.param_count() - cfg.vocab_size * cfg.d_model;
     let mut out = serde_json::json!({
-        "mode": "train", "impl": "tsukuru", "device": a.device, "dtype": dtype_name(dtype), "compile": false,
+        "mode": "train", "impl": "tsukuru", "device": a.device, "dtype": a.dtype, "compile": false,
         "params": cfg.param_count(), "params_nonemb": nonemb, "tokens_per_step": tokens,
         "step_s": round(step_s, 5), "tokens_per_s": round(tokens as f64 / step_s, 1),
         "loss_step0": round(f64::from(first), 4), "loss_last": round(last, 4), "threads": threads,
@@ -196,7 +188,7 @@ pub fn generate(a: &ModelBenchArgs) -> Result<()> {
         Ok(())
     })?;
     let out = serde_json::json!({
-        "mode": "generate", "impl": "tsukuru", "device": a.device, "dtype": dtype_name(dtype), "batch": a.batch,
+        "mode": "generate", "impl": "tsukuru", "device": a.device, "dtype": a.dtype, "batch": a.batch,
         "prompt": a.prompt, "new_tokens": a.new_tokens, "run_s": round(run_s, 4),
         "tokens_per_s": round((a.batch * a.new_tokens) as f64 / run_s, 1), "threads": threads,
         "peak_rss_mib": peak_rss_mib(),
