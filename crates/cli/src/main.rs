@@ -42,6 +42,9 @@ enum Command {
     Pretrain(commands::pretrain::PretrainArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
+    /// Write a trained model in another format (GGUF for llama.cpp).
+    #[command(subcommand)]
+    Export(commands::export::ExportCmd),
     /// Measure speed, for side-by-side comparison with peers (see benches/).
     #[command(subcommand)]
     Bench(commands::bench::BenchCmd),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => commands::bench::run(c),
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
+        Command::Export(c) => commands::export::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,13 @@ impl Write for AtomicFile {
     }
 }
 
+// Writers of formats with back-patched headers (GGUF) ask for their position.
+impl std::io::Seek for AtomicFile {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.writer.as_mut().expect("writer present until commit").seek(pos)
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.writer.is_some() {

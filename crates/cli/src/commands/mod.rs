@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod export;
 pub mod generate;
 pub mod pretrain;
 pub mod speedrun;

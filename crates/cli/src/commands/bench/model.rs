@@ -63,6 +63,10 @@ pub struct ModelBenchArgs {
     /// Worker threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Generation only: a trained model directory to load instead of random weights of the shape
+    /// above (the shape flags are then ignored); its greedy tokens are printed for comparison.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// The hardware's dense matrix rate in TFLOP/s, for the MFU figure (0: not reported).
     #[arg(long, default_value_t = 0.0)]
     pub peak_tflops: f64,
@@ -172,27 +176,49 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
 pub fn generate(a: &ModelBenchArgs) -> Result<()> {
     let threads = a.threads()?;
     let device = super::super::pretrain::device(&a.device)?;
-    let cfg = a.config(a.prompt + a.new_tokens)?;
     let dtype = a.dtype();
-    let map = init_params(&cfg, 0, dtype, &device)?;
-    let model = Transformer::new(&cfg, VarBuilder::from_varmap(&map, dtype, &device))?;
+    let model = match &a.model {
+        Some(dir) => tsukuru_model::pretrained::load(dir, dtype, &device)?,
+        None => {
+            let cfg = a.config(a.prompt + a.new_tokens)?;
+            let map = init_params(&cfg, 0, dtype, &device)?;
+            Transformer::new(&cfg, VarBuilder::from_varmap(&map, dtype, &device))?
+        }
+    };
+    let cfg = model.config().clone();
+    anyhow::ensure!(
+        a.prompt + a.new_tokens <= cfg.max_seq_len,
+        "bench generate: --prompt {} + --new-tokens {} exceeds the model's max_seq_len {}",
+        a.prompt,
+        a.new_tokens,
+        cfg.max_seq_len
+    );
     let mut rng = Rng::stream(0, "bench");
-    let prompt = Tensor::from_vec(random_ids(&mut rng, a.batch * a.prompt, a.vocab), (a.batch, a.prompt), &device)?;
+    let prompt_ids = random_ids(&mut rng, a.batch * a.prompt, cfg.vocab_size);
+    let prompt = Tensor::from_vec(prompt_ids.clone(), (a.batch, a.prompt), &device)?;
+    let mut generated = Vec::new();
     let run_s = median_time(1, a.steps, || {
         let mut cache = KvCache::new(cfg.n_layers);
         let mut next = model.forward_last(&prompt, Some(&mut cache))?.argmax_keepdim(1)?;
+        let mut steps = vec![next.clone()];
         for _ in 1..a.new_tokens {
             next = model.forward_last(&next, Some(&mut cache))?.argmax_keepdim(1)?;
+            steps.push(next.clone());
         }
-        next.to_vec2::<u32>()?;
+        generated = Tensor::cat(&steps, 1)?.to_vec2::<u32>()?;
         Ok(())
     })?;
-    let out = serde_json::json!({
+    let mut out = serde_json::json!({
         "mode": "generate", "impl": "tsukuru", "device": a.device, "dtype": a.dtype, "batch": a.batch,
         "prompt": a.prompt, "new_tokens": a.new_tokens, "run_s": round(run_s, 4),
         "tokens_per_s": round((a.batch * a.new_tokens) as f64 / run_s, 1), "threads": threads,
         "peak_rss_mib": peak_rss_mib(),
     });
+    if a.batch == 1 {
+        // For checking another implementation on the same weights: same prompt, same greedy tokens.
+        out["prompt_ids"] = prompt_ids.into();
+        out["generated"] = generated.concat().into();
+    }
     println!("{out}");
     Ok(())
 }
