@@ -1,0 +1,92 @@
+//! tsukuru's transformer against an independent PyTorch implementation on the same weights:
+//! logits, loss and every parameter's gradient, through the fused CPU kernels and through the
+//! composite ops. The expected values come from `scripts/torch_parity.sh` (PyTorch float32), and
+//! both sides compute the weights from one formula, so the fixture holds no weights.
+//! Its own test binary: it switches the kernels process-wide.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::Deserialize;
+use std::collections::HashMap;
+use tsukuru_model::init::param_specs;
+use tsukuru_model::ops::{cross_entropy, set_fused_enabled};
+use tsukuru_model::{ModelConfig, Transformer};
+
+#[derive(Deserialize)]
+struct Fixture {
+    variants: Vec<Variant>,
+}
+
+#[derive(Deserialize)]
+struct Variant {
+    config: ModelConfig,
+    batch: usize,
+    seq: usize,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+    loss: f32,
+    logits: Vec<f32>,
+    grads: HashMap<String, Vec<f32>>,
+}
+
+/// The fixture script's `weight`: parameter number `p`, gains near 1, matrices ±1/√fan_in.
+fn weights(cfg: &ModelConfig) -> VarMap {
+    let map = VarMap::new();
+    let mut data = map.data().lock().unwrap();
+    for (p, (name, shape, _)) in param_specs(cfg).into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let wave = (0..n).map(|i| ((i + 1) as f64 * 0.7548776662 + (p + 1) as f64 * 2.399963).sin());
+        let values: Vec<f32> = if shape.len() == 1 {
+            wave.map(|w| (1.0 + 0.25 * w) as f32).collect()
+        } else {
+            let amp = if p == 0 { 1.0 } else { 1.0 / (shape[1] as f64).sqrt() };
+            wave.map(|w| (amp * w) as f32).collect()
+        };
+        let t = Tensor::from_vec(values, shape, &Device::Cpu).unwrap();
+        data.insert(name, Var::from_tensor(&t).unwrap());
+    }
+    drop(data);
+    map
+}
+
+/// Largest |a − b| over the largest |b| (at least 1): a relative error for the whole tensor.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn logits_loss_and_gradients_match_pytorch() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/torch_parity.json"))
+        .expect("fixture missing; regenerate with scripts/torch_parity.sh");
+    let fixture: Fixture = serde_json::from_str(&text).unwrap();
+    let dev = Device::Cpu;
+    for v in &fixture.variants {
+        let cfg = &v.config;
+        let map = weights(cfg);
+        let model = Transformer::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+        let inputs = Tensor::from_slice(&v.inputs, (v.batch, v.seq), &dev).unwrap();
+        let targets = Tensor::from_slice(&v.targets, v.batch * v.seq, &dev).unwrap();
+        for fused in [true, false] {
+            set_fused_enabled(fused);
+            let what = format!("{cfg:?}, fused kernels {fused}");
+            let logits = model.forward(&inputs, None).unwrap();
+            let flat = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let e = rel_err(&flat, &v.logits);
+            assert!(e < 2e-5, "logits differ from PyTorch's by {e} (relative) for {what}");
+            let loss = cross_entropy(&logits.reshape((v.batch * v.seq, cfg.vocab_size)).unwrap(), &targets).unwrap();
+            let l = loss.to_scalar::<f32>().unwrap();
+            assert!((l - v.loss).abs() < 1e-5 * v.loss, "loss {l} vs PyTorch's {} for {what}", v.loss);
+            let grads = loss.backward().unwrap();
+            let vars = map.data().lock().unwrap();
+            assert_eq!(vars.len(), v.grads.len());
+            for (name, expected) in &v.grads {
+                let g = grads.get(vars[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+                let g = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let e = rel_err(&g, expected);
+                assert!(e < 5e-5, "gradient of {name} differs from PyTorch's by {e} (relative) for {what}");
+            }
+        }
+    }
+}
