@@ -7,6 +7,7 @@
 //! building blocks it is built from: fused CPU [`kernels`], or composites for other devices.
 
 pub mod config;
+mod decode;
 pub mod gguf;
 pub mod init;
 pub mod kernels;

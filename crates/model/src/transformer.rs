@@ -3,6 +3,7 @@
 //! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
 
 use crate::config::{Activation, ModelConfig};
+use crate::decode::{self, HostKv};
 use crate::ops::{attention_matmul, attention_softmax, rms_norm, rope, rope_tables, swiglu};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -11,36 +12,63 @@ fn linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<
     Ok(Linear::new(vb.get((out_dim, in_dim), &format!("{name}.weight"))?, None))
 }
 
+/// One layer's cached keys and values.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum LayerKv {
+    /// Nothing cached yet.
+    #[default]
+    Empty,
+    /// `(B, KV, len, head_dim)` tensors on the model's device (the general path).
+    Tensors(Tensor, Tensor),
+    /// Buffers written in place by batch-1 CPU decoding ([`crate::decode`]).
+    Host(HostKv),
+}
+
+impl LayerKv {
+    pub(crate) fn insert_host(&mut self, kv: HostKv) -> &mut HostKv {
+        *self = LayerKv::Host(kv);
+        match self {
+            LayerKv::Host(kv) => kv,
+            _ => unreachable!("just stored"),
+        }
+    }
+}
+
 /// Keys and values of earlier positions, per layer, for incremental decoding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub(crate) layers: Vec<LayerKv>,
+    len: usize,
 }
 
 impl KvCache {
     /// An empty cache for `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self { layers: vec![LayerKv::Empty; n_layers], len: 0 }
     }
 
     /// Positions already cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[2])
+        self.len
     }
 
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+
+    pub(crate) fn advance(&mut self, t: usize) {
+        self.len += t;
     }
 }
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    q_norm: Option<Tensor>,
-    k_norm: Option<Tensor>,
+pub(crate) struct Attention {
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) q_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<Tensor>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
@@ -71,7 +99,7 @@ impl Attention {
         x: &Tensor,
         rope_t: &(Tensor, Tensor),
         start: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut LayerKv>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
@@ -86,11 +114,15 @@ impl Attention {
         let k = rope(&k.contiguous()?, &rope_t.0, &rope_t.1, start)?;
         let (k, v) = match cache {
             Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
+                let (k, v) = match std::mem::take(slot) {
+                    LayerKv::Tensors(pk, pv) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    LayerKv::Host(kv) => {
+                        let (pk, pv) = kv.to_tensors(start, x.device())?;
+                        (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                    }
+                    LayerKv::Empty => (k, v),
                 };
-                *slot = Some((k.clone(), v.clone()));
+                *slot = LayerKv::Tensors(k.clone(), v.clone());
                 (k, v)
             }
             None => (k, v),
@@ -113,11 +145,11 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    gate: Option<Linear>,
-    up: Linear,
-    down: Linear,
-    activation: Activation,
+pub(crate) struct Mlp {
+    pub(crate) gate: Option<Linear>,
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+    pub(crate) activation: Activation,
 }
 
 impl Mlp {
@@ -145,22 +177,22 @@ impl Mlp {
     }
 }
 
-struct Block {
-    input_norm: Tensor,
-    attn: Attention,
-    post_norm: Tensor,
-    mlp: Mlp,
+pub(crate) struct Block {
+    pub(crate) input_norm: Tensor,
+    pub(crate) attn: Attention,
+    pub(crate) post_norm: Tensor,
+    pub(crate) mlp: Mlp,
     eps: f64,
 }
 
 /// The decoder. One definition trains, loads and serves: weights come from a `VarBuilder`.
 pub struct Transformer {
     cfg: ModelConfig,
-    embed: Embedding,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    lm_head: Linear,
-    rope: (Tensor, Tensor),
+    pub(crate) embed: Embedding,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: Tensor,
+    pub(crate) lm_head: Linear,
+    pub(crate) rope: (Tensor, Tensor),
     device: Device,
 }
 
@@ -211,7 +243,7 @@ impl Transformer {
     /// Logits `(B, T, V)` for token ids `(B, T)` at positions `cache.len()..` (or `0..` without a cache).
     /// With a cache, the new keys and values are appended to it.
     pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
+        let (b, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         if start + t > self.cfg.max_seq_len {
             candle_core::bail!(
@@ -220,6 +252,12 @@ impl Transformer {
                 self.cfg.max_seq_len
             );
         }
+        if let (1, 1, Some(cache)) = (b, t, cache.as_deref_mut()) {
+            if decode::eligible(self) {
+                let token = ids.flatten_all()?.to_vec1::<u32>()?[0];
+                return decode::step(self, token, cache);
+            }
+        }
         let mut x = self.embed.forward(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -227,6 +265,9 @@ impl Transformer {
             x = (x + h)?;
             let h = block.mlp.forward(&rms_norm(&x, &block.post_norm, block.eps)?)?;
             x = (x + h)?;
+        }
+        if let Some(cache) = cache {
+            cache.advance(t);
         }
         let x = rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
         self.lm_head.forward(&x)

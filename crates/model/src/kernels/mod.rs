@@ -9,6 +9,7 @@
 
 pub mod adamw;
 pub mod cross_entropy;
+pub mod gemv;
 pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
