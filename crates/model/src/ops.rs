@@ -77,6 +77,17 @@ pub fn attention_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Causal attention `softmax(scale · q·kᵀ + mask) · v` of q `(B, H, T, hd)` against k and v
+/// `(B, KV, S, hd)` (each key/value head serving H / KV query heads), the T queries at positions
+/// `start..start + T`. Returns `(B, T, H · hd)`, the heads side by side for the output projection.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+    if fused(&[q, k, v]) {
+        kernels::attention::attention(q, k, v, scale, start)
+    } else {
+        composite::attention(q, k, v, scale, start)
+    }
+}
+
 /// SwiGLU's gate: `silu(gate) ⊙ up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up]) {

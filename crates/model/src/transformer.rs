@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention_matmul, attention_softmax, rms_norm, rope, rope_tables, swiglu};
+use crate::ops::{attention, rms_norm, rope, rope_tables, swiglu};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -105,7 +105,7 @@ impl Attention {
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
         let mut q = heads(self.q.forward(x)?, self.n_heads)?; // (B, H, T, hd)
         let mut k = heads(self.k.forward(x)?, self.n_kv_heads)?; // (B, KV, T, hd)
-        let v = heads(self.v.forward(x)?, self.n_kv_heads)?.contiguous()?;
+        let v = heads(self.v.forward(x)?, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, self.eps)?;
             k = rms_norm(&k, kn, self.eps)?;
@@ -127,21 +127,8 @@ impl Attention {
             }
             None => (k, v),
         };
-        // Grouped-query attention: each key/value head serves n_heads / n_kv_heads query heads.
-        let groups = self.n_heads / self.n_kv_heads;
-        let repeat = |y: &Tensor| -> Result<Tensor> {
-            if groups == 1 {
-                return Ok(y.clone());
-            }
-            let (b, kv, s, hd) = y.dims4()?;
-            y.unsqueeze(2)?.broadcast_as((b, kv, groups, s, hd))?.contiguous()?.reshape((b, kv * groups, s, hd))
-        };
-        let (k, v) = (repeat(&k)?, repeat(&v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = attention_matmul(&q, &k.transpose(2, 3)?)?; // (B, H, T, S)
-        let att = attention_softmax(&scores, scale, start)?;
-        let y = attention_matmul(&att, &v)?; // (B, H, T, hd)
-        self.o.forward(&y.transpose(1, 2)?.reshape((b, t, self.n_heads * self.head_dim))?)
+        self.o.forward(&attention(&q, &k, &v, scale, start)?)
     }
 }
 

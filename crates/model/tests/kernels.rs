@@ -158,3 +158,48 @@ fn rope_matches_the_composite_with_an_offset() {
         );
     }
 }
+
+/// Plain candle attention: grouped heads repeated, full score matrix, composite masked softmax.
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Tensor {
+    let (b, h, t, hd) = q.dims4().unwrap();
+    let groups = h / k.dim(1).unwrap();
+    let rep = |y: &Tensor| {
+        let (b, kv, s, hd) = y.dims4().unwrap();
+        y.unsqueeze(2)
+            .unwrap()
+            .broadcast_as((b, kv, groups, s, hd))
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((b, h, s, hd))
+    };
+    let (k, v) = (rep(k).unwrap(), rep(v).unwrap());
+    let scores = q.contiguous().unwrap().matmul(&k.t().unwrap().contiguous().unwrap()).unwrap();
+    let p = composite::attention_softmax(&scores, scale, start).unwrap();
+    let y = p.matmul(&v.contiguous().unwrap()).unwrap();
+    y.transpose(1, 2).unwrap().reshape((b, t, h * hd)).unwrap()
+}
+
+#[test]
+fn fused_attention_matches_the_composite_across_blocks_offsets_and_groups() {
+    let mut rng = Rng::new(11);
+    // (batch, query heads, kv heads, queries, keys, head size): several 64-row blocks and a
+    // remainder, queries after cached keys (start = keys − queries), grouped heads.
+    for (b, h, kv, t, s, hd) in [(2, 4, 2, 150, 150, 16), (1, 3, 3, 70, 100, 8), (2, 2, 1, 5, 5, 6)] {
+        let q = randn(&mut rng, &[b, t, h, hd], 1.5);
+        let k = randn(&mut rng, &[b, kv, s, hd], 1.5);
+        let v = randn(&mut rng, &[b, s, kv, hd], 1.0);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let start = s - t;
+        // q and v as transposed views (as the model makes them), k contiguous.
+        let qv = || q.as_tensor().transpose(1, 2).unwrap();
+        let vv = || v.as_tensor().transpose(1, 2).unwrap();
+        check(
+            &format!("attention b{b} h{h} kv{kv} t{t} s{s}"),
+            &[&q, &k, &v],
+            &|| kernels::attention::attention(&qv(), k.as_tensor(), &vv(), scale, start).unwrap(),
+            &|| reference_attention(&qv(), k.as_tensor(), &vv(), scale, start),
+            2e-5,
+        );
+    }
+}

@@ -8,6 +8,7 @@
 //! against and as the path for other devices and dtypes.
 
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod gemv;
 pub mod matmul;

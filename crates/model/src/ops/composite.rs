@@ -93,3 +93,23 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?;
     picked.mean_all()?.neg()
 }
+
+/// Causal attention of q `(B, H, T, hd)` against k, v `(B, KV, S, hd)` at positions
+/// `start..start + T`, through the dispatched products and softmax; returns `(B, T, H · hd)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    // Grouped-query attention: each key/value head serves h / kv query heads.
+    let groups = h / k.dim(1)?;
+    let repeat = |y: &Tensor| -> Result<Tensor> {
+        if groups == 1 {
+            return Ok(y.clone());
+        }
+        let (b, kv, s, hd) = y.dims4()?;
+        y.unsqueeze(2)?.broadcast_as((b, kv, groups, s, hd))?.contiguous()?.reshape((b, kv * groups, s, hd))
+    };
+    let (k, v) = (repeat(k)?, repeat(v)?);
+    let scores = super::attention_matmul(q, &k.transpose(2, 3)?)?; // (B, H, T, S)
+    let att = super::attention_softmax(&scores, scale, start)?;
+    let y = super::attention_matmul(&att, &v)?; // (B, H, T, hd)
+    y.transpose(1, 2)?.reshape((b, t, h * hd))
+}

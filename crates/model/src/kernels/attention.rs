@@ -1,0 +1,356 @@
+//! Causal attention `softmax(scale · q·kᵀ + mask) · v` as one op with its own backward, computed
+//! one block of query rows at a time (the flash-attention scheme, on the CPU).
+//!
+//! The composite keeps the scores and the probabilities of every head for the backward pass (two
+//! `T × S` matrices per head and layer), copies `kᵀ`, the grouped-query repeat of k and v, and the
+//! transposed output. Here a block of at most [`BLOCK`] query rows sees only the keys it may attend
+//! to (so the masked half of the products is skipped), its scores live in a per-thread buffer, and
+//! only the log-sum-exp of each row is kept; the backward recomputes the probabilities from it.
+//! Key/value heads are shared by their query heads in place, and the output is written directly
+//! in `(B, T, H · head_dim)` order, ready for the output projection.
+
+use super::simd::{self, dispatch};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Query rows per block: the block's scores (`BLOCK × S`) stay in L2 for S up to a few thousand.
+const BLOCK: usize = 64;
+
+/// A `(B, heads, T, head_dim)` operand: its storage and steps; the last dimension is contiguous.
+#[derive(Debug, Clone, Copy)]
+struct Heads<'a> {
+    data: &'a [f32],
+    offset: usize,
+    sb: usize,
+    sh: usize,
+    st: usize,
+}
+
+impl<'a> Heads<'a> {
+    fn of(s: &'a CpuStorage, l: &Layout, hd: usize, what: &str) -> Result<Self> {
+        let CpuStorage::F32(data) = s else { candle_core::bail!("attention: {what} must be f32") };
+        let (dims, st) = (l.dims(), l.stride());
+        if dims.len() != 4 || dims[3] != hd || (hd > 1 && st[3] != 1) {
+            candle_core::bail!("attention: {what} must be (B, heads, T, {hd}) with contiguous rows, got {dims:?}");
+        }
+        Ok(Self { data, offset: l.start_offset(), sb: st[0], sh: st[1], st: st[2] })
+    }
+
+    /// Offset of row `t` of head `h` in batch `b`.
+    fn at(&self, b: usize, h: usize, t: usize) -> usize {
+        self.offset + b * self.sb + h * self.sh + t * self.st
+    }
+}
+
+/// The shapes an attention call works on.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    h: usize,
+    kv: usize,
+    t: usize,
+    s: usize,
+    hd: usize,
+}
+
+struct Attention {
+    scale: f32,
+    /// Position of the first query (keys before it come from a cache).
+    start: usize,
+    /// Log-sum-exp of each query row's scaled scores, `(B, H, T)`, for the backward pass.
+    lse: Mutex<Vec<f32>>,
+}
+
+/// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)`, single-threaded; operands
+/// as (slice, row step, column step).
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: (&[f32], usize, usize),
+    b: (&[f32], usize, usize),
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n, "attention: product output too small");
+    if k > 0 {
+        assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
+    }
+    // SAFETY: the asserts above keep every index the strides reach inside the three slices.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.0.as_ptr(),
+            a.2 as isize,
+            a.1 as isize,
+            b.0.as_ptr(),
+            b.2 as isize,
+            b.1 as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    // A method, so closures capture the whole wrapper rather than its raw-pointer field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Attention {
+    /// Keys visible to query row `i` (0-based within this call).
+    fn visible(&self, i: usize, s: usize) -> usize {
+        (self.start + i + 1).min(s)
+    }
+
+    /// Scaled, masked scores of query rows `r0..r1` of `(b, h)` against their visible keys, turned
+    /// into probabilities in place: `p` holds `(r1 − r0) × keys` values. With `lse` given the rows
+    /// are normalised by it (backward); otherwise each row's log-sum-exp is written there.
+    #[allow(clippy::too_many_arguments)]
+    fn probabilities(
+        &self,
+        d: Dims,
+        q: Heads,
+        k: Heads,
+        (b, h, r0, r1): (usize, usize, usize, usize),
+        p: &mut [f32],
+        lse: &mut [f32],
+        given: bool,
+    ) -> usize {
+        let keys = self.visible(r1 - 1, d.s);
+        let kvh = h / (d.h / d.kv);
+        let rows = r1 - r0;
+        mm(
+            rows,
+            keys,
+            d.hd,
+            p,
+            keys,
+            false,
+            (&q.data[q.at(b, h, r0)..], q.st, 1),
+            (&k.data[k.at(b, kvh, 0)..], 1, k.st),
+            self.scale,
+        );
+        for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
+            let vis = self.visible(r0 + i, d.s);
+            lse[i] = normalise_row(row, vis, if given { lse[i] } else { f32::NAN });
+        }
+        keys
+    }
+}
+
+#[inline(always)]
+fn normalise_row_impl(row: &mut [f32], vis: usize, lse: f32) -> f32 {
+    let (seen, masked) = row.split_at_mut(vis);
+    let lse = if lse.is_nan() {
+        let max = simd::max(seen);
+        max + simd::sum_exp(seen, max).ln()
+    } else {
+        lse
+    };
+    for x in seen.iter_mut() {
+        *x = simd::exp(*x - lse);
+    }
+    masked.fill(0.0);
+    lse
+}
+
+dispatch! {
+    /// Scaled scores → probabilities in place: the first `vis` entries become `exp(x − lse)`, the
+    /// rest 0. `lse` is computed from the row when NaN is given; returns it.
+    pub fn normalise_row(row: &mut [f32], vis: usize, lse: f32) -> f32 = normalise_row_impl;
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (qd, kd) = (l1.dims(), l2.dims());
+        let hd = *qd.last().unwrap_or(&0);
+        let (q, k, v) = (Heads::of(s1, l1, hd, "q")?, Heads::of(s2, l2, hd, "k")?, Heads::of(s3, l3, hd, "v")?);
+        let d = Dims { b: qd[0], h: qd[1], kv: kd[1], t: qd[2], s: kd[2], hd };
+        if kd[0] != d.b || d.kv == 0 || !d.h.is_multiple_of(d.kv) || l3.dims() != kd || self.start + d.t > d.s {
+            candle_core::bail!("attention: q {qd:?} does not fit k {kd:?} / v {:?} at start {}", l3.dims(), self.start);
+        }
+        let blocks = d.t.div_ceil(BLOCK);
+        let mut out = vec![0f32; d.b * d.t * d.h * hd];
+        let mut lse = vec![0f32; d.b * d.h * d.t];
+        let out_ptr = Out(out.as_mut_ptr());
+        // One task per (batch, head, block of query rows); each writes its own rows of the output.
+        lse.par_chunks_mut(d.t).enumerate().for_each(|(bh, lse_bh)| {
+            let (b, h) = (bh / d.h, bh % d.h);
+            let kvh = h / (d.h / d.kv);
+            let mut p = vec![0f32; BLOCK * d.s];
+            let mut o = vec![0f32; BLOCK * hd];
+            for blk in 0..blocks {
+                let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(d.t));
+                let rows = r1 - r0;
+                let keys = self.probabilities(d, q, k, (b, h, r0, r1), &mut p, &mut lse_bh[r0..r1], false);
+                mm(rows, hd, keys, &mut o, hd, false, (&p, keys, 1), (&v.data[v.at(b, kvh, 0)..], v.st, 1), 1.0);
+                for (i, row) in o[..rows * hd].chunks_exact(hd).enumerate() {
+                    let at = ((b * d.t + r0 + i) * d.h + h) * hd;
+                    // SAFETY: row (b, r0 + i, h) of the output belongs to this task alone, and
+                    // lies inside `out` (b < B, r0 + i < T, h < H).
+                    unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.ptr().add(at), hd) };
+                }
+            }
+        });
+        *self.lse.lock().expect("lse lock") = lse;
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.t, d.h * hd))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (dq, dk, dv) = self.backward(q, k, v, res, &grad)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// The CPU storage behind a tensor's storage guard.
+fn cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("attention: backward on the CPU only"),
+    }
+}
+
+impl Attention {
+    /// Gradients of q, k and v: one task per (batch, key/value head), which owns that head's dk
+    /// and dv and the dq of its query heads.
+    fn backward(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (os, ol) = o.storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (qc, kc, vc, oc, gc) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&os)?, cpu(&gs)?);
+        let hd = q.dim(3)?;
+        let (qh, kh, vh) = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
+        let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };
+        let o_all = super::f32s(oc, ol, self.name())?;
+        let g_all = super::f32s(gc, gl, self.name())?;
+        let lse = self.lse.lock().expect("lse lock");
+        let groups = d.h / d.kv;
+        let blocks = d.t.div_ceil(BLOCK);
+        let mut dq = vec![0f32; d.b * d.h * d.t * hd];
+        let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
+        let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
+        let dq_ptr = Out(dq.as_mut_ptr());
+        dk.par_chunks_mut(d.s * hd).zip(dv.par_chunks_mut(d.s * hd)).enumerate().for_each(|(bkv, (dk, dv))| {
+            let (b, kvh) = (bkv / d.kv, bkv % d.kv);
+            let (mut p, mut dp) = (vec![0f32; BLOCK * d.s], vec![0f32; BLOCK * d.s]);
+            let mut lse_blk = [0f32; BLOCK];
+            for h in kvh * groups..(kvh + 1) * groups {
+                for blk in 0..blocks {
+                    let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(d.t));
+                    let rows = r1 - r0;
+                    let lse_at = (b * d.h + h) * d.t + r0;
+                    lse_blk[..rows].copy_from_slice(&lse[lse_at..lse_at + rows]);
+                    let keys = self.probabilities(d, qh, kh, (b, h, r0, r1), &mut p, &mut lse_blk, true);
+                    // Rows of o and g for this head: stride H · hd in the (B, T, H · hd) output.
+                    let row_step = d.h * hd;
+                    let og = ((b * d.t + r0) * d.h + h) * hd;
+                    let (ob, gb) = (&o_all[og..], &g_all[og..]);
+                    // dv += pᵀ · g
+                    mm(keys, hd, rows, dv, hd, true, (&p, 1, keys), (gb, row_step, 1), 1.0);
+                    // dp = g · vᵀ
+                    mm(
+                        rows,
+                        keys,
+                        hd,
+                        &mut dp,
+                        keys,
+                        false,
+                        (gb, row_step, 1),
+                        (&vh.data[vh.at(b, kvh, 0)..], 1, vh.st),
+                        1.0,
+                    );
+                    // ds = p ⊙ (dp − rowsum(g ⊙ o)), scaled; kept in dp.
+                    for i in 0..rows {
+                        let (orow, grow) = (&ob[i * row_step..i * row_step + hd], &gb[i * row_step..i * row_step + hd]);
+                        let delta = simd::dot(orow, grow);
+                        let (pr, dr) = (&p[i * keys..(i + 1) * keys], &mut dp[i * keys..(i + 1) * keys]);
+                        for (x, &pv) in dr.iter_mut().zip(pr) {
+                            *x = pv * (*x - delta) * self.scale;
+                        }
+                    }
+                    // dq = ds · k, into rows r0..r1 of (b, h): owned by this task.
+                    let dq_at = ((b * d.h + h) * d.t + r0) * hd;
+                    // SAFETY: rows r0..r1 of dq's (b, h) block belong to this task (h is one of
+                    // this key/value head's query heads) and lie inside dq.
+                    let dq_blk = unsafe { std::slice::from_raw_parts_mut(dq_ptr.ptr().add(dq_at), rows * hd) };
+                    mm(
+                        rows,
+                        hd,
+                        keys,
+                        dq_blk,
+                        hd,
+                        false,
+                        (&dp, keys, 1),
+                        (&kh.data[kh.at(b, kvh, 0)..], kh.st, 1),
+                        1.0,
+                    );
+                    // dk += dsᵀ · q
+                    mm(keys, hd, rows, dk, hd, true, (&dp, 1, keys), (&qh.data[qh.at(b, h, r0)..], qh.st, 1), 1.0);
+                }
+            }
+        });
+        let dev = q.device();
+        Ok((
+            Tensor::from_vec(dq, (d.b, d.h, d.t, hd), dev)?,
+            Tensor::from_vec(dk, (d.b, d.kv, d.s, hd), dev)?,
+            Tensor::from_vec(dv, (d.b, d.kv, d.s, hd), dev)?,
+        ))
+    }
+}
+
+/// Causal attention of f32 CPU tensors: q `(B, H, T, hd)`, k and v `(B, KV, S, hd)` (KV dividing H;
+/// any strides with contiguous rows), the T queries at positions `start..start + T` of the S keys.
+/// Returns `(B, T, H · hd)`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+    let op = Attention { scale: scale as f32, start, lse: Mutex::new(Vec::new()) };
+    q.apply_op3(k, v, op)
+}
