@@ -33,8 +33,10 @@ for m, k, n, ta, tb in [(2048, 384, 1024, 0, 0), (2048, 1024, 384, 0, 0), (2048,
     y = torch.randn((n, k) if tb else (k, n))
     secs = median(lambda: (x.t() if ta else x) @ (y.t() if tb else y))
     out(f"{m}x{k}x{n}{' aT' if ta else ''}{' bT' if tb else ''}", 2 * m * k * n, secs)
-q, kk, p = torch.randn(8, 6, 256, 64), torch.randn(8, 6, 256, 64), torch.randn(8, 6, 256, 256)
-flops = 2 * 48 * 256 * 64 * 256
-out("48x(256x64x256) q kT", flops, median(lambda: q @ kk.transpose(-1, -2)))
-out("48x(256x256x64) p v", flops, median(lambda: p @ kk))
-out("48x(256x256x64) pT g", flops, median(lambda: p.transpose(-1, -2) @ q))
+q, k, v = (torch.randn(8, 6, 256, 64, requires_grad=True) for _ in range(3))
+g = torch.randn(8, 6, 256, 64)
+flops = 4 * 48 * 256 * 256 * 64
+attend = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+with torch.no_grad():
+    out("causal attention 8x6x256x64 fwd", flops, median(attend))
+out("causal attention 8x6x256x64 fwd+bwd", 3 * flops, median(lambda: attend().backward(g)))

@@ -56,27 +56,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tens
     }
 }
 
-/// `softmax(scale · scores + causal mask)` over the last dimension of `(…, T, S)` scores whose `T`
-/// queries sit at positions `start..start + T` (keys after a query's position get probability 0).
-pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
-    if fused(&[scores]) {
-        kernels::softmax::masked_softmax(scores, scale, start)
-    } else {
-        composite::attention_softmax(scores, scale, start)
-    }
-}
-
-/// Attention's batched products `(…, M, K) × (…, K, N)`; either operand may be a transposed view.
-pub fn attention_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    // One query row per product (decoding) leaves too little work per task to gain from the kernel.
-    let rows = a.dims().get(a.rank().saturating_sub(2)).copied().unwrap_or(0);
-    if fused(&[a, b]) && a.rank() >= 3 && rows >= 16 {
-        kernels::matmul::batched_matmul(a, b)
-    } else {
-        a.contiguous()?.matmul(&b.contiguous()?)
-    }
-}
-
 /// Causal attention `softmax(scale · q·kᵀ + mask) · v` of q `(B, H, T, hd)` against k and v
 /// `(B, KV, S, hd)` (each key/value head serving H / KV query heads), the T queries at positions
 /// `start..start + T`. Returns `(B, T, H · hd)`, the heads side by side for the output projection.

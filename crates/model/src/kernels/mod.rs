@@ -11,11 +11,9 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod gemv;
-pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod simd;
-pub mod softmax;
 pub mod swiglu;
 
 use candle_core::backend::BackendStorage;

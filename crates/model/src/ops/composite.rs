@@ -95,7 +95,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Causal attention of q `(B, H, T, hd)` against k, v `(B, KV, S, hd)` at positions
-/// `start..start + T`, through the dispatched products and softmax; returns `(B, T, H · hd)`.
+/// `start..start + T`: the full score matrix, masked softmax, products; returns `(B, T, H · hd)`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     // Grouped-query attention: each key/value head serves h / kv query heads.
@@ -108,8 +108,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -
         y.unsqueeze(2)?.broadcast_as((b, kv, groups, s, hd))?.contiguous()?.reshape((b, kv * groups, s, hd))
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
-    let scores = super::attention_matmul(q, &k.transpose(2, 3)?)?; // (B, H, T, S)
-    let att = super::attention_softmax(&scores, scale, start)?;
-    let y = super::attention_matmul(&att, &v)?; // (B, H, T, hd)
+    let scores = q.contiguous()?.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, T, S)
+    let att = attention_softmax(&scores, scale, start)?;
+    let y = att.matmul(&v.contiguous()?)?; // (B, H, T, hd)
     y.transpose(1, 2)?.reshape((b, t, h * hd))
 }

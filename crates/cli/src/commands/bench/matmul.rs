@@ -1,12 +1,13 @@
 //! `tsukuru bench matmul`: matrix-product throughput on the shapes of the benchmark model's
-//! training step, for candle's product and for the batched attention kernel (benches/matmul.sh
-//! runs PyTorch on the same shapes beside it).
+//! training step, and causal attention through candle's ops and through the fused op
+//! (benches/matmul.sh runs PyTorch on the same shapes beside it).
 
 use super::median_time;
 use anyhow::Result;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use clap::Args;
-use tsukuru_model::kernels::matmul::batched_matmul;
+use tsukuru_model::kernels;
+use tsukuru_model::ops::composite;
 
 /// Arguments of `bench matmul`.
 #[derive(Args, Debug)]
@@ -22,6 +23,10 @@ type Product<'a> = &'a dyn Fn() -> Result<Tensor>;
 /// Median seconds of `f` over `reps` runs after two untimed ones.
 fn median(reps: usize, f: Product<'_>) -> Result<f64> {
     median_time(2, reps, || f().map(drop))
+}
+
+fn randn_var(shape: (usize, usize, usize, usize)) -> Result<Var> {
+    Ok(Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?)?)
 }
 
 /// Runs `bench matmul`: one JSON line per shape and implementation.
@@ -52,21 +57,24 @@ pub fn run(a: &MatmulBenchArgs) -> Result<()> {
         let name = format!("{m}x{k}x{n}{}{}", if ta { " aT" } else { "" }, if tb { " bT" } else { "" });
         print(&name, "candle", 2.0 * (m * k * n) as f64, secs);
     }
-    // Attention: 8 sequences × 6 heads of 256 positions, head size 64.
-    let q = Tensor::randn(0f32, 1.0, (8, 6, 256, 64), &dev)?;
-    let kk = Tensor::randn(0f32, 1.0, (8, 6, 256, 64), &dev)?;
-    let p = Tensor::randn(0f32, 1.0, (8, 6, 256, 256), &dev)?;
-    let flops = 2.0 * 48.0 * 256.0 * 64.0 * 256.0;
-    let cases: [(&str, &str, Product<'_>); 6] = [
-        ("48x(256x64x256) q kT", "candle", &|| Ok(q.matmul(&kk.t()?.contiguous()?)?)),
-        ("48x(256x64x256) q kT", "tsukuru-kernel", &|| Ok(batched_matmul(&q, &kk.t()?)?)),
-        ("48x(256x256x64) p v", "candle", &|| Ok(p.matmul(&kk)?)),
-        ("48x(256x256x64) p v", "tsukuru-kernel", &|| Ok(batched_matmul(&p, &kk)?)),
-        ("48x(256x256x64) pT g", "candle", &|| Ok(p.t()?.matmul(&q)?)),
-        ("48x(256x256x64) pT g", "tsukuru-kernel", &|| Ok(batched_matmul(&p.t()?, &q)?)),
-    ];
-    for (name, implementation, f) in cases {
-        print(name, implementation, flops, median(a.repeat, f)?);
+    // Causal attention over 8 sequences × 6 heads of 256 positions, head size 64: candle's ops
+    // (full score matrix, masked softmax) against the fused op, forward and forward + backward.
+    // GFLOP/s count the full products (4·B·H·T²·hd forward, three times that with the backward),
+    // as the PyTorch peer does, so the figures compare times.
+    let (q, k, v) = (randn_var((8, 6, 256, 64))?, randn_var((8, 6, 256, 64))?, randn_var((8, 6, 256, 64))?);
+    let g = Tensor::randn(0f32, 1.0, (8, 256, 6 * 64), &dev)?;
+    let flops = 4.0 * 48.0 * 256.0 * 256.0 * 64.0;
+    let scale = 1.0 / 8.0;
+    type Attn = fn(&Tensor, &Tensor, &Tensor, f64, usize) -> candle_core::Result<Tensor>;
+    let impls: [(&str, Attn); 2] = [("candle", composite::attention), ("tsukuru-fused", kernels::attention::attention)];
+    for (implementation, f) in impls {
+        let fwd = || Ok(f(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, 0)?);
+        print("causal attention 8x6x256x64 fwd", implementation, flops, median(a.repeat, &fwd)?);
+        let both = || {
+            let grads = (fwd()? * &g)?.sum_all()?.backward()?;
+            Ok(grads.get(q.as_tensor()).expect("gradient of q").clone())
+        };
+        print("causal attention 8x6x256x64 fwd+bwd", implementation, 3.0 * flops, median(a.repeat, &both)?);
     }
     Ok(())
 }
