@@ -76,6 +76,16 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Mean cross-entropy of the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`) against u32 `targets (N)`:
+/// the output projection and the loss together, without holding all the logits on the CPU.
+pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[h, w]) {
+        kernels::linear_cross_entropy::linear_cross_entropy(h, w, targets)
+    } else {
+        composite::cross_entropy(&h.matmul(&w.t()?)?, targets)
+    }
+}
+
 /// Mean cross-entropy of `logits (N, V)` against u32 `targets (N)`.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[logits]) {

@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention, rms_norm, rope, rope_tables, swiglu};
+use crate::ops::{attention, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -231,6 +231,27 @@ impl Transformer {
     /// With a cache, the new keys and values are appended to it.
     pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        if let (1, 1, Some(cache)) = (b, t, cache.as_deref_mut()) {
+            if decode::eligible(self) && cache.len() < self.cfg.max_seq_len {
+                let token = ids.flatten_all()?.to_vec1::<u32>()?[0];
+                return decode::step(self, token, cache);
+            }
+        }
+        self.lm_head.forward(&self.hidden(ids, cache)?)
+    }
+
+    /// Mean cross-entropy of the predictions for `ids (B, T)` against u32 `targets (B · T)`, the
+    /// training loss. On the CPU the output projection and the loss run as one op that never holds
+    /// all the logits ([`crate::ops::linear_cross_entropy`]).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let h = self.hidden(ids, None)?;
+        let (b, t, d) = h.dims3()?;
+        linear_cross_entropy(&h.reshape((b * t, d))?, self.lm_head.weight(), targets)
+    }
+
+    /// The final normalised hidden states `(B, T, D)`, before the output projection.
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         if start + t > self.cfg.max_seq_len {
             candle_core::bail!(
@@ -238,12 +259,6 @@ impl Transformer {
                 start + t,
                 self.cfg.max_seq_len
             );
-        }
-        if let (1, 1, Some(cache)) = (b, t, cache.as_deref_mut()) {
-            if decode::eligible(self) {
-                let token = ids.flatten_all()?.to_vec1::<u32>()?[0];
-                return decode::step(self, token, cache);
-            }
         }
         let mut x = self.embed.forward(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
@@ -256,8 +271,7 @@ impl Transformer {
         if let Some(cache) = cache {
             cache.advance(t);
         }
-        let x = rms_norm(&x, &self.norm, self.cfg.norm_eps)?;
-        self.lm_head.forward(&x)
+        rms_norm(&x, &self.norm, self.cfg.norm_eps)
     }
 
     /// Logits of the last position only, `(B, V)`: what decoding needs.

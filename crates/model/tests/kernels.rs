@@ -135,3 +135,35 @@ fn fused_attention_matches_the_composite_across_blocks_offsets_and_groups() {
         );
     }
 }
+
+#[test]
+fn linear_cross_entropy_matches_projection_then_cross_entropy() {
+    let mut rng = Rng::new(12);
+    // 600 rows: one full chunk of 512 and a remainder.
+    for (n, d, v) in [(600, 24, 37), (3, 8, 5)] {
+        let h = randn(&mut rng, &[n, d], 1.0);
+        let w = randn(&mut rng, &[v, d], 1.0);
+        let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
+        let t = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+        let fused = kernels::linear_cross_entropy::linear_cross_entropy(h.as_tensor(), w.as_tensor(), &t).unwrap();
+        let plain = composite::cross_entropy(&h.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap(), &t).unwrap();
+        let d0 = max_diff(&fused, &plain);
+        assert!(d0 < 1e-5, "n{n}: losses differ by {d0}");
+        // Scaled by an upstream gradient of 3, as the backward must.
+        let ga = (fused * 3.0).unwrap().backward().unwrap();
+        let gb = (&plain * 3.0).unwrap().backward().unwrap();
+        for (name, x) in [("h", &h), ("w", &w)] {
+            let d = max_diff(ga.get(x).unwrap(), gb.get(x).unwrap());
+            assert!(d < 1e-5, "n{n}: gradient of {name} differs by {d}");
+        }
+        // Without variables no gradients are computed, and the loss is the same.
+        let bare =
+            kernels::linear_cross_entropy::linear_cross_entropy(&h.as_tensor().detach(), &w.as_tensor().detach(), &t);
+        assert!(max_diff(&bare.unwrap(), &plain) < 1e-5);
+    }
+    let h = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err =
+        kernels::linear_cross_entropy::linear_cross_entropy(&h, &w, &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap());
+    assert!(err.unwrap_err().to_string().contains("outside the vocabulary"));
+}

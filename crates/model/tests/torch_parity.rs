@@ -75,8 +75,13 @@ fn logits_loss_and_gradients_match_pytorch() {
             let flat = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let e = rel_err(&flat, &v.logits);
             assert!(e < 2e-5, "logits differ from PyTorch's by {e} (relative) for {what}");
-            let loss = cross_entropy(&logits.reshape((v.batch * v.seq, cfg.vocab_size)).unwrap(), &targets).unwrap();
+            // The training loss: output projection and cross-entropy as one op on the CPU.
+            let loss = model.loss(&inputs, &targets).unwrap();
+            let separate =
+                cross_entropy(&logits.reshape((v.batch * v.seq, cfg.vocab_size)).unwrap(), &targets).unwrap();
             let l = loss.to_scalar::<f32>().unwrap();
+            let l2 = separate.to_scalar::<f32>().unwrap();
+            assert!((l2 - v.loss).abs() < 1e-5 * v.loss, "cross-entropy of the logits {l2} vs PyTorch's {}", v.loss);
             assert!((l - v.loss).abs() < 1e-5 * v.loss, "loss {l} vs PyTorch's {} for {what}", v.loss);
             let grads = loss.backward().unwrap();
             let vars = map.data().lock().unwrap();

@@ -8,7 +8,6 @@ use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use tsukuru_model::ops::cross_entropy;
 use tsukuru_model::Transformer;
 use tsukuru_tokens::Batch;
 
@@ -26,8 +25,7 @@ impl Objective for NextToken {
     fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
         let inputs = Tensor::from_slice(&batch.inputs, (batch.batch, batch.seq), device)?;
         let targets = Tensor::from_slice(&batch.targets, batch.batch * batch.seq, device)?;
-        let logits = model.forward(&inputs, None)?;
-        cross_entropy(&logits.reshape((batch.batch * batch.seq, ()))?, &targets)
+        model.loss(&inputs, &targets)
     }
 }
 

@@ -43,6 +43,22 @@ dispatch! {
     pub fn grad_rows(logits: &[f32], lse: &[f32], targets: &[u32], scale: f32, out: &mut [f32]) -> () = grad_rows_impl;
 }
 
+#[inline(always)]
+fn grad_rows_in_place_impl(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) {
+    let v = rows.len() / lse.len().max(1);
+    for (i, o) in rows.chunks_exact_mut(v).enumerate() {
+        for x in o.iter_mut() {
+            *x = simd::exp(*x - lse[i]) * scale;
+        }
+        o[targets[i] as usize] -= scale;
+    }
+}
+
+dispatch! {
+    /// Logit rows turned into their gradient `(softmax(x) − onehot(t)) · scale` in place.
+    pub fn grad_rows_in_place(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) -> () = grad_rows_in_place_impl;
+}
+
 fn dims(l: &Layout) -> Result<(usize, usize)> {
     l.shape().dims2()
 }

@@ -11,6 +11,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod gemv;
+pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
 pub mod simd;

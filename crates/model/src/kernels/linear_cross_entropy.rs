@@ -1,0 +1,143 @@
+//! The output projection and the mean cross-entropy as one op: `loss = mean_i CE(h_i · Wᵀ, t_i)`,
+//! without ever holding the whole `N × V` logits.
+//!
+//! Separately, the logits (`N × V`, the largest activation of a small model: 64 MiB for 2,048
+//! tokens over 8,192 words) are kept for the backward pass and then matched by a gradient of the
+//! same size. Here rows are taken [`CHUNK`] at a time: the chunk's logits are computed into one
+//! reused buffer, turned into their gradient `(softmax − onehot) / N` in place, and both products of
+//! the backward (`dh = g · W`, `dW += gᵀ · h`) are done at once. The op keeps only `dh` and `dW`;
+//! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
+//! the memory.
+
+use super::cross_entropy::{grad_rows_in_place, lse_of_row};
+use super::{f32s, u32s};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// Rows of logits computed at a time (a 16 MiB buffer at 8,192 words).
+const CHUNK: usize = 512;
+
+struct LinearCrossEntropy {
+    /// Whether a backward pass can follow (otherwise only the loss is computed).
+    need_grads: bool,
+    /// `dh (N × d)` and `dW (V × d)` of the mean loss, computed by the forward pass.
+    grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+/// `c (m × n) = a · b` (or `c += a · b`), all row-major with the given row strides, over the
+/// threads; `b_t` reads b as the transpose of a row-major `(n × k)` matrix.
+#[allow(clippy::too_many_arguments)]
+fn product(m: usize, n: usize, k: usize, c: &mut [f32], accumulate: bool, a: &[f32], a_t: bool, b: &[f32], b_t: bool) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "linear cross-entropy: product sizes");
+    // (row step, column step) of each operand.
+    let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
+    let (brs, bcs) = if b_t { (1, k) } else { (n, 1) };
+    let threads = rayon::current_num_threads();
+    // SAFETY: the sizes asserted above cover every index the strides reach.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+        )
+    }
+}
+
+impl CustomOp3 for LinearCrossEntropy {
+    fn name(&self) -> &'static str {
+        "fused-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (h, w, targets) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, u32s(s3, l3, self.name())?);
+        let ((n, d), (v, d2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if d != d2 || targets.len() != n {
+            candle_core::bail!("linear cross-entropy: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
+            candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}");
+        }
+        let scale = 1.0 / n.max(1) as f32;
+        let (mut dh, mut dw) =
+            if self.need_grads { (vec![0f32; n * d], vec![0f32; v * d]) } else { (Vec::new(), Vec::new()) };
+        let mut logits = vec![0f32; CHUNK.min(n) * v];
+        let mut lse = vec![0f32; CHUNK.min(n)];
+        let mut total = 0f64;
+        for (c, hc) in h.chunks(CHUNK * d).enumerate() {
+            let rows = hc.len() / d;
+            let tc = &targets[c * CHUNK..c * CHUNK + rows];
+            let lg = &mut logits[..rows * v];
+            product(rows, v, d, lg, false, hc, false, w, true);
+            lg.par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
+            total += (0..rows).map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize])).sum::<f64>();
+            // The logits become their gradient in place, row by row.
+            let per = (16_384 / v).max(1);
+            if !self.need_grads {
+                continue;
+            }
+            lg.par_chunks_mut(per * v).enumerate().for_each(|(j, g)| {
+                let (r0, r) = (j * per, g.len() / v);
+                grad_rows_in_place(g, &lse[r0..r0 + r], &tc[r0..r0 + r], scale);
+            });
+            product(rows, d, v, &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d], false, lg, false, w, false);
+            product(v, d, rows, &mut dw, c > 0, lg, true, hc, false);
+        }
+        if self.need_grads {
+            *self.grads.lock().expect("grads lock") = Some((dh, dw));
+        }
+        Ok((CpuStorage::F32(vec![(total * f64::from(scale)) as f32]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some((dh, dw)) = self.grads.lock().expect("grads lock").take() else {
+            candle_core::bail!("linear cross-entropy: backward called twice");
+        };
+        let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let scaled = |x: Vec<f32>, shape: &Tensor| -> Result<Tensor> {
+            let x = if g == 1.0 { x } else { x.into_iter().map(|e| e * g).collect() };
+            Tensor::from_vec(x, shape.shape(), shape.device())
+        };
+        Ok((Some(scaled(dh, h)?), Some(scaled(dw, w)?), None))
+    }
+}
+
+/// Mean cross-entropy of the logits `h · wᵀ` against u32 `targets`, for f32 CPU tensors
+/// `h (N, d)` and `w (V, d)`; the logits are never held whole. The gradients are computed in the
+/// forward pass when either input carries them.
+pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let op = LinearCrossEntropy { need_grads: h.track_op() || w.track_op(), grads: Mutex::new(None) };
+    h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
+}
