@@ -77,7 +77,11 @@ impl AdamW {
         let mut total = 0.0;
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
-                total += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+                total += if g.is_contiguous() && kernels::supported(g) {
+                    kernels::adamw::sum_squares(g)?
+                } else {
+                    g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?
+                };
             }
         }
         Ok(total.sqrt())

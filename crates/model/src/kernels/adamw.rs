@@ -114,3 +114,12 @@ pub fn adamw_step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &AdamWStep)
     };
     w.inplace_op3(m, v, &update)
 }
+
+/// Sum of squares of a contiguous f32 CPU tensor, accumulated in f64 chunk by chunk: the
+/// gradient norm without an f64 copy (and a squared copy) of every gradient.
+pub fn sum_squares(t: &Tensor) -> Result<f64> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("sum_squares: CPU tensors only") };
+    let x = f32s(cpu, layout, "sum_squares")?;
+    Ok(x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()).sum())
+}
