@@ -119,7 +119,6 @@ pub fn adamw_step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &AdamWStep)
 /// gradient norm without an f64 copy (and a squared copy) of every gradient.
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
     let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("sum_squares: CPU tensors only") };
-    let x = f32s(cpu, layout, "sum_squares")?;
+    let x = f32s(super::cpu_storage(&storage, "sum_squares")?, layout, "sum_squares")?;
     Ok(x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()).sum())
 }

@@ -249,14 +249,6 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// The CPU storage behind a tensor's storage guard.
-fn cpu(s: &candle_core::Storage) -> Result<&CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(c) => Ok(c),
-        _ => candle_core::bail!("attention: backward on the CPU only"),
-    }
-}
-
 impl Attention {
     /// Gradients of q, k and v: one task per (batch, key/value head), which owns that head's dk
     /// and dv and the dq of its query heads.
@@ -266,7 +258,10 @@ impl Attention {
         let (vs, vl) = v.storage_and_layout();
         let (os, ol) = o.storage_and_layout();
         let (gs, gl) = g.storage_and_layout();
-        let (qc, kc, vc, oc, gc) = (cpu(&qs)?, cpu(&ks)?, cpu(&vs)?, cpu(&os)?, cpu(&gs)?);
+        let op = "attention backward";
+        let qc = super::cpu_storage(&qs, op)?;
+        let (kc, vc) = (super::cpu_storage(&ks, op)?, super::cpu_storage(&vs, op)?);
+        let (oc, gc) = (super::cpu_storage(&os, op)?, super::cpu_storage(&gs, op)?);
         let hd = q.dim(3)?;
         let (qh, kh, vh) = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
         let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };

@@ -25,6 +25,14 @@ pub fn supported(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32
 }
 
+/// The CPU storage behind a tensor's storage guard, or an error naming the op.
+fn cpu_storage<'a>(s: &'a candle_core::Storage, op: &str) -> Result<&'a CpuStorage> {
+    match s {
+        candle_core::Storage::Cpu(c) => Ok(c),
+        _ => candle_core::bail!("{op}: expected a CPU tensor"),
+    }
+}
+
 /// The f32 elements of a contiguous CPU tensor, or an error naming the op.
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected f32 data, got {:?}", s.dtype()) };
