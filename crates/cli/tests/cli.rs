@@ -74,6 +74,19 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let err = fails(tmp.path(), &["generate", "--model", "runs", "--prompt", "x"]);
     assert!(err.contains("no model here"), "{err}");
 
+    // Export to GGUF: a complete file with the format's magic; never overwritten without --force.
+    let export = ["export", "gguf", "--model", "runs/speedrun-quick/base", "--out", "m.gguf"];
+    let out = ok(tmp.path(), &[&export[..], &["--dtype", "q8_0"]].concat());
+    assert!(out.contains("architecture llama"), "{out}");
+    let bytes = std::fs::read(tmp.path().join("m.gguf")).unwrap();
+    assert_eq!(&bytes[..4], b"GGUF");
+    let err = fails(tmp.path(), &export);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(tmp.path().join("m.gguf")).unwrap(), bytes, "an existing export was changed");
+    ok(tmp.path(), &[&export[..], &["--force"]].concat());
+    let err = fails(tmp.path(), &[&export[..], &["--dtype", "q4_0"]].concat());
+    assert!(err.contains("q8_0"), "{err}");
+
     // The tokenizer round-trips through the CLI too.
     let tok = run.join("tokenizer");
     let tok = tok.to_str().unwrap();
