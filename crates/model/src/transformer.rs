@@ -110,8 +110,9 @@ impl Attention {
             q = rms_norm(&q, qn, self.eps)?;
             k = rms_norm(&k, kn, self.eps)?;
         }
-        let q = rope(&q.contiguous()?, &rope_t.0, &rope_t.1, start)?;
-        let k = rope(&k.contiguous()?, &rope_t.0, &rope_t.1, start)?;
+        // The fused rope reads the transposed views in place; the composite copes with any layout.
+        let q = rope(&q, &rope_t.0, &rope_t.1, start)?;
+        let k = rope(&k, &rope_t.0, &rope_t.1, start)?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match std::mem::take(slot) {

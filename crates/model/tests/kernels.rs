@@ -109,6 +109,16 @@ fn rope_matches_the_composite_with_an_offset() {
             &|| composite::rope(&x, &cos, &sin, start).unwrap(),
             2e-6,
         );
+        // A transposed view (B, T, H, hd) → (B, H, T, hd), as the model passes it, read in place.
+        let y = randn(&mut rng, &[2, t, 3, 10], 2.0);
+        let view = || y.as_tensor().transpose(1, 2).unwrap();
+        check(
+            "rope of a view",
+            &[&y],
+            &|| kernels::rope::rope(&view(), &cos, &sin, start).unwrap(),
+            &|| composite::rope(&view().contiguous().unwrap(), &cos, &sin, start).unwrap(),
+            2e-6,
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 //! full tensor kept for the backward pass. Here one pass writes the output; the backward is the
 //! same rotation by the opposite angle.
 
-use super::{f32s, rows_per_task};
+use super::rows_per_task;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -24,17 +24,33 @@ impl CustomOp1 for Rope {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32s(storage, layout, self.name())?;
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("{}: expected f32 data", self.name()) };
         let (half, hd) = (self.half, 2 * self.half);
-        if hd == 0 || x.len() % hd != 0 {
-            candle_core::bail!("rope: last dimension is not {hd}");
+        let (dims, strides) = (layout.dims(), layout.stride());
+        let r = dims.len();
+        if hd == 0 || r < 2 || dims[r - 1] != hd || (hd > 1 && strides[r - 1] != 1) {
+            candle_core::bail!("rope: expected (…, T, {hd}) with contiguous rows, got {dims:?}");
         }
+        // Where each row starts: rows may be strided (a transposed view of the projection's output
+        // is read in place), the output is contiguous.
+        let rows = layout.shape().elem_count() / hd;
+        let row_start = |i: usize| {
+            let (mut rest, mut at) = (i, layout.start_offset());
+            for d in (0..r - 1).rev() {
+                at += (rest % dims[d]) * strides[d];
+                rest /= dims[d];
+            }
+            at
+        };
         let sign = if self.inverse { -1.0 } else { 1.0 };
-        let mut out = vec![0f32; x.len()];
+        let mut out = vec![0f32; rows * hd];
         let per = rows_per_task(hd);
-        out.par_chunks_mut(per * hd).zip(x.par_chunks(per * hd)).enumerate().for_each(|(c, (o, xi))| {
-            for (k, (orow, xrow)) in o.chunks_exact_mut(hd).zip(xi.chunks_exact(hd)).enumerate() {
-                let p = (c * per + k) % self.t;
+        out.par_chunks_mut(per * hd).enumerate().for_each(|(c, o)| {
+            for (k, orow) in o.chunks_exact_mut(hd).enumerate() {
+                let row = c * per + k;
+                let at = row_start(row);
+                let xrow = &data[at..at + hd];
+                let p = row % self.t;
                 let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
                 let (x1, x2) = xrow.split_at(half);
                 let (o1, o2) = orow.split_at_mut(half);
@@ -50,15 +66,16 @@ impl CustomOp1 for Rope {
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let inverse = Rope { inverse: !self.inverse, ..self.clone() };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&inverse)?))
+        Ok(Some(grad.apply_op1_no_bwd(&inverse)?))
     }
 }
 
-/// Rotary embeddings of contiguous f32 `x (…, T, head_dim)` on the CPU at positions
-/// `start..start + T`, from the `(max_seq_len, head_dim / 2)` tables.
+/// Rotary embeddings of f32 `x (…, T, head_dim)` on the CPU (rows contiguous, any other strides;
+/// the output is contiguous) at positions `start..start + T`, from the `(max_seq_len, head_dim / 2)`
+/// tables.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     let dims = x.dims();
     let (t, hd) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let table = |m: &Tensor| m.narrow(0, start, t)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>();
-    x.contiguous()?.apply_op1(Rope { cos: table(cos)?, sin: table(sin)?, t, half: hd / 2, inverse: false })
+    x.apply_op1(Rope { cos: table(cos)?, sin: table(sin)?, t, half: hd / 2, inverse: false })
 }
