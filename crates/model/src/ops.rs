@@ -56,6 +56,21 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tens
     }
 }
 
+/// The SwiGLU block's second half: `(silu(gate) ⊙ up) · wᵀ`, with `w (D, F)` the down projection.
+/// On the CPU one op that recomputes the gated product in the backward pass instead of keeping it.
+pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused(&[gate, up, w]) {
+        kernels::swiglu_down::swiglu_down(gate, up, w)
+    } else {
+        let h = composite::swiglu(gate, up)?;
+        let (d, f) = w.dims2()?;
+        let mut dims = h.dims().to_vec();
+        let rows = h.elem_count() / f;
+        *dims.last_mut().expect("rank ≥ 1") = d;
+        h.reshape((rows, f))?.matmul(&w.t()?)?.reshape(dims)
+    }
+}
+
 /// Causal attention `softmax(scale · q·kᵀ + mask) · v` of q `(B, H, T, hd)` against k and v
 /// `(B, KV, S, hd)` (each key/value head serving H / KV query heads), the T queries at positions
 /// `start..start + T`. Returns `(B, T, H · hd)`, the heads side by side for the output projection.

@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu};
+use crate::ops::{attention, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu_down};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -157,7 +157,7 @@ impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let up = self.up.forward(x)?;
         let hidden = match (self.activation, &self.gate) {
-            (Activation::Swiglu, Some(gate)) => swiglu(&gate.forward(x)?, &up)?,
+            (Activation::Swiglu, Some(gate)) => return swiglu_down(&gate.forward(x)?, &up, self.down.weight()),
             (Activation::Relu2, _) => up.relu()?.sqr()?,
             _ => up.gelu()?,
         };

@@ -177,3 +177,23 @@ fn linear_cross_entropy_matches_projection_then_cross_entropy() {
         kernels::linear_cross_entropy::linear_cross_entropy(&h, &w, &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap());
     assert!(err.unwrap_err().to_string().contains("outside the vocabulary"));
 }
+
+#[test]
+fn swiglu_down_matches_the_gate_then_the_projection() {
+    let mut rng = Rng::new(13);
+    for (rows, f, d) in [(18, 37, 11), (1, 8, 4)] {
+        let gate = randn(&mut rng, &[rows, f], 2.0);
+        let up = randn(&mut rng, &[rows, f], 2.0);
+        let w = randn(&mut rng, &[d, f], 1.0);
+        check(
+            "swiglu_down",
+            &[&gate, &up, &w],
+            &|| kernels::swiglu_down::swiglu_down(gate.as_tensor(), up.as_tensor(), w.as_tensor()).unwrap(),
+            &|| {
+                let h = composite::swiglu(gate.as_tensor(), up.as_tensor()).unwrap();
+                h.matmul(&w.as_tensor().t().unwrap()).unwrap()
+            },
+            2e-5,
+        );
+    }
+}

@@ -10,9 +10,8 @@
 //! the memory.
 
 use super::cross_entropy::{grad_rows_in_place, lse_of_row};
-use super::{f32s, u32s};
+use super::{f32s, product, u32s};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -24,41 +23,6 @@ struct LinearCrossEntropy {
     need_grads: bool,
     /// `dh (N × d)` and `dW (V × d)` of the mean loss, computed by the forward pass.
     grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
-}
-
-/// `c (m × n) = a · b` (or `c += a · b`), all row-major with the given row strides, over the
-/// threads; `b_t` reads b as the transpose of a row-major `(n × k)` matrix.
-#[allow(clippy::too_many_arguments)]
-fn product(m: usize, n: usize, k: usize, c: &mut [f32], accumulate: bool, a: &[f32], a_t: bool, b: &[f32], b_t: bool) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "linear cross-entropy: product sizes");
-    // (row step, column step) of each operand.
-    let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
-    let (brs, bcs) = if b_t { (1, k) } else { (n, 1) };
-    let threads = rayon::current_num_threads();
-    // SAFETY: the sizes asserted above cover every index the strides reach.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
-        )
-    }
 }
 
 impl CustomOp3 for LinearCrossEntropy {

@@ -16,9 +16,11 @@ pub mod rms_norm;
 pub mod rope;
 pub mod simd;
 pub mod swiglu;
+pub mod swiglu_down;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor};
+use gemm::{gemm, Parallelism};
 
 /// True when `t` can take the fused CPU path: f32 on the CPU.
 pub fn supported(t: &Tensor) -> bool {
@@ -54,4 +56,49 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
 /// Rows handed to one rayon task: large enough to amortise scheduling, small enough to balance.
 fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
+}
+
+/// `c (m × n) = a · b` (or `c += a · b`), all row-major with the given row strides, over the
+/// threads; `b_t` reads b as the transpose of a row-major `(n × k)` matrix.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_t: bool,
+    b: &[f32],
+    b_t: bool,
+) {
+    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "product: operands smaller than their sizes");
+    // (row step, column step) of each operand.
+    let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
+    let (brs, bcs) = if b_t { (1, k) } else { (n, 1) };
+    let threads = rayon::current_num_threads();
+    // SAFETY: the sizes asserted above cover every index the strides reach.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            acs as isize,
+            ars as isize,
+            b.as_ptr(),
+            bcs as isize,
+            brs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+        )
+    }
 }

@@ -1,0 +1,100 @@
+//! SwiGLU's gate and the down projection as one op, `y = (silu(gate) ⊙ up) · Wᵀ`, which keeps
+//! `gate` and `up` for the backward pass but not their product.
+//!
+//! The product (`N × ffn`, the widest activation of a block) is needed again only to form the
+//! down projection's weight gradient; recomputing it there is one element-wise pass, against
+//! holding it from the forward pass to the backward for every layer.
+
+use super::swiglu::{backward as swiglu_backward, forward as swiglu_forward};
+use super::{f32s, product};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per rayon task in the element-wise passes.
+const CHUNK: usize = 16_384;
+
+struct SwigluDown;
+
+/// `silu(gate) ⊙ up`, over the threads.
+fn hidden(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut h = vec![0f32; gate.len()];
+    h.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| swiglu_forward(a, b, o));
+    h
+}
+
+impl CustomOp3 for SwigluDown {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-down"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (gate, up, w) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, f32s(s3, l3, self.name())?);
+        let (d, f) = l3.shape().dims2()?;
+        if l1.dims() != l2.dims() || l1.dims().last() != Some(&f) {
+            candle_core::bail!("swiglu-down: gate {:?}, up {:?}, weight {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let n = gate.len() / f.max(1);
+        let h = hidden(gate, up);
+        let mut y = vec![0f32; n * d];
+        product(n, d, f, &mut y, false, &h, false, w, true);
+        let mut dims = l1.dims().to_vec();
+        *dims.last_mut().expect("checked rank") = d;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (d, f) = w.dims2()?;
+        let grad = grad.contiguous()?;
+        let name = self.name();
+        let (gs, gl) = gate.storage_and_layout();
+        let (us, ul) = up.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (rs, rl) = grad.storage_and_layout();
+        let ga = f32s(super::cpu_storage(&gs, name)?, gl, name)?;
+        let ub = f32s(super::cpu_storage(&us, name)?, ul, name)?;
+        let wv = f32s(super::cpu_storage(&ws, name)?, wl, name)?;
+        let g = f32s(super::cpu_storage(&rs, name)?, rl, name)?;
+        let n = ga.len() / f.max(1);
+        // The weight's gradient needs the product again: recomputed, not kept.
+        let h = hidden(ga, ub);
+        let mut dw = vec![0f32; d * f];
+        product(d, f, n, &mut dw, false, g, true, &h, false);
+        drop(h);
+        let mut dh = vec![0f32; n * f];
+        product(n, f, d, &mut dh, false, g, false, wv, false);
+        let (mut dgate, mut dup) = (vec![0f32; n * f], vec![0f32; n * f]);
+        dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (da, db))| {
+            let r = c * CHUNK..c * CHUNK + da.len();
+            swiglu_backward(&ga[r.clone()], &ub[r.clone()], &dh[r], da, db);
+        });
+        let dev = gate.device();
+        Ok((
+            Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
+            Some(Tensor::from_vec(dup, up.shape(), dev)?),
+            Some(Tensor::from_vec(dw, (d, f), dev)?),
+        ))
+    }
+}
+
+/// `(silu(gate) ⊙ up) · wᵀ` for f32 CPU tensors `gate`, `up` `(…, F)` and `w (D, F)`; returns
+/// `(…, D)`.
+pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
+    gate.contiguous()?.apply_op3(&up.contiguous()?, &w.contiguous()?, SwigluDown)
+}
