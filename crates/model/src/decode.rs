@@ -10,10 +10,13 @@
 //! activations) goes through the same steps as the tensor path; tests compare the two.
 
 use crate::config::Activation;
+use crate::kernels::attention::normalise_row;
 use crate::kernels::gemv::{gemv, gemv_many};
+use crate::kernels::rope::rotate;
+use crate::kernels::F32View;
 use crate::kernels::{rms_norm::forward_row as rms_row, simd, swiglu};
 use crate::transformer::{KvCache, LayerKv, Transformer};
-use candle_core::{CpuStorage, Device, Result, Storage, StorageRef, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
 /// Keys and values of one layer for one sequence, `[kv_head][position][head_dim]`, with room for
@@ -94,28 +97,9 @@ fn grown(n: usize) -> usize {
     n.next_power_of_two().max(64)
 }
 
-/// The f32 elements of a contiguous CPU tensor, held for reading.
-struct View<'a> {
-    guard: StorageRef<'a>,
-    range: std::ops::Range<usize>,
-}
-
-impl<'a> View<'a> {
-    fn of(t: &'a Tensor) -> Result<Self> {
-        let (guard, layout) = t.storage_and_layout();
-        let Some((a, b)) = layout.contiguous_offsets() else { candle_core::bail!("decode: weight is not contiguous") };
-        if !matches!(&*guard, Storage::Cpu(CpuStorage::F32(_))) {
-            candle_core::bail!("decode: weights must be f32 on the CPU");
-        }
-        Ok(Self { guard, range: a..b })
-    }
-
-    fn get(&self) -> &[f32] {
-        match &*self.guard {
-            Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
-            _ => unreachable!("checked in View::of"),
-        }
-    }
+/// A weight's elements for the step (an error names decoding if it is not contiguous f32 on the CPU).
+fn view(t: &Tensor) -> Result<F32View<'_>> {
+    F32View::of(t, "decode")
 }
 
 /// Whether [`step`] can run this model: f32 weights on the CPU, fused kernels allowed.
@@ -123,16 +107,11 @@ pub(crate) fn eligible(model: &Transformer) -> bool {
     crate::ops::fused_enabled() && crate::kernels::supported(model.embed.embeddings())
 }
 
-/// Rotates `x` (heads of `2 · cos.len()` values) by the half-split convention.
+/// Rotates each head of `x` (heads of `2 · cos.len()` values) in place.
 fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = cos.len();
-    for head in x.chunks_exact_mut(2 * half) {
-        let (x1, x2) = head.split_at_mut(half);
-        for i in 0..half {
-            let (a, b) = (x1[i], x2[i]);
-            x1[i] = a * cos[i] - b * sin[i];
-            x2[i] = b * cos[i] + a * sin[i];
-        }
+    for head in x.chunks_exact_mut(2 * cos.len()) {
+        let src = head.to_vec();
+        rotate(&src, cos, sin, 1.0, head);
     }
 }
 
@@ -150,9 +129,9 @@ fn step_on_worker(model: &Transformer, token: u32, cache: &mut KvCache) -> Resul
     if token as usize >= cfg.vocab_size {
         candle_core::bail!("token id {token} is outside the vocabulary of {}", cfg.vocab_size);
     }
-    let embed = View::of(model.embed.embeddings())?;
+    let embed = view(model.embed.embeddings())?;
     let mut x = embed.get()[token as usize * d..(token as usize + 1) * d].to_vec();
-    let (cos_t, sin_t) = (View::of(&model.rope.0)?, View::of(&model.rope.1)?);
+    let (cos_t, sin_t) = (view(&model.rope.0)?, view(&model.rope.1)?);
     let half = hd / 2;
     let (cos, sin) = (&cos_t.get()[pos * half..(pos + 1) * half], &sin_t.get()[pos * half..(pos + 1) * half]);
 
@@ -164,11 +143,11 @@ fn step_on_worker(model: &Transformer, token: u32, cache: &mut KvCache) -> Resul
     let groups = nh / nkv;
     for (layer, block) in model.blocks.iter().enumerate() {
         let a = &block.attn;
-        rms_row(&x, View::of(&block.input_norm)?.get(), eps, &mut h);
-        let (wq, wk, wv) = (View::of(a.q.weight())?, View::of(a.k.weight())?, View::of(a.v.weight())?);
+        rms_row(&x, view(&block.input_norm)?.get(), eps, &mut h);
+        let (wq, wk, wv) = (view(a.q.weight())?, view(a.k.weight())?, view(a.v.weight())?);
         gemv_many(vec![(wq.get(), &mut q[..]), (wk.get(), &mut k[..]), (wv.get(), &mut v[..])], &h);
         if let (Some(qn), Some(kn)) = (&a.q_norm, &a.k_norm) {
-            for (t, w) in [(&mut q, View::of(qn)?), (&mut k, View::of(kn)?)] {
+            for (t, w) in [(&mut q, view(qn)?), (&mut k, view(kn)?)] {
                 for head in t.chunks_exact_mut(hd) {
                     let src = head.to_vec();
                     rms_row(&src, w.get(), eps, head);
@@ -195,30 +174,25 @@ fn step_on_worker(model: &Transformer, token: u32, cache: &mut KvCache) -> Resul
             let base = (head / groups) * cap * hd;
             let mut p: Vec<f32> =
                 (0..=pos).map(|s| scale * simd::dot(qh, &keys[base + s * hd..base + (s + 1) * hd])).collect();
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for e in p.iter_mut() {
-                *e = simd::exp(*e - max);
-                total += *e;
-            }
+            // Every cached position is visible to the newest query: probabilities in place.
+            normalise_row(&mut p, pos + 1, f32::NAN);
             out.fill(0.0);
-            for (s, &ps) in p.iter().enumerate() {
+            for (s, &w) in p.iter().enumerate() {
                 let row = &values[base + s * hd..base + (s + 1) * hd];
-                let w = ps / total;
                 for (o, &vv) in out.iter_mut().zip(row) {
                     *o += w * vv;
                 }
             }
         });
-        gemv(View::of(a.o.weight())?.get(), &att, &mut o);
+        gemv(view(a.o.weight())?.get(), &att, &mut o);
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
 
-        rms_row(&x, View::of(&block.post_norm)?.get(), eps, &mut h);
+        rms_row(&x, view(&block.post_norm)?.get(), eps, &mut h);
         let m = &block.mlp;
-        let wu = View::of(m.up.weight())?;
+        let wu = view(m.up.weight())?;
         match (m.activation, &m.gate) {
             (Activation::Swiglu, Some(g)) => {
-                let wg = View::of(g.weight())?;
+                let wg = view(g.weight())?;
                 gemv_many(vec![(wg.get(), &mut gate[..]), (wu.get(), &mut up[..])], &h);
                 swiglu::forward(&gate, &up, &mut hidden);
             }
@@ -231,12 +205,12 @@ fn step_on_worker(model: &Transformer, token: u32, cache: &mut KvCache) -> Resul
                 hidden.iter_mut().zip(&up).for_each(|(o, &u)| *o = gelu_tanh(u));
             }
         }
-        gemv(View::of(m.down.weight())?.get(), &hidden, &mut o);
+        gemv(view(m.down.weight())?.get(), &hidden, &mut o);
         x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
     }
-    rms_row(&x, View::of(&model.norm)?.get(), eps, &mut h);
+    rms_row(&x, view(&model.norm)?.get(), eps, &mut h);
     let mut logits = vec![0f32; cfg.vocab_size];
-    gemv(View::of(model.lm_head.weight())?.get(), &h, &mut logits);
+    gemv(view(model.lm_head.weight())?.get(), &h, &mut logits);
     cache.advance(1);
     Tensor::from_vec(logits, (1, 1, cfg.vocab_size), &Device::Cpu)
 }

@@ -9,7 +9,7 @@ pub mod composite;
 pub use composite::{causal_mask, rope_tables, softmax_last};
 
 use crate::kernels;
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// 0: not decided yet, 1: fused kernels on, 2: off.
@@ -62,12 +62,7 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up, w]) {
         kernels::swiglu_down::swiglu_down(gate, up, w)
     } else {
-        let h = composite::swiglu(gate, up)?;
-        let (d, f) = w.dims2()?;
-        let mut dims = h.dims().to_vec();
-        let rows = h.elem_count() / f;
-        *dims.last_mut().expect("rank ≥ 1") = d;
-        h.reshape((rows, f))?.matmul(&w.t()?)?.reshape(dims)
+        candle_nn::Linear::new(w.clone(), None).forward(&composite::swiglu(gate, up)?)
     }
 }
 

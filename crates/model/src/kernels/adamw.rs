@@ -118,7 +118,6 @@ pub fn adamw_step(w: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, s: &AdamWStep)
 /// Sum of squares of a contiguous f32 CPU tensor, accumulated in f64 chunk by chunk: the
 /// gradient norm without an f64 copy (and a squared copy) of every gradient.
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
-    let (storage, layout) = t.storage_and_layout();
-    let x = f32s(super::cpu_storage(&storage, "sum_squares")?, layout, "sum_squares")?;
-    Ok(x.par_chunks(CHUNK).map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()).sum())
+    let view = super::F32View::of(t, "sum_squares")?;
+    Ok(view.get().par_chunks(CHUNK).map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>()).sum())
 }

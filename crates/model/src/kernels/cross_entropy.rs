@@ -28,22 +28,6 @@ dispatch! {
 }
 
 #[inline(always)]
-fn grad_rows_impl(logits: &[f32], lse: &[f32], targets: &[u32], scale: f32, out: &mut [f32]) {
-    let v = out.len() / lse.len().max(1);
-    for (i, (o, x)) in out.chunks_exact_mut(v).zip(logits.chunks_exact(v)).enumerate() {
-        for (oj, &xj) in o.iter_mut().zip(x) {
-            *oj = simd::exp(xj - lse[i]) * scale;
-        }
-        o[targets[i] as usize] -= scale;
-    }
-}
-
-dispatch! {
-    /// Gradient rows: `(softmax(x) − onehot(t)) · scale`.
-    pub fn grad_rows(logits: &[f32], lse: &[f32], targets: &[u32], scale: f32, out: &mut [f32]) -> () = grad_rows_impl;
-}
-
-#[inline(always)]
 fn grad_rows_in_place_impl(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) {
     let v = rows.len() / lse.len().max(1);
     for (i, o) in rows.chunks_exact_mut(v).enumerate() {
@@ -57,6 +41,23 @@ fn grad_rows_in_place_impl(rows: &mut [f32], lse: &[f32], targets: &[u32], scale
 dispatch! {
     /// Logit rows turned into their gradient `(softmax(x) − onehot(t)) · scale` in place.
     pub fn grad_rows_in_place(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) -> () = grad_rows_in_place_impl;
+}
+
+/// Every row of `rows` (`V` values each) turned into its gradient in place, over the threads.
+pub(crate) fn gradient_in_place(rows: &mut [f32], v: usize, lse: &[f32], targets: &[u32], scale: f32) {
+    let per = rows_per_task(v);
+    rows.par_chunks_mut(per * v).enumerate().for_each(|(c, o)| {
+        let (r0, n) = (c * per, o.len() / v);
+        grad_rows_in_place(o, &lse[r0..r0 + n], &targets[r0..r0 + n], scale);
+    });
+}
+
+/// An error naming the first target outside a vocabulary of `v`.
+pub(crate) fn check_targets(targets: &[u32], v: usize) -> Result<()> {
+    match targets.iter().find(|&&t| t as usize >= v) {
+        Some(&bad) => candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}"),
+        None => Ok(()),
+    }
 }
 
 fn dims(l: &Layout) -> Result<(usize, usize)> {
@@ -75,9 +76,7 @@ impl CustomOp2 for CrossEntropy {
         if targets.len() != n {
             candle_core::bail!("cross-entropy: {n} rows of logits but {} targets", targets.len());
         }
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}");
-        }
+        check_targets(targets, v)?;
         let lse: Vec<f32> = logits.par_chunks(v).with_min_len(rows_per_task(v)).map(lse_of_row).collect();
         let total: f64 =
             lse.iter().zip(targets).enumerate().map(|(i, (&z, &t))| f64::from(z - logits[i * v + t as usize])).sum();
@@ -123,13 +122,8 @@ impl CustomOp3 for CrossEntropyGrad {
         let lse = &self.lse;
         let (n, v) = dims(l1)?;
         let scale = g.first().copied().unwrap_or(0.0) / n.max(1) as f32;
-        let mut out = vec![0f32; n * v];
-        let per = rows_per_task(v);
-        out.par_chunks_mut(per * v).enumerate().for_each(|(c, o)| {
-            let rows = o.len() / v;
-            let r0 = c * per;
-            grad_rows(&logits[r0 * v..(r0 + rows) * v], &lse[r0..r0 + rows], &targets[r0..r0 + rows], scale, o);
-        });
+        let mut out = logits.to_vec();
+        gradient_in_place(&mut out, v, lse, targets, scale);
         Ok((CpuStorage::F32(out), Shape::from((n, v))))
     }
 }

@@ -9,7 +9,7 @@
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
 //! the memory.
 
-use super::cross_entropy::{grad_rows_in_place, lse_of_row};
+use super::cross_entropy::{check_targets, gradient_in_place, lse_of_row};
 use super::{f32s, product, u32s};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -44,9 +44,7 @@ impl CustomOp3 for LinearCrossEntropy {
         if d != d2 || targets.len() != n {
             candle_core::bail!("linear cross-entropy: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
         }
-        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= v) {
-            candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}");
-        }
+        check_targets(targets, v)?;
         let scale = 1.0 / n.max(1) as f32;
         let (mut dh, mut dw) =
             if self.need_grads { (vec![0f32; n * d], vec![0f32; v * d]) } else { (Vec::new(), Vec::new()) };
@@ -60,15 +58,11 @@ impl CustomOp3 for LinearCrossEntropy {
             product(rows, v, d, lg, false, hc, false, w, true);
             lg.par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
             total += (0..rows).map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize])).sum::<f64>();
-            // The logits become their gradient in place, row by row.
-            let per = (16_384 / v).max(1);
             if !self.need_grads {
                 continue;
             }
-            lg.par_chunks_mut(per * v).enumerate().for_each(|(j, g)| {
-                let (r0, r) = (j * per, g.len() / v);
-                grad_rows_in_place(g, &lse[r0..r0 + r], &tc[r0..r0 + r], scale);
-            });
+            // The logits become their gradient in place.
+            gradient_in_place(lg, v, &lse[..rows], tc, scale);
             product(rows, d, v, &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d], false, lg, false, w, false);
             product(v, d, rows, &mut dw, c > 0, lg, true, hc, false);
         }

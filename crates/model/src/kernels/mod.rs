@@ -35,6 +35,31 @@ fn cpu_storage<'a>(s: &'a candle_core::Storage, op: &str) -> Result<&'a CpuStora
     }
 }
 
+/// The f32 elements of a contiguous CPU tensor, held for reading (its storage stays read-locked
+/// while the view lives).
+pub(crate) struct F32View<'a> {
+    guard: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> F32View<'a> {
+    /// The view, or an error naming `op` if `t` is not a contiguous f32 tensor on the CPU.
+    pub(crate) fn of(t: &'a Tensor, op: &str) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let len = f32s(cpu_storage(&guard, op)?, layout, op)?.len();
+        let start = layout.start_offset();
+        Ok(Self { guard, range: start..start + len })
+    }
+
+    /// The elements.
+    pub(crate) fn get(&self) -> &[f32] {
+        match &*self.guard {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => &v[self.range.clone()],
+            _ => unreachable!("checked in F32View::of"),
+        }
+    }
+}
+
 /// The f32 elements of a contiguous CPU tensor, or an error naming the op.
 fn f32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else { candle_core::bail!("{op}: expected f32 data, got {:?}", s.dtype()) };

@@ -18,6 +18,19 @@ struct Rope {
     inverse: bool,
 }
 
+/// One head's row rotated by the angles whose cosines and sines are given (`sign` −1 rotates back):
+/// the first half pairs with the second.
+pub(crate) fn rotate(x: &[f32], cos: &[f32], sin: &[f32], sign: f32, out: &mut [f32]) {
+    let half = cos.len();
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for i in 0..half {
+        let s = sign * sin[i];
+        o1[i] = x1[i] * cos[i] - x2[i] * s;
+        o2[i] = x2[i] * cos[i] + x1[i] * s;
+    }
+}
+
 impl CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
@@ -51,14 +64,7 @@ impl CustomOp1 for Rope {
                 let at = row_start(row);
                 let xrow = &data[at..at + hd];
                 let p = row % self.t;
-                let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
-                let (x1, x2) = xrow.split_at(half);
-                let (o1, o2) = orow.split_at_mut(half);
-                for i in 0..half {
-                    let s = sign * sin[i];
-                    o1[i] = x1[i] * cos[i] - x2[i] * s;
-                    o2[i] = x2[i] * cos[i] + x1[i] * s;
-                }
+                rotate(xrow, &self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half], sign, orow);
             }
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))

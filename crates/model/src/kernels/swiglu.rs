@@ -42,6 +42,21 @@ dispatch! {
     pub fn backward(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) -> () = backward_impl;
 }
 
+/// `out = silu(a) ⊙ b` over the threads.
+pub(crate) fn forward_all(a: &[f32], b: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (x, y))| forward(x, y, o));
+}
+
+/// Both gradients of `silu(a) ⊙ b` for the incoming `g`, over the threads.
+pub(crate) fn backward_all(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
+    da.par_chunks_mut(CHUNK).zip(db.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (x, y))| {
+        let r = c * CHUNK..(c * CHUNK + x.len());
+        backward(&a[r.clone()], &b[r.clone()], &g[r], x, y);
+    });
+}
+
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -55,9 +70,7 @@ impl CustomOp2 for SwiGlu {
             candle_core::bail!("swiglu: gate {:?} and up {:?} differ in shape", l1.shape(), l2.shape());
         }
         let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (x, y))| forward(x, y, o));
+        forward_all(a, b, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -90,10 +103,7 @@ impl CustomOp3 for SwiGluGrad {
         let n = a.len();
         let mut out = vec![0f32; 2 * n];
         let (da, db) = out.split_at_mut(n);
-        da.par_chunks_mut(CHUNK).zip(db.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (x, y))| {
-            let r = c * CHUNK..(c * CHUNK + x.len());
-            backward(&a[r.clone()], &b[r.clone()], &g[r], x, y);
-        });
+        backward_all(a, b, g, da, db);
         Ok((CpuStorage::F32(out), Shape::from(2 * n)))
     }
 }

@@ -5,22 +5,16 @@
 //! down projection's weight gradient; recomputing it there is one element-wise pass, against
 //! holding it from the forward pass to the backward for every layer.
 
-use super::swiglu::{backward as swiglu_backward, forward as swiglu_forward};
-use super::{f32s, product};
+use super::swiglu::{backward_all, forward_all};
+use super::{f32s, product, F32View};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
-
-/// Elements per rayon task in the element-wise passes.
-const CHUNK: usize = 16_384;
 
 struct SwigluDown;
 
-/// `silu(gate) ⊙ up`, over the threads.
+/// `silu(gate) ⊙ up`.
 fn hidden(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut h = vec![0f32; gate.len()];
-    h.par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| swiglu_forward(a, b, o));
+    forward_all(gate, up, &mut h);
     h
 }
 
@@ -62,15 +56,9 @@ impl CustomOp3 for SwigluDown {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (d, f) = w.dims2()?;
         let grad = grad.contiguous()?;
-        let name = self.name();
-        let (gs, gl) = gate.storage_and_layout();
-        let (us, ul) = up.storage_and_layout();
-        let (ws, wl) = w.storage_and_layout();
-        let (rs, rl) = grad.storage_and_layout();
-        let ga = f32s(super::cpu_storage(&gs, name)?, gl, name)?;
-        let ub = f32s(super::cpu_storage(&us, name)?, ul, name)?;
-        let wv = f32s(super::cpu_storage(&ws, name)?, wl, name)?;
-        let g = f32s(super::cpu_storage(&rs, name)?, rl, name)?;
+        let op = self.name();
+        let views = [F32View::of(gate, op)?, F32View::of(up, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
+        let [ga, ub, wv, g] = views.each_ref().map(F32View::get);
         let n = ga.len() / f.max(1);
         // The weight's gradient needs the product again: recomputed, not kept.
         let h = hidden(ga, ub);
@@ -80,10 +68,7 @@ impl CustomOp3 for SwigluDown {
         let mut dh = vec![0f32; n * f];
         product(n, f, d, &mut dh, false, g, false, wv, false);
         let (mut dgate, mut dup) = (vec![0f32; n * f], vec![0f32; n * f]);
-        dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(c, (da, db))| {
-            let r = c * CHUNK..c * CHUNK + da.len();
-            swiglu_backward(&ga[r.clone()], &ub[r.clone()], &dh[r], da, db);
-        });
+        backward_all(ga, ub, &dh, &mut dgate, &mut dup);
         let dev = gate.device();
         Ok((
             Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
