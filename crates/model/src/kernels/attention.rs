@@ -9,9 +9,9 @@
 //! Key/value heads are shared by their query heads in place, and the output is written directly
 //! in `(B, T, H · head_dim)` order, ready for the output projection.
 
+use super::matmul;
 use super::simd::{self, dispatch};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -63,53 +63,6 @@ struct Attention {
     lse: Mutex<Vec<f32>>,
 }
 
-/// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)`, single-threaded; operands
-/// as (slice, row step, column step).
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    ldc: usize,
-    accumulate: bool,
-    a: (&[f32], usize, usize),
-    b: (&[f32], usize, usize),
-    scale: f32,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(c.len() >= (m - 1) * ldc + n, "attention: product output too small");
-    if k > 0 {
-        assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
-    }
-    // SAFETY: the asserts above keep every index the strides reach inside the three slices.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            accumulate,
-            a.0.as_ptr(),
-            a.2 as isize,
-            a.1 as isize,
-            b.0.as_ptr(),
-            b.2 as isize,
-            b.1 as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// A raw output pointer shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -146,7 +99,7 @@ impl Attention {
         let keys = self.visible(r1 - 1, d.s);
         let kvh = h / (d.h / d.kv);
         let rows = r1 - r0;
-        mm(
+        matmul(
             rows,
             keys,
             d.hd,
@@ -156,6 +109,7 @@ impl Attention {
             (&q.data[q.at(b, h, r0)..], q.st, 1),
             (&k.data[k.at(b, kvh, 0)..], 1, k.st),
             self.scale,
+            false,
         );
         for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
             let vis = self.visible(r0 + i, d.s);
@@ -222,7 +176,18 @@ impl CustomOp3 for Attention {
                 let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(d.t));
                 let rows = r1 - r0;
                 let keys = self.probabilities(d, q, k, (b, h, r0, r1), &mut p, &mut lse_bh[r0..r1], false);
-                mm(rows, hd, keys, &mut o, hd, false, (&p, keys, 1), (&v.data[v.at(b, kvh, 0)..], v.st, 1), 1.0);
+                matmul(
+                    rows,
+                    hd,
+                    keys,
+                    &mut o,
+                    hd,
+                    false,
+                    (&p, keys, 1),
+                    (&v.data[v.at(b, kvh, 0)..], v.st, 1),
+                    1.0,
+                    false,
+                );
                 for (i, row) in o[..rows * hd].chunks_exact(hd).enumerate() {
                     let at = ((b * d.t + r0 + i) * d.h + h) * hd;
                     // SAFETY: row (b, r0 + i, h) of the output belongs to this task alone, and
@@ -290,9 +255,9 @@ impl Attention {
                     let og = ((b * d.t + r0) * d.h + h) * hd;
                     let (ob, gb) = (&o_all[og..], &g_all[og..]);
                     // dv += pᵀ · g
-                    mm(keys, hd, rows, dv, hd, true, (&p, 1, keys), (gb, row_step, 1), 1.0);
+                    matmul(keys, hd, rows, dv, hd, true, (&p, 1, keys), (gb, row_step, 1), 1.0, false);
                     // dp = g · vᵀ
-                    mm(
+                    matmul(
                         rows,
                         keys,
                         hd,
@@ -302,6 +267,7 @@ impl Attention {
                         (gb, row_step, 1),
                         (&vh.data[vh.at(b, kvh, 0)..], 1, vh.st),
                         1.0,
+                        false,
                     );
                     // ds = p ⊙ (dp − rowsum(g ⊙ o)), scaled; kept in dp.
                     for i in 0..rows {
@@ -317,7 +283,7 @@ impl Attention {
                     // SAFETY: rows r0..r1 of dq's (b, h) block belong to this task (h is one of
                     // this key/value head's query heads) and lie inside dq.
                     let dq_blk = unsafe { std::slice::from_raw_parts_mut(dq_ptr.ptr().add(dq_at), rows * hd) };
-                    mm(
+                    matmul(
                         rows,
                         hd,
                         keys,
@@ -327,9 +293,21 @@ impl Attention {
                         (&dp, keys, 1),
                         (&kh.data[kh.at(b, kvh, 0)..], kh.st, 1),
                         1.0,
+                        false,
                     );
                     // dk += dsᵀ · q
-                    mm(keys, hd, rows, dk, hd, true, (&dp, 1, keys), (&qh.data[qh.at(b, h, r0)..], qh.st, 1), 1.0);
+                    matmul(
+                        keys,
+                        hd,
+                        rows,
+                        dk,
+                        hd,
+                        true,
+                        (&dp, 1, keys),
+                        (&qh.data[qh.at(b, h, r0)..], qh.st, 1),
+                        1.0,
+                        false,
+                    );
                 }
             }
         });

@@ -83,8 +83,60 @@ fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
-/// `c (m × n) = a · b` (or `c += a · b`), all row-major with the given row strides, over the
-/// threads; `b_t` reads b as the transpose of a row-major `(n × k)` matrix.
+/// A matrix operand: its elements, the step between rows and the step between columns.
+pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
+
+/// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)`, on this thread or, with
+/// `parallel`, over rayon's threads. Either operand may be a transposed view (any steps).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    scale: f32,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul: output too small");
+    if k > 0 {
+        assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
+    }
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    // SAFETY: the asserts above keep every index the steps reach inside the three slices.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            accumulate,
+            a.0.as_ptr(),
+            a.2 as isize,
+            a.1 as isize,
+            b.0.as_ptr(),
+            b.2 as isize,
+            b.1 as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+        )
+    }
+}
+
+/// `c (m × n) = a · b` (or `c += a · b`) over the threads, all row-major; `a_t` reads a as the
+/// transpose of a row-major `(k × m)` matrix, `b_t` reads b as that of an `(n × k)` one.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn product(
     m: usize,
@@ -97,33 +149,7 @@ pub(crate) fn product(
     b: &[f32],
     b_t: bool,
 ) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "product: operands smaller than their sizes");
-    // (row step, column step) of each operand.
-    let (ars, acs) = if a_t { (1, m) } else { (k, 1) };
-    let (brs, bcs) = if b_t { (1, k) } else { (n, 1) };
-    let threads = rayon::current_num_threads();
-    // SAFETY: the sizes asserted above cover every index the strides reach.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            acs as isize,
-            ars as isize,
-            b.as_ptr(),
-            bcs as isize,
-            brs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
-        )
-    }
+    let a = if a_t { (a, 1, m) } else { (a, k, 1) };
+    let b = if b_t { (b, 1, k) } else { (b, n, 1) };
+    matmul(m, n, k, c, n, accumulate, a, b, 1.0, true);
 }
