@@ -56,6 +56,15 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tens
     }
 }
 
+/// A linear layer without bias, `x · wᵀ` for `x (…, in)` and `w (out, in)`.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if fused(&[x, w]) {
+        kernels::linear::linear(x, w)
+    } else {
+        candle_nn::Linear::new(w.clone(), None).forward(x)
+    }
+}
+
 /// The SwiGLU block's second half: `(silu(gate) ⊙ up) · wᵀ`, with `w (D, F)` the down projection.
 /// On the CPU one op that recomputes the gated product in the backward pass instead of keeping it.
 pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {

@@ -4,11 +4,11 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu_down};
+use crate::ops::{attention, linear, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu_down};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-fn linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<Linear> {
+fn new_linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<Linear> {
     Ok(Linear::new(vb.get((out_dim, in_dim), &format!("{name}.weight"))?, None))
 }
 
@@ -80,10 +80,10 @@ impl Attention {
         let (d, hd) = (cfg.d_model, cfg.head_dim());
         let norm = |name: &str| if cfg.qk_norm { vb.get(hd, &format!("{name}.weight")).map(Some) } else { Ok(None) };
         Ok(Self {
-            q: linear(vb, cfg.n_heads * hd, d, "q_proj")?,
-            k: linear(vb, cfg.n_kv_heads * hd, d, "k_proj")?,
-            v: linear(vb, cfg.n_kv_heads * hd, d, "v_proj")?,
-            o: linear(vb, d, cfg.n_heads * hd, "o_proj")?,
+            q: new_linear(vb, cfg.n_heads * hd, d, "q_proj")?,
+            k: new_linear(vb, cfg.n_kv_heads * hd, d, "k_proj")?,
+            v: new_linear(vb, cfg.n_kv_heads * hd, d, "v_proj")?,
+            o: new_linear(vb, d, cfg.n_heads * hd, "o_proj")?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             n_heads: cfg.n_heads,
@@ -103,9 +103,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let mut q = heads(self.q.forward(x)?, self.n_heads)?; // (B, H, T, hd)
-        let mut k = heads(self.k.forward(x)?, self.n_kv_heads)?; // (B, KV, T, hd)
-        let v = heads(self.v.forward(x)?, self.n_kv_heads)?;
+        let mut q = heads(linear(x, self.q.weight())?, self.n_heads)?; // (B, H, T, hd)
+        let mut k = heads(linear(x, self.k.weight())?, self.n_kv_heads)?; // (B, KV, T, hd)
+        let v = heads(linear(x, self.v.weight())?, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, self.eps)?;
             k = rms_norm(&k, kn, self.eps)?;
@@ -129,7 +129,7 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        self.o.forward(&attention(&q, &k, &v, scale, start)?)
+        linear(&attention(&q, &k, &v, scale, start)?, self.o.weight())
     }
 }
 
@@ -143,25 +143,27 @@ pub(crate) struct Mlp {
 impl Mlp {
     fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
         let gate = match cfg.activation {
-            Activation::Swiglu => Some(linear(vb, cfg.ffn_dim, cfg.d_model, "gate_proj")?),
+            Activation::Swiglu => Some(new_linear(vb, cfg.ffn_dim, cfg.d_model, "gate_proj")?),
             _ => None,
         };
         Ok(Self {
             gate,
-            up: linear(vb, cfg.ffn_dim, cfg.d_model, "up_proj")?,
-            down: linear(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
+            up: new_linear(vb, cfg.ffn_dim, cfg.d_model, "up_proj")?,
+            down: new_linear(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
             activation: cfg.activation,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let up = self.up.forward(x)?;
+        let up = linear(x, self.up.weight())?;
         let hidden = match (self.activation, &self.gate) {
-            (Activation::Swiglu, Some(gate)) => return swiglu_down(&gate.forward(x)?, &up, self.down.weight()),
+            (Activation::Swiglu, Some(gate)) => {
+                return swiglu_down(&linear(x, gate.weight())?, &up, self.down.weight())
+            }
             (Activation::Relu2, _) => up.relu()?.sqr()?,
             _ => up.gelu()?,
         };
-        self.down.forward(&hidden)
+        linear(&hidden, self.down.weight())
     }
 }
 
@@ -204,7 +206,7 @@ impl Transformer {
         let lm_head = if cfg.tie_embeddings {
             Linear::new(embed_w.clone(), None)
         } else {
-            linear(&vb, cfg.vocab_size, cfg.d_model, "lm_head")?
+            new_linear(&vb, cfg.vocab_size, cfg.d_model, "lm_head")?
         };
         let rope = rope_tables(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -238,7 +240,7 @@ impl Transformer {
                 return decode::step(self, token, cache);
             }
         }
-        self.lm_head.forward(&self.hidden(ids, cache)?)
+        linear(&self.hidden(ids, cache)?, self.lm_head.weight())
     }
 
     /// Mean cross-entropy of the predictions for `ids (B, T)` against u32 `targets (B · T)`, the

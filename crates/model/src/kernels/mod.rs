@@ -11,9 +11,11 @@ pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod gemv;
+pub mod linear;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
+mod sgemm;
 pub mod simd;
 pub mod swiglu;
 pub mod swiglu_down;
@@ -109,6 +111,9 @@ pub(crate) fn matmul(
         assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    if sgemm::available() {
+        return sgemm::matmul(m, n, k, c, ldc, accumulate, a, b, scale, threads);
+    }
     // SAFETY: the asserts above keep every index the steps reach inside the three slices.
     unsafe {
         gemm(

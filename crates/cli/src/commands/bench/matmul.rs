@@ -1,5 +1,5 @@
 //! `tsukuru bench matmul`: matrix-product throughput on the shapes of the benchmark model's
-//! training step, and causal attention through candle's ops and through the fused op
+//! training step (candle's product and tsukuru's), and causal attention through candle's ops and through the fused op
 //! (benches/matmul.sh runs PyTorch on the same shapes beside it).
 
 use super::median_time;
@@ -56,6 +56,12 @@ pub fn run(a: &MatmulBenchArgs) -> Result<()> {
         })?;
         let name = format!("{m}x{k}x{n}{}{}", if ta { " aT" } else { "" }, if tb { " bT" } else { "" });
         print(&name, "candle", 2.0 * (m * k * n) as f64, secs);
+        let secs = median(a.repeat, &|| {
+            let xa = if ta { x.t()? } else { x.clone() };
+            let yb = if tb { y.t()? } else { y.clone() };
+            Ok(kernels::linear::product(&xa, &yb)?)
+        })?;
+        print(&name, "tsukuru", 2.0 * (m * k * n) as f64, secs);
     }
     // Causal attention over 8 sequences × 6 heads of 256 positions, head size 64: candle's ops
     // (full score matrix, masked softmax) against the fused op, forward and forward + backward.
