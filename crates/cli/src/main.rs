@@ -60,6 +60,14 @@ fn main() -> ExitCode {
     // of a training step). Peak memory is unchanged; only the release after a peak is skipped.
     // SAFETY: setting an option is thread-safe in mimalloc and takes plain integers.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // candle splits its own element-wise ops over a second pool of threads that spin between
+    // ops; the hot work runs in tsukuru's kernels on rayon's pool, and on a few cores the spinning
+    // pool takes cycles from it (measured +4–5% training speed without it, docs/PERF.md). Set
+    // CANDLE_NUM_THREADS to give candle's pool threads again.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Single-threaded here: no other thread reads the environment yet.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let progress = progress::Reporter::detect(cli.quiet);
     let result = match cli.command {
