@@ -197,3 +197,33 @@ fn swiglu_down_matches_the_gate_then_the_projection() {
         );
     }
 }
+
+#[test]
+fn linear_matches_candles_product_with_the_transposed_weight() {
+    let mut rng = Rng::new(17);
+    // Sizes off the 6 × 16 tile and across the 384-deep block, and one row.
+    for (b, t, k, n) in [(2, 13, 37, 21), (1, 1, 8, 4), (1, 7, 400, 35)] {
+        let x = randn(&mut rng, &[b, t, k], 1.0);
+        let w = randn(&mut rng, &[n, k], 1.0);
+        check(
+            "linear",
+            &[&x, &w],
+            &|| kernels::linear::linear(x.as_tensor(), w.as_tensor()).unwrap(),
+            &|| x.as_tensor().broadcast_matmul(&w.as_tensor().t().unwrap()).unwrap(),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn product_reads_transposed_views_in_place() {
+    let mut rng = Rng::new(19);
+    let a = randn(&mut rng, &[40, 23], 1.0);
+    let b = randn(&mut rng, &[23, 30], 1.0);
+    let want = a.as_tensor().matmul(b.as_tensor()).unwrap();
+    let (at, bt) = (a.as_tensor().t().unwrap().contiguous().unwrap(), b.as_tensor().t().unwrap().contiguous().unwrap());
+    for (x, y) in [(a.as_tensor().clone(), b.as_tensor().clone()), (at.t().unwrap(), bt.t().unwrap())] {
+        let got = kernels::linear::product(&x, &y).unwrap();
+        assert!(max_diff(&got, &want) < 1e-5);
+    }
+}

@@ -5,7 +5,7 @@
 //! backward pass then copies the transposed operands into contiguous tensors before each product.
 //! Here the products read the transposed views in place ([`super::matmul`] packs either layout).
 
-use super::{cpu_storage, f32s, matmul, F32View};
+use super::{cpu_storage, f32s, new_product, F32View};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 struct Linear;
@@ -26,8 +26,7 @@ impl CustomOp2 for Linear {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?);
         let (rows, k, n) = dims(l1.dims(), l2.dims())?;
-        let mut y = vec![0f32; rows * n];
-        matmul(rows, n, k, &mut y, n, false, (x, k, 1), (w, 1, k), 1.0, true);
+        let y = new_product(rows, n, k, (x, k, 1), (w, 1, k), true);
         let mut shape = l1.dims().to_vec();
         *shape.last_mut().expect("checked rank") = n;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -40,10 +39,8 @@ impl CustomOp2 for Linear {
         let views = [F32View::of(x, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
         let [xv, wv, g] = views.each_ref().map(F32View::get);
         // dx = g · w, dw = gᵀ · x.
-        let mut dx = vec![0f32; rows * k];
-        matmul(rows, k, n, &mut dx, k, false, (g, n, 1), (wv, k, 1), 1.0, true);
-        let mut dw = vec![0f32; n * k];
-        matmul(n, k, rows, &mut dw, k, false, (g, 1, n), (xv, k, 1), 1.0, true);
+        let dx = new_product(rows, k, n, (g, n, 1), (wv, k, 1), true);
+        let dw = new_product(n, k, rows, (g, 1, n), (xv, k, 1), true);
         let dev = x.device();
         Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dw, (n, k), dev)?)))
     }
@@ -68,7 +65,6 @@ pub fn product(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         candle_core::bail!("product: {:?} times {:?}", a.dims(), b.dims());
     }
     let ((ga, la), (gb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
-    let mut c = vec![0f32; m * n];
-    matmul(m, n, k, &mut c, n, false, operand(&ga, la)?, operand(&gb, lb)?, 1.0, true);
+    let c = new_product(m, n, k, operand(&ga, la)?, operand(&gb, lb)?, true);
     Tensor::from_vec(c, (m, n), a.device())
 }

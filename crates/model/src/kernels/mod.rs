@@ -103,10 +103,46 @@ pub(crate) fn matmul(
     scale: f32,
     parallel: bool,
 ) {
+    if m > 0 && n > 0 {
+        assert!(c.len() >= (m - 1) * ldc + n, "matmul: output too small");
+    }
+    // SAFETY: `c` was just checked to hold the output, and it is initialised.
+    unsafe { matmul_raw(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, scale, parallel) }
+}
+
+/// `scale · a · b` as a new row-major `m × n` vector, which the product writes once (no
+/// zero-filling pass first). Arguments as for [`matmul`].
+pub(crate) fn new_product(m: usize, n: usize, k: usize, a: Operand, b: Operand, parallel: bool) -> Vec<f32> {
+    let mut c = Vec::with_capacity(m * n);
+    // SAFETY: a product that does not accumulate writes every element of its output and reads
+    // none, so the vector is initialised when its length is set.
+    unsafe {
+        matmul_raw(m, n, k, c.as_mut_ptr(), n, false, a, b, 1.0, parallel);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// [`matmul`] through a pointer to the output.
+///
+/// # Safety
+/// `c` points to `(m − 1) · ldc + n` writable floats, initialised if accumulating.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    scale: f32,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(c.len() >= (m - 1) * ldc + n, "matmul: output too small");
     if k > 0 {
         assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
     }
@@ -114,30 +150,28 @@ pub(crate) fn matmul(
     if sgemm::available() {
         return sgemm::matmul(m, n, k, c, ldc, accumulate, a, b, scale, threads);
     }
-    // SAFETY: the asserts above keep every index the steps reach inside the three slices.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            ldc as isize,
-            accumulate,
-            a.0.as_ptr(),
-            a.2 as isize,
-            a.1 as isize,
-            b.0.as_ptr(),
-            b.2 as isize,
-            b.1 as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
-        )
-    }
+    // The operands were checked above, the output by the caller.
+    gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        ldc as isize,
+        accumulate,
+        a.0.as_ptr(),
+        a.2 as isize,
+        a.1 as isize,
+        b.0.as_ptr(),
+        b.2 as isize,
+        b.1 as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
+    )
 }
 
 /// `c (m × n) = a · b` (or `c += a · b`) over the threads, all row-major; `a_t` reads a as the

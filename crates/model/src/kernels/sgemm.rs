@@ -83,13 +83,16 @@ pub(crate) fn available() -> bool {
 
 /// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)` over `threads` rayon
 /// threads. `a` is `(slice, row step, column step)` of an `m × k` matrix, `b` of a `k × n` one.
-/// The caller has checked [`available`] and that every index the steps reach is in bounds.
+///
+/// # Safety
+/// The CPU passes [`available`]; every index the steps reach is inside `a` and `b`; `c` points to
+/// `(m − 1) · ldc + n` writable floats, initialised if accumulating (otherwise never read).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
+pub(crate) unsafe fn matmul(
     m: usize,
     n: usize,
     k: usize,
-    c: &mut [f32],
+    c: *mut f32,
     ldc: usize,
     accumulate: bool,
     a: (&[f32], usize, usize),
@@ -99,7 +102,7 @@ pub(crate) fn matmul(
 ) {
     debug_assert!(available());
     let (a, b) = (Mat { ptr: a.0.as_ptr(), rs: a.1, cs: a.2 }, Mat { ptr: b.0.as_ptr(), rs: b.1, cs: b.2 });
-    let c = Out(c.as_mut_ptr());
+    let c = Out(c);
     let threads = if m * n * k < PARALLEL_MIN { 1 } else { threads.max(1) };
     if threads == 1 {
         with_buffers(|bufs| unsafe { serial(m, n, k, c, ldc, accumulate, a, b, scale, bufs) });
@@ -513,7 +516,7 @@ mod tests {
                         let ldc = n + 3;
                         let init = data(m * ldc, 3);
                         let mut c = init.clone();
-                        matmul(m, n, k, &mut c, ldc, accumulate, a, b, 0.5, threads);
+                        unsafe { matmul(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, 0.5, threads) };
                         for i in 0..m {
                             for j in 0..n {
                                 let dot: f64 =

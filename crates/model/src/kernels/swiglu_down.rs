@@ -6,7 +6,7 @@
 //! holding it from the forward pass to the backward for every layer.
 
 use super::swiglu::{backward_all, forward_all};
-use super::{f32s, product, F32View};
+use super::{f32s, new_product, F32View};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 struct SwigluDown;
@@ -39,8 +39,7 @@ impl CustomOp3 for SwigluDown {
         }
         let n = gate.len() / f.max(1);
         let h = hidden(gate, up);
-        let mut y = vec![0f32; n * d];
-        product(n, d, f, &mut y, false, &h, false, w, true);
+        let y = new_product(n, d, f, (&h, f, 1), (w, 1, f), true);
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("checked rank") = d;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -62,11 +61,9 @@ impl CustomOp3 for SwigluDown {
         let n = ga.len() / f.max(1);
         // The weight's gradient needs the product again: recomputed, not kept.
         let h = hidden(ga, ub);
-        let mut dw = vec![0f32; d * f];
-        product(d, f, n, &mut dw, false, g, true, &h, false);
+        let dw = new_product(d, f, n, (g, 1, d), (&h, f, 1), true);
         drop(h);
-        let mut dh = vec![0f32; n * f];
-        product(n, f, d, &mut dh, false, g, false, wv, false);
+        let dh = new_product(n, f, d, (g, d, 1), (wv, f, 1), true);
         let (mut dgate, mut dup) = (vec![0f32; n * f], vec![0f32; n * f]);
         backward_all(ga, ub, &dh, &mut dgate, &mut dup);
         let dev = gate.device();
