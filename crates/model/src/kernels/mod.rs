@@ -15,6 +15,7 @@ pub mod linear;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
 mod sgemm;
 pub mod simd;
 pub mod swiglu;
@@ -147,6 +148,7 @@ unsafe fn matmul_raw(
         assert!(a.0.len() > (m - 1) * a.1 + (k - 1) * a.2 && b.0.len() > (k - 1) * b.1 + (n - 1) * b.2);
     }
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    #[cfg(target_arch = "x86_64")]
     if sgemm::available() {
         return sgemm::matmul(m, n, k, c, ldc, accumulate, a, b, scale, threads);
     }

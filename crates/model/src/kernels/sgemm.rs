@@ -1,7 +1,7 @@
-//! Single-precision matrix product for x86-64 with AVX2 + FMA, in the GotoBLAS structure: the
-//! operands are copied into panels laid out in the order the micro-kernel reads them, blocked so
-//! that a panel of `b` stays in L1 and a block of `a` in L2, and a 6 × 16 micro-kernel keeps its
-//! tile of `c` in twelve registers.
+//! Single-precision matrix product for x86-64 with AVX2 + FMA (the module exists on x86-64 only),
+//! in the GotoBLAS structure: the operands are copied into panels laid out in the order the
+//! micro-kernel reads them, blocked so that a panel of `b` stays in L1 and a block of `a` in L2,
+//! and a 6 × 16 micro-kernel keeps its tile of `c` in twelve registers.
 //!
 //! Why not the `gemm` crate that candle uses: its f32 kernel reads `b` through run-time strides
 //! (an address computation per broadcast) and runs the k loop one step at a time; on this class of
@@ -71,14 +71,7 @@ impl Out {
 
 /// True when this CPU runs the kernel (x86-64 with AVX2 and FMA).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 /// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)` over `threads` rayon
@@ -223,7 +216,6 @@ unsafe fn pack_a(dst: &mut [f32], a: Mat, mc: usize, kc: usize) {
             }
             done = kc;
         }
-        #[cfg(target_arch = "x86_64")]
         if rows == MR && a.cs == 1 {
             // Rows are contiguous: transpose 8 k steps of the six rows at a time.
             use std::arch::x86_64::*;
@@ -266,7 +258,6 @@ unsafe fn pack_b(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
             }
             done = kc;
         }
-        #[cfg(target_arch = "x86_64")]
         if cols == NR && b.rs == 1 {
             // Columns are contiguous (a transposed view): transpose 8 × 8 blocks.
             use std::arch::x86_64::*;
@@ -290,7 +281,6 @@ unsafe fn pack_b(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
 }
 
 /// The transpose of an 8 × 8 block held as eight row vectors.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
@@ -383,7 +373,6 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
             )
         };
     }
-    #[cfg(target_arch = "x86_64")]
     std::arch::asm!(
         "vxorps ymm4, ymm4, ymm4",
         "vxorps ymm5, ymm5, ymm5",
@@ -448,7 +437,6 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store(c: *mut f32, ldc: usize, rows: usize, cols: usize, acc: &Tile, scale: f32, add: bool) {
-    #[cfg(target_arch = "x86_64")]
     if cols == NR {
         use std::arch::x86_64::*;
         let s = _mm256_set1_ps(scale);
