@@ -9,8 +9,8 @@
 //! Key/value heads are shared by their query heads in place, and the output is written directly
 //! in `(B, T, H · head_dim)` order, ready for the output projection.
 
-use super::matmul;
 use super::simd::{self, dispatch};
+use super::{matmul, SharedOut};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -61,19 +61,6 @@ struct Attention {
     start: usize,
     /// Log-sum-exp of each query row's scaled scores, `(B, H, T)`, for the backward pass.
     lse: Mutex<Vec<f32>>,
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    // A method, so closures capture the whole wrapper rather than its raw-pointer field.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Attention {
@@ -165,7 +152,7 @@ impl CustomOp3 for Attention {
         let blocks = d.t.div_ceil(BLOCK);
         let mut out = vec![0f32; d.b * d.t * d.h * hd];
         let mut lse = vec![0f32; d.b * d.h * d.t];
-        let out_ptr = Out(out.as_mut_ptr());
+        let out_ptr = SharedOut::new(out.as_mut_ptr());
         // One task per (batch, head, block of query rows); each writes its own rows of the output.
         lse.par_chunks_mut(d.t).enumerate().for_each(|(bh, lse_bh)| {
             let (b, h) = (bh / d.h, bh % d.h);
@@ -238,7 +225,7 @@ impl Attention {
         let mut dq = vec![0f32; d.b * d.h * d.t * hd];
         let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
         let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
-        let dq_ptr = Out(dq.as_mut_ptr());
+        let dq_ptr = SharedOut::new(dq.as_mut_ptr());
         dk.par_chunks_mut(d.s * hd).zip(dv.par_chunks_mut(d.s * hd)).enumerate().for_each(|(bkv, (dk, dv))| {
             let (b, kvh) = (bkv / d.kv, bkv % d.kv);
             let (mut p, mut dp) = (vec![0f32; BLOCK * d.s], vec![0f32; BLOCK * d.s]);

@@ -86,6 +86,26 @@ fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
 }
 
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: every user writes disjoint elements from each task and keeps the buffer alive and
+// otherwise unused until the tasks are joined.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Wraps the start of an output buffer.
+    pub(crate) fn new(ptr: *mut f32) -> Self {
+        Self(ptr)
+    }
+
+    /// The pointer (a method, so closures capture the whole wrapper rather than its field).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// A matrix operand: its elements, the step between rows and the step between columns.
 pub(crate) type Operand<'a> = (&'a [f32], usize, usize);
 

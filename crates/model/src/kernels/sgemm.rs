@@ -16,6 +16,7 @@
 //! The packing routines, the micro-kernel and the tile store stay out of line (one call per panel
 //! or tile, so the cost is nil) so that a profile shows how the time splits between them.
 
+use super::SharedOut;
 use std::cell::RefCell;
 
 /// Rows of `c` per micro-tile (elements of `a` broadcast per k step).
@@ -53,22 +54,6 @@ impl Mat {
     }
 }
 
-/// The output as a raw pointer (threads write disjoint tiles of it).
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every thread writes a disjoint set of rows or columns (see `matmul`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The output `offset` elements further in.
-    fn at(self, offset: usize) -> Self {
-        // SAFETY: callers only offset to elements inside the output (checked by the caller of
-        // `matmul`).
-        Self(unsafe { self.0.add(offset) })
-    }
-}
-
 /// True when this CPU runs the kernel (x86-64 with AVX2 and FMA).
 pub(crate) fn available() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -95,7 +80,7 @@ pub(crate) unsafe fn matmul(
 ) {
     debug_assert!(available());
     let (a, b) = (Mat { ptr: a.0.as_ptr(), rs: a.1, cs: a.2 }, Mat { ptr: b.0.as_ptr(), rs: b.1, cs: b.2 });
-    let c = Out(c);
+    let c = SharedOut::new(c);
     let threads = if m * n * k < PARALLEL_MIN { 1 } else { threads.max(1) };
     if threads == 1 {
         with_buffers(|bufs| unsafe { serial(m, n, k, c, ldc, accumulate, a, b, scale, bufs) });
@@ -112,10 +97,10 @@ pub(crate) unsafe fn matmul(
         let (start, width) = (p * slab, slab.min(len - p * slab));
         with_buffers(|bufs| unsafe {
             if n > m {
-                let cp = c.at(start);
+                let cp = SharedOut::new(c.ptr().add(start));
                 serial(m, width, k, cp, ldc, accumulate, a, b.offset(0, start), scale, bufs)
             } else {
-                let cp = c.at(start * ldc);
+                let cp = SharedOut::new(c.ptr().add(start * ldc));
                 serial(width, n, k, cp, ldc, accumulate, a.offset(start, 0), b, scale, bufs)
             }
         })
@@ -157,7 +142,7 @@ unsafe fn serial(
     m: usize,
     n: usize,
     k: usize,
-    c: Out,
+    c: SharedOut,
     ldc: usize,
     accumulate: bool,
     a: Mat,
@@ -168,7 +153,7 @@ unsafe fn serial(
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                std::ptr::write_bytes(c.0.add(i * ldc), 0, n);
+                std::ptr::write_bytes(c.ptr().add(i * ldc), 0, n);
             }
         }
         return;
@@ -189,7 +174,7 @@ unsafe fn serial(
                     for ir in (0..mc).step_by(MR) {
                         let mut acc = Tile([0.0; MR * NR]);
                         kernel(kc, ap.as_ptr().add(ir * kc), bpanel, &mut acc);
-                        let tile = c.0.add((ic + ir) * ldc + jc + jr);
+                        let tile = c.ptr().add((ic + ir) * ldc + jc + jr);
                         store(tile, ldc, MR.min(mc - ir), NR.min(nc - jr), &acc, scale, add);
                     }
                 }
