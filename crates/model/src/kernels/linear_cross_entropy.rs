@@ -10,7 +10,7 @@
 //! the memory.
 
 use super::cross_entropy::{check_targets, gradient_in_place, lse_of_row};
-use super::{f32s, product, u32s};
+use super::{f32s, matmul, u32s};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -55,7 +55,7 @@ impl CustomOp3 for LinearCrossEntropy {
             let rows = hc.len() / d;
             let tc = &targets[c * CHUNK..c * CHUNK + rows];
             let lg = &mut logits[..rows * v];
-            product(rows, v, d, lg, false, hc, false, w, true);
+            matmul(rows, v, d, lg, v, false, (hc, d, 1), (w, 1, d), 1.0, true);
             lg.par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
             total += (0..rows).map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize])).sum::<f64>();
             if !self.need_grads {
@@ -63,8 +63,9 @@ impl CustomOp3 for LinearCrossEntropy {
             }
             // The logits become their gradient in place.
             gradient_in_place(lg, v, &lse[..rows], tc, scale);
-            product(rows, d, v, &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d], false, lg, false, w, false);
-            product(v, d, rows, &mut dw, c > 0, lg, true, hc, false);
+            let dhc = &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d];
+            matmul(rows, d, v, dhc, d, false, (lg, v, 1), (w, d, 1), 1.0, true);
+            matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
         }
         if self.need_grads {
             *self.grads.lock().expect("grads lock") = Some((dh, dw));

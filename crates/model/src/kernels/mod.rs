@@ -195,22 +195,3 @@ unsafe fn matmul_raw(
         if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None },
     )
 }
-
-/// `c (m × n) = a · b` (or `c += a · b`) over the threads, all row-major; `a_t` reads a as the
-/// transpose of a row-major `(k × m)` matrix, `b_t` reads b as that of an `(n × k)` one.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    a_t: bool,
-    b: &[f32],
-    b_t: bool,
-) {
-    let a = if a_t { (a, 1, m) } else { (a, k, 1) };
-    let b = if b_t { (b, 1, k) } else { (b, n, 1) };
-    matmul(m, n, k, c, n, accumulate, a, b, 1.0, true);
-}
