@@ -43,12 +43,12 @@ impl HostKv {
             candle_core::bail!("decode: the cache holds {b} sequences; batch-1 decoding needs one");
         }
         let mut host = Self::with_capacity(kv_heads, head_dim, grown(len.max(need)));
-        for (src, dst) in [(k, 0), (v, 1)] {
+        let cap = host.cap;
+        for (src, buf) in [(k, &mut host.k), (v, &mut host.v)] {
             let data = src.flatten_all()?.to_vec1::<f32>()?;
-            let buf = if dst == 0 { &mut host.k } else { &mut host.v };
             for h in 0..kv_heads {
                 let from = &data[h * len * head_dim..(h + 1) * len * head_dim];
-                buf[h * host.cap * head_dim..][..len * head_dim].copy_from_slice(from);
+                buf[h * cap * head_dim..][..len * head_dim].copy_from_slice(from);
             }
         }
         Ok(host)
