@@ -7,15 +7,20 @@
 //! only through their parts. The truth is written beside the text, so later
 //! stages derive questions, preference pairs, updates and tool tasks from it and
 //! can tell what a model could have learned. A tenth of each kind of entity and
-//! one template per relation are held out for out-of-domain evaluation.
+//! one template per relation are held out for out-of-domain evaluation. Instruction
+//! tasks ([`tasks`]) and preference pairs ([`pairs`]) are drawn from the same truth.
 //!
 //! Same seed and scale → byte-identical files (see [`World::write`]).
 
 mod build;
 pub mod lexicon;
 mod names;
+pub mod pairs;
+pub mod questions;
 pub mod render;
 pub mod schema;
+mod skills;
+pub mod tasks;
 pub mod templates;
 
 use render::{Doc, Renderer, Weights};
@@ -31,13 +36,21 @@ use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
 
 /// On-disk format version of a world directory (docs/ARTIFACTS.md).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Artifact name in the manifest.
 pub const ARTIFACT: &str = "world";
 
 /// Files of a world directory besides its manifest.
-pub const FILES: [&str; 6] =
-    ["entities.jsonl", "facts.jsonl", "corpus.jsonl", "heldout.jsonl", "templates.jsonl", "phantoms.jsonl"];
+pub const FILES: [&str; 8] = [
+    "entities.jsonl",
+    "facts.jsonl",
+    "corpus.jsonl",
+    "heldout.jsonl",
+    "templates.jsonl",
+    "phantoms.jsonl",
+    "tasks.jsonl",
+    "pairs.jsonl",
+];
 
 /// How big a world to make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -117,6 +130,10 @@ pub struct World {
     pub corpus: Vec<Doc>,
     /// Held-out phrasings for out-of-domain evaluation (never in the corpus).
     pub heldout: Vec<Doc>,
+    /// Instruction examples with their answers, splits and held-out reasons.
+    pub tasks: Vec<tasks::Example>,
+    /// Preference pairs drawn from the examples.
+    pub pairs: Vec<pairs::PreferencePair>,
 }
 
 impl World {
@@ -142,13 +159,17 @@ impl World {
                 heldout.push(doc);
             }
         }
-        World { seed, scale, entities, facts, corpus, heldout }
+        let mut world = World { seed, scale, entities, facts, corpus, heldout, tasks: Vec::new(), pairs: Vec::new() };
+        world.tasks = tasks::generate(&world);
+        world.pairs = pairs::generate(&world, &world.tasks);
+        world
     }
 
     /// Writes the world's files into `dir` (which must exist). The caller writes the manifest.
     ///
     /// Files: `entities.jsonl`, `facts.jsonl`, `corpus.jsonl`, `heldout.jsonl`,
-    /// `templates.jsonl`, `phantoms.jsonl` (names of entities that do not exist).
+    /// `templates.jsonl`, `phantoms.jsonl` (names of entities that do not exist), `tasks.jsonl`
+    /// (instruction examples) and `pairs.jsonl` (preference pairs).
     pub fn write(&self, dir: &Path) -> Result<Vec<String>, Error> {
         write_jsonl(dir, "entities.jsonl", &self.entities)?;
         write_jsonl(dir, "facts.jsonl", &self.facts)?;
@@ -156,6 +177,8 @@ impl World {
         write_jsonl(dir, "heldout.jsonl", &self.heldout)?;
         write_jsonl(dir, "templates.jsonl", &templates::all())?;
         write_jsonl(dir, "phantoms.jsonl", &self.phantoms())?;
+        write_jsonl(dir, "tasks.jsonl", &self.tasks)?;
+        write_jsonl(dir, "pairs.jsonl", &self.pairs)?;
         Ok(FILES.iter().map(|s| s.to_string()).collect())
     }
 
@@ -192,6 +215,10 @@ impl World {
             "corpus_docs": self.corpus.len(),
             "corpus_bytes": self.corpus.iter().map(|d| d.text.len()).sum::<usize>(),
             "heldout_docs": self.heldout.len(),
+            "tasks": self.tasks.len(),
+            "tasks_train": self.tasks.iter().filter(|t| t.split == tasks::Split::Train).count(),
+            "tasks_out_of_domain": self.tasks.iter().filter(|t| !t.in_domain()).count(),
+            "pairs": self.pairs.len(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! names that exist nowhere in the world, for questions whose right answer is
 //! "I don't know".
 
+use crate::questions::capitalise;
 use crate::schema::Kind;
 use std::collections::BTreeSet;
 use tsukuru_core::Rng;
@@ -27,14 +28,6 @@ const EVENT_KINDS: &[&str] = &["Festival", "Summit", "Fair", "Regatta", "Maratho
 pub struct NameGen {
     rng: Rng,
     used: BTreeSet<String>,
-}
-
-fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
 }
 
 impl NameGen {

@@ -266,6 +266,12 @@ const TEXTS: &[(Relation, &[&str])] = &[
     ),
 ];
 
+/// `relation` stated the plainest way (its first template), e.g. "{s} was born in {o}.".
+pub fn state(relation: Relation, subject: &str, object: &str) -> String {
+    let (_, texts) = TEXTS.iter().find(|(r, _)| *r == relation).expect("every relation has templates");
+    texts[0].replace("{s}", subject).replace("{o}", object)
+}
+
 /// All templates, in a fixed order. The last one of each relation is held out.
 pub fn all() -> Vec<Template> {
     TEXTS

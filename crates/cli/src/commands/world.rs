@@ -9,7 +9,8 @@ use tsukuru_world::Scale;
 /// World subcommands.
 #[derive(Subcommand, Debug)]
 pub enum WorldCmd {
-    /// Generate a world: entities.jsonl, facts.jsonl, corpus.jsonl, heldout.jsonl, templates.jsonl, phantoms.jsonl.
+    /// Generate a world: entities.jsonl, facts.jsonl, corpus.jsonl, heldout.jsonl, templates.jsonl, phantoms.jsonl,
+    /// tasks.jsonl (instruction examples), pairs.jsonl (preference pairs).
     Generate(GenerateArgs),
 }
 
