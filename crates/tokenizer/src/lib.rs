@@ -6,6 +6,7 @@
 //! alphabet and nothing normalises the text. The output is a standard
 //! `tokenizer.json` that Python's `tokenizers` loads and encodes identically.
 
+pub mod chat;
 pub mod special;
 mod train;
 
