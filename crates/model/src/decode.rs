@@ -175,7 +175,7 @@ fn step_on_worker(model: &Transformer, token: u32, cache: &mut KvCache) -> Resul
             let mut p: Vec<f32> =
                 (0..=pos).map(|s| scale * simd::dot(qh, &keys[base + s * hd..base + (s + 1) * hd])).collect();
             // Every cached position is visible to the newest query: probabilities in place.
-            normalise_row(&mut p, pos + 1, f32::NAN);
+            normalise_row(&mut p, 0, pos + 1, f32::NAN);
             out.fill(0.0);
             for (s, &w) in p.iter().enumerate() {
                 let row = &values[base + s * hd..base + (s + 1) * hd];

@@ -12,8 +12,10 @@ pub mod gguf;
 pub mod init;
 pub mod kernels;
 pub mod ops;
+pub mod packing;
 pub mod pretrained;
 pub mod transformer;
 
 pub use config::{Activation, ConfigError, ModelConfig};
+pub use packing::Packing;
 pub use transformer::{KvCache, Transformer};

@@ -9,8 +9,13 @@ pub mod composite;
 pub use composite::{causal_mask, rope_tables, softmax_last};
 
 use crate::kernels;
+use crate::packing::Packing;
 use candle_core::{Module, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A target that is not scored (prompt tokens in instruction tuning, padding): the losses skip it
+/// and average over the others.
+pub const IGNORE: u32 = u32::MAX;
 
 /// 0: not decided yet, 1: fused kernels on, 2: off.
 static FUSED: AtomicU8 = AtomicU8::new(0);
@@ -77,12 +82,27 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Causal attention `softmax(scale · q·kᵀ + mask) · v` of q `(B, H, T, hd)` against k and v
 /// `(B, KV, S, hd)` (each key/value head serving H / KV query heads), the T queries at positions
-/// `start..start + T`. Returns `(B, T, H · hd)`, the heads side by side for the output projection.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+/// `start..start + T`. With `packing` (training only: `start` 0, S = T) each query sees only its
+/// own sequence. Returns `(B, T, H · hd)`, the heads side by side for the output projection.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    start: usize,
+    packing: Option<&Packing>,
+) -> Result<Tensor> {
+    if let Some(p) = packing {
+        let (b, _, t, _) = q.dims4()?;
+        if start != 0 || k.dim(2)? != t {
+            candle_core::bail!("attention: packed sequences need start 0 and no cached keys");
+        }
+        p.check(b, t)?;
+    }
     if fused(&[q, k, v]) {
-        kernels::attention::attention(q, k, v, scale, start)
+        kernels::attention::attention(q, k, v, scale, start, packing)
     } else {
-        composite::attention(q, k, v, scale, start)
+        composite::attention(q, k, v, scale, start, packing)
     }
 }
 
@@ -95,8 +115,9 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Mean cross-entropy of the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`) against u32 `targets (N)`:
-/// the output projection and the loss together, without holding all the logits on the CPU.
+/// Mean cross-entropy of the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`) against u32 `targets (N)`
+/// (those that are not [`IGNORE`]): the output projection and the loss together, without holding
+/// all the logits on the CPU.
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[h, w]) {
         kernels::linear_cross_entropy::linear_cross_entropy(h, w, targets)
@@ -105,7 +126,7 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     }
 }
 
-/// Mean cross-entropy of `logits (N, V)` against u32 `targets (N)`.
+/// Mean cross-entropy of `logits (N, V)` against u32 `targets (N)` (those that are not [`IGNORE`]).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[logits]) {
         kernels::cross_entropy::cross_entropy(logits, targets)

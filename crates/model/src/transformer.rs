@@ -5,6 +5,7 @@
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
 use crate::ops::{attention, linear, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu_down};
+use crate::packing::Packing;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
@@ -100,6 +101,7 @@ impl Attention {
         rope_t: &(Tensor, Tensor),
         start: usize,
         cache: Option<&mut LayerKv>,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
@@ -129,7 +131,7 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        linear(&attention(&q, &k, &v, scale, start)?, self.o.weight())
+        linear(&attention(&q, &k, &v, scale, start, packing)?, self.o.weight())
     }
 }
 
@@ -240,20 +242,21 @@ impl Transformer {
                 return decode::step(self, token, cache);
             }
         }
-        linear(&self.hidden(ids, cache)?, self.lm_head.weight())
+        linear(&self.hidden(ids, cache, None)?, self.lm_head.weight())
     }
 
     /// Mean cross-entropy of the predictions for `ids (B, T)` against u32 `targets (B · T)`, the
-    /// training loss. On the CPU the output projection and the loss run as one op that never holds
-    /// all the logits ([`crate::ops::linear_cross_entropy`]).
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(ids, None)?;
+    /// training loss; targets equal to [`crate::ops::IGNORE`] are not scored. With `packing`, each
+    /// row holds several sequences that attention keeps apart. On the CPU the output projection and
+    /// the loss run as one op that never holds all the logits ([`crate::ops::linear_cross_entropy`]).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor, packing: Option<&Packing>) -> Result<Tensor> {
+        let h = self.hidden(ids, None, packing)?;
         let (b, t, d) = h.dims3()?;
         linear_cross_entropy(&h.reshape((b * t, d))?, self.lm_head.weight(), targets)
     }
 
     /// The final normalised hidden states `(B, T, D)`, before the output projection.
-    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, packing: Option<&Packing>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         if start + t > self.cfg.max_seq_len {
@@ -266,7 +269,8 @@ impl Transformer {
         let mut x = self.embed.forward(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = block.attn.forward(&rms_norm(&x, &block.input_norm, block.eps)?, &self.rope, start, slot)?;
+            let normed = rms_norm(&x, &block.input_norm, block.eps)?;
+            let h = block.attn.forward(&normed, &self.rope, start, slot, packing)?;
             x = (x + h)?;
             let h = block.mlp.forward(&rms_norm(&x, &block.post_norm, block.eps)?)?;
             x = (x + h)?;

@@ -139,8 +139,8 @@ fn fused_attention_matches_the_composite_across_blocks_offsets_and_groups() {
         check(
             &format!("attention b{b} h{h} kv{kv} t{t} s{s}"),
             &[&q, &k, &v],
-            &|| kernels::attention::attention(&qv(), k.as_tensor(), &vv(), scale, start).unwrap(),
-            &|| composite::attention(&qv(), k.as_tensor(), &vv(), scale, start).unwrap(),
+            &|| kernels::attention::attention(&qv(), k.as_tensor(), &vv(), scale, start, None).unwrap(),
+            &|| composite::attention(&qv(), k.as_tensor(), &vv(), scale, start, None).unwrap(),
             2e-5,
         );
     }

@@ -76,7 +76,7 @@ fn logits_loss_and_gradients_match_pytorch() {
             let e = rel_err(&flat, &v.logits);
             assert!(e < 2e-5, "logits differ from PyTorch's by {e} (relative) for {what}");
             // The training loss: output projection and cross-entropy as one op on the CPU.
-            let loss = model.loss(&inputs, &targets).unwrap();
+            let loss = model.loss(&inputs, &targets, None).unwrap();
             let separate =
                 cross_entropy(&logits.reshape((v.batch * v.seq, cfg.vocab_size)).unwrap(), &targets).unwrap();
             let l = loss.to_scalar::<f32>().unwrap();

@@ -25,7 +25,7 @@ impl Objective for NextToken {
     fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
         let inputs = Tensor::from_slice(&batch.inputs, (batch.batch, batch.seq), device)?;
         let targets = Tensor::from_slice(&batch.targets, batch.batch * batch.seq, device)?;
-        model.loss(&inputs, &targets)
+        model.loss(&inputs, &targets, None)
     }
 }
 

@@ -11,9 +11,10 @@
 
 use super::simd::{self, dispatch};
 use super::{matmul, SharedOut};
+use crate::packing::Packing;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Query rows per block: the block's scores (`BLOCK × S`) stay in L2 for S up to a few thousand.
 const BLOCK: usize = 64;
@@ -59,14 +60,21 @@ struct Attention {
     scale: f32,
     /// Position of the first query (keys before it come from a cache).
     start: usize,
+    /// With packed sequences, the first key each query `(b, t)` may see (`b · T + t`).
+    first: Option<Arc<[u32]>>,
     /// Log-sum-exp of each query row's scaled scores, `(B, H, T)`, for the backward pass.
     lse: Mutex<Vec<f32>>,
 }
 
 impl Attention {
-    /// Keys visible to query row `i` (0-based within this call).
+    /// Keys visible to query row `i` (0-based within this call): the end of its range.
     fn visible(&self, i: usize, s: usize) -> usize {
         (self.start + i + 1).min(s)
+    }
+
+    /// The first key query row `i` of batch `b` may see: the start of its packed sequence, or 0.
+    fn first_key(&self, b: usize, i: usize, t: usize) -> usize {
+        self.first.as_ref().map_or(0, |f| f[b * t + i] as usize)
     }
 
     /// Scaled, masked scores of query rows `r0..r1` of `(b, h)` against their visible keys, turned
@@ -99,16 +107,18 @@ impl Attention {
             false,
         );
         for (i, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
-            let vis = self.visible(r0 + i, d.s);
-            lse[i] = normalise_row(row, vis, if given { lse[i] } else { f32::NAN });
+            let (lo, hi) = (self.first_key(b, r0 + i, d.t), self.visible(r0 + i, d.s));
+            lse[i] = normalise_row(row, lo, hi, if given { lse[i] } else { f32::NAN });
         }
         keys
     }
 }
 
 #[inline(always)]
-fn normalise_row_impl(row: &mut [f32], vis: usize, lse: f32) -> f32 {
-    let (seen, masked) = row.split_at_mut(vis);
+fn normalise_row_impl(row: &mut [f32], lo: usize, hi: usize, lse: f32) -> f32 {
+    let (before, rest) = row.split_at_mut(lo);
+    before.fill(0.0);
+    let (seen, masked) = rest.split_at_mut(hi - lo);
     let lse = if lse.is_nan() {
         let max = simd::max(seen);
         max + simd::sum_exp(seen, max).ln()
@@ -123,9 +133,9 @@ fn normalise_row_impl(row: &mut [f32], vis: usize, lse: f32) -> f32 {
 }
 
 dispatch! {
-    /// Scaled scores → probabilities in place: the first `vis` entries become `exp(x − lse)`, the
-    /// rest 0. `lse` is computed from the row when NaN is given; returns it.
-    pub fn normalise_row(row: &mut [f32], vis: usize, lse: f32) -> f32 = normalise_row_impl;
+    /// Scaled scores → probabilities in place: entries `lo..hi` (the visible keys) become
+    /// `exp(x − lse)`, the rest 0. `lse` is computed from them when NaN is given; returns it.
+    pub fn normalise_row(row: &mut [f32], lo: usize, hi: usize, lse: f32) -> f32 = normalise_row_impl;
 }
 
 impl CustomOp3 for Attention {
@@ -308,9 +318,18 @@ impl Attention {
 }
 
 /// Causal attention of f32 CPU tensors: q `(B, H, T, hd)`, k and v `(B, KV, S, hd)` (KV dividing H;
-/// any strides with contiguous rows), the T queries at positions `start..start + T` of the S keys.
+/// any strides with contiguous rows), the T queries at positions `start..start + T` of the S keys;
+/// with `packing` (checked by the caller to match), within each query's own sequence.
 /// Returns `(B, T, H · hd)`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
-    let op = Attention { scale: scale as f32, start, lse: Mutex::new(Vec::new()) };
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    start: usize,
+    packing: Option<&Packing>,
+) -> Result<Tensor> {
+    let first = packing.map(Packing::starts);
+    let op = Attention { scale: scale as f32, start, first, lse: Mutex::new(Vec::new()) };
     q.apply_op3(k, v, op)
 }

@@ -3,10 +3,11 @@
 //! The composite version materialises the shifted logits, their exponentials and the log-softmax
 //! (each `N × V`, kept for the backward pass) and then as many gradients. Here the forward reads the
 //! logits once and keeps only each row's log-sum-exp; the backward writes the one `N × V` gradient,
-//! `(softmax − onehot) · g / N`.
+//! `(softmax − onehot) · g / N`, N counting the targets that are not ignored.
 
 use super::simd::{self, dispatch};
 use super::{f32s, rows_per_task, u32s};
+use crate::ops::IGNORE;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -31,6 +32,10 @@ dispatch! {
 fn grad_rows_in_place_impl(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) {
     let v = rows.len() / lse.len().max(1);
     for (i, o) in rows.chunks_exact_mut(v).enumerate() {
+        if targets[i] == IGNORE {
+            o.fill(0.0);
+            continue;
+        }
         for x in o.iter_mut() {
             *x = simd::exp(*x - lse[i]) * scale;
         }
@@ -39,8 +44,15 @@ fn grad_rows_in_place_impl(rows: &mut [f32], lse: &[f32], targets: &[u32], scale
 }
 
 dispatch! {
-    /// Logit rows turned into their gradient `(softmax(x) − onehot(t)) · scale` in place.
+    /// Logit rows turned into their gradient `(softmax(x) − onehot(t)) · scale` in place (zero for
+    /// ignored targets).
     pub fn grad_rows_in_place(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) -> () = grad_rows_in_place_impl;
+}
+
+/// Targets the mean runs over: those that are not [`IGNORE`] (at least 1, so that a batch with
+/// nothing to score gives a zero loss rather than NaN).
+pub(crate) fn scored(targets: &[u32]) -> usize {
+    targets.iter().filter(|&&t| t != IGNORE).count().max(1)
 }
 
 /// Every row of `rows` (`V` values each) turned into its gradient in place, over the threads.
@@ -52,9 +64,9 @@ pub(crate) fn gradient_in_place(rows: &mut [f32], v: usize, lse: &[f32], targets
     });
 }
 
-/// An error naming the first target outside a vocabulary of `v`.
+/// An error naming the first target outside a vocabulary of `v` (other than [`IGNORE`]).
 pub(crate) fn check_targets(targets: &[u32], v: usize) -> Result<()> {
-    match targets.iter().find(|&&t| t as usize >= v) {
+    match targets.iter().find(|&&t| t as usize >= v && t != IGNORE) {
         Some(&bad) => candle_core::bail!("cross-entropy: target {bad} is outside the vocabulary of {v}"),
         None => Ok(()),
     }
@@ -78,10 +90,15 @@ impl CustomOp2 for CrossEntropy {
         }
         check_targets(targets, v)?;
         let lse: Vec<f32> = logits.par_chunks(v).with_min_len(rows_per_task(v)).map(lse_of_row).collect();
-        let total: f64 =
-            lse.iter().zip(targets).enumerate().map(|(i, (&z, &t))| f64::from(z - logits[i * v + t as usize])).sum();
+        let total: f64 = lse
+            .iter()
+            .zip(targets)
+            .enumerate()
+            .filter(|(_, (_, &t))| t != IGNORE)
+            .map(|(i, (&z, &t))| f64::from(z - logits[i * v + t as usize]))
+            .sum();
         *self.lse.lock().expect("not poisoned") = lse;
-        Ok((CpuStorage::F32(vec![(total / n.max(1) as f64) as f32]), Shape::from(())))
+        Ok((CpuStorage::F32(vec![(total / scored(targets) as f64) as f32]), Shape::from(())))
     }
 
     fn bwd(
@@ -121,7 +138,7 @@ impl CustomOp3 for CrossEntropyGrad {
         let g = f32s(s3, l3, self.name())?;
         let lse = &self.lse;
         let (n, v) = dims(l1)?;
-        let scale = g.first().copied().unwrap_or(0.0) / n.max(1) as f32;
+        let scale = g.first().copied().unwrap_or(0.0) / scored(targets) as f32;
         let mut out = logits.to_vec();
         gradient_in_place(&mut out, v, lse, targets, scale);
         Ok((CpuStorage::F32(out), Shape::from((n, v))))

@@ -9,8 +9,9 @@
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
 //! the memory.
 
-use super::cross_entropy::{check_targets, gradient_in_place, lse_of_row};
+use super::cross_entropy::{check_targets, gradient_in_place, lse_of_row, scored};
 use super::{f32s, matmul, u32s};
+use crate::ops::IGNORE;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -45,7 +46,7 @@ impl CustomOp3 for LinearCrossEntropy {
             candle_core::bail!("linear cross-entropy: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
         }
         check_targets(targets, v)?;
-        let scale = 1.0 / n.max(1) as f32;
+        let scale = 1.0 / scored(targets) as f32;
         let (mut dh, mut dw) =
             if self.need_grads { (vec![0f32; n * d], vec![0f32; v * d]) } else { (Vec::new(), Vec::new()) };
         let mut logits = vec![0f32; CHUNK.min(n) * v];
@@ -57,7 +58,10 @@ impl CustomOp3 for LinearCrossEntropy {
             let lg = &mut logits[..rows * v];
             matmul(rows, v, d, lg, v, false, (hc, d, 1), (w, 1, d), 1.0, true);
             lg.par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
-            total += (0..rows).map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize])).sum::<f64>();
+            total += (0..rows)
+                .filter(|&i| tc[i] != IGNORE)
+                .map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize]))
+                .sum::<f64>();
             if !self.need_grads {
                 continue;
             }

@@ -5,6 +5,8 @@
 //! (reductions, broadcasts, unary maps, matmul), checked by finite differences in the tests. These
 //! run on every device and dtype, and are the reference the fused CPU kernels are tested against.
 
+use super::IGNORE;
+use crate::packing::Packing;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
@@ -70,12 +72,15 @@ pub fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Res
     Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)
 }
 
-/// `softmax(scale · scores + causal mask)` over the last dimension of `(…, T, S)` scores whose `T`
-/// queries sit at positions `start..start + T`.
-pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+/// `softmax(scale · scores + mask)` over the last dimension of `(B, H, T, S)` scores whose `T`
+/// queries sit at positions `start..start + T`: the causal mask, or the packing's (`start` 0).
+pub fn attention_softmax(scores: &Tensor, scale: f64, start: usize, packing: Option<&Packing>) -> Result<Tensor> {
     let dims = scores.dims();
     let t = dims[dims.len() - 2];
-    let mask = causal_mask(t, start, scores.dtype(), scores.device())?;
+    let mask = match packing {
+        Some(p) => p.mask(scores.dtype(), scores.device())?,
+        None => causal_mask(t, start, scores.dtype(), scores.device())?,
+    };
     softmax_last(&(scores * scale)?.broadcast_add(&mask)?)
 }
 
@@ -84,19 +89,37 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()? * up
 }
 
-/// Mean cross-entropy of `logits (N, V)` against `targets (N)` (u32), composed so it carries gradients.
+/// Mean cross-entropy of `logits (N, V)` against `targets (N)` (u32) over the targets that are not
+/// [`IGNORE`], composed so it carries gradients (0 when every target is ignored).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     let log_probs = shifted.broadcast_sub(&log_z)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?;
-    picked.mean_all()?.neg()
+    let t = targets.to_vec1::<u32>()?;
+    if !t.contains(&IGNORE) {
+        return log_probs.gather(&targets.unsqueeze(1)?, 1)?.mean_all()?.neg();
+    }
+    // Ignored rows pick any column (0) and are weighted out.
+    let scored = t.iter().filter(|&&x| x != IGNORE).count();
+    let picks: Vec<u32> = t.iter().map(|&x| if x == IGNORE { 0 } else { x }).collect();
+    let weights: Vec<f32> = t.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 / scored.max(1) as f32 }).collect();
+    let picks = Tensor::from_vec(picks, (t.len(), 1), logits.device())?;
+    let weights = Tensor::from_vec(weights, (t.len(), 1), logits.device())?.to_dtype(logits.dtype())?;
+    (log_probs.gather(&picks, 1)? * weights)?.sum_all()?.neg()
 }
 
 /// Causal attention of q `(B, H, T, hd)` against k, v `(B, KV, S, hd)` at positions
-/// `start..start + T`: the full score matrix, masked softmax, products; returns `(B, T, H · hd)`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -> Result<Tensor> {
+/// `start..start + T` (within packed sequences when `packing` is given): the full score matrix,
+/// masked softmax, products; returns `(B, T, H · hd)`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    start: usize,
+    packing: Option<&Packing>,
+) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     // Grouped-query attention: each key/value head serves h / kv query heads.
     let groups = h / k.dim(1)?;
@@ -109,7 +132,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, start: usize) -
     };
     let (k, v) = (repeat(k)?, repeat(v)?);
     let scores = q.contiguous()?.matmul(&k.transpose(2, 3)?.contiguous()?)?; // (B, H, T, S)
-    let att = attention_softmax(&scores, scale, start)?;
+    let att = attention_softmax(&scores, scale, start, packing)?;
     let y = att.matmul(&v.contiguous()?)?; // (B, H, T, hd)
     y.transpose(1, 2)?.reshape((b, t, h * hd))
 }

@@ -6,8 +6,8 @@ use super::median_time;
 use anyhow::Result;
 use candle_core::{Device, Tensor, Var};
 use clap::Args;
-use tsukuru_model::kernels;
 use tsukuru_model::ops::composite;
+use tsukuru_model::{kernels, Packing};
 
 /// Arguments of `bench matmul`.
 #[derive(Args, Debug)]
@@ -71,10 +71,10 @@ pub fn run(a: &MatmulBenchArgs) -> Result<()> {
     let g = Tensor::randn(0f32, 1.0, (8, 256, 6 * 64), &dev)?;
     let flops = 4.0 * 48.0 * 256.0 * 256.0 * 64.0;
     let scale = 1.0 / 8.0;
-    type Attn = fn(&Tensor, &Tensor, &Tensor, f64, usize) -> candle_core::Result<Tensor>;
+    type Attn = fn(&Tensor, &Tensor, &Tensor, f64, usize, Option<&Packing>) -> candle_core::Result<Tensor>;
     let impls: [(&str, Attn); 2] = [("candle", composite::attention), ("tsukuru-fused", kernels::attention::attention)];
     for (implementation, f) in impls {
-        let fwd = || Ok(f(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, 0)?);
+        let fwd = || Ok(f(q.as_tensor(), k.as_tensor(), v.as_tensor(), scale, 0, None)?);
         print("causal attention 8x6x256x64 fwd", implementation, flops, median(a.repeat, &fwd)?);
         let both = || {
             let grads = (fwd()? * &g)?.sum_all()?.backward()?;
