@@ -3,11 +3,15 @@
 //! [`tokenize`] encodes prepared text shards in parallel into binary token
 //! shards ([`format`], documented there byte by byte); [`dataset`] maps them
 //! back; [`loader`] yields `(B, T)` training windows that always start at a
-//! document boundary, in a seeded order, resumable from a small serialisable state.
+//! document boundary, in a seeded order, resumable from a small serialisable state. For
+//! instruction tuning, [`conversations`] reads users' chat data and [`sft`] mixes rendered
+//! conversations from several sources by ratio into packed, masked batches.
 
+pub mod conversations;
 pub mod dataset;
 pub mod format;
 pub mod loader;
+pub mod sft;
 pub mod tokenize;
 
 pub use dataset::TokenDataset;

@@ -73,6 +73,9 @@ pub struct Batch {
     pub seq: usize,
     /// Epoch of the loader when the batch was finished (of the last document drawn into its buffer).
     pub epoch: u64,
+    /// For packed batches ([`crate::sft`]): the lengths of the sequences in each row, which
+    /// attention keeps apart; `None` when each row is one stream of text.
+    pub lengths: Option<Vec<Vec<usize>>>,
 }
 
 /// Yields batches from a [`TokenDataset`].
@@ -176,7 +179,7 @@ impl<'d> Loader<'d> {
             inputs.extend_from_slice(&row[..t]);
             targets.extend_from_slice(&row[1..]);
         }
-        Batch { inputs, targets, batch: b, seq: t, epoch: self.state.epoch }
+        Batch { inputs, targets, batch: b, seq: t, epoch: self.state.epoch, lengths: None }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use tsukuru_model::Transformer;
+use tsukuru_model::{Packing, Transformer};
 use tsukuru_tokens::Batch;
 
 /// What a training step optimises.
@@ -17,7 +17,10 @@ pub trait Objective {
     fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor>;
 }
 
-/// Next-token prediction: mean cross-entropy of every position's prediction of the following token.
+/// Next-token prediction: mean cross-entropy of every scored position's prediction of the
+/// following token. Pretraining scores every position; instruction tuning (SFT) is the same
+/// objective on packed batches ([`tsukuru_tokens::sft`]) whose targets outside the assistant's
+/// replies are ignored, and whose conversations attention keeps apart.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NextToken;
 
@@ -25,9 +28,13 @@ impl Objective for NextToken {
     fn loss(&self, model: &Transformer, batch: &Batch, device: &Device) -> candle_core::Result<Tensor> {
         let inputs = Tensor::from_slice(&batch.inputs, (batch.batch, batch.seq), device)?;
         let targets = Tensor::from_slice(&batch.targets, batch.batch * batch.seq, device)?;
-        model.loss(&inputs, &targets, None)
+        let packing = batch.lengths.as_ref().map(|rows| Packing::from_lengths(batch.seq, rows)).transpose()?;
+        model.loss(&inputs, &targets, packing.as_ref())
     }
 }
+
+// The loaders mark unscored targets with the value the model's losses skip.
+const _: () = assert!(tsukuru_tokens::sft::IGNORE == tsukuru_model::ops::IGNORE);
 
 /// Settings of the loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -83,6 +83,7 @@ fn accumulation_equals_one_larger_batch() {
         batch: 8,
         seq: 16,
         epoch: 0,
+        lengths: None,
     };
     let run = |accum: usize, batches: Vec<Batch>| {
         let (_, map, m) = model(5);
