@@ -42,6 +42,8 @@ enum Command {
     Tokenizer(commands::tokenizer::TokenizerCmd),
     /// Train a base model on token shards (resumable; checkpoints and metrics.jsonl in --out).
     Pretrain(commands::pretrain::PretrainArgs),
+    /// Instruction-tune a base model on a mixture of conversation sources (world tasks, JSONL).
+    Sft(commands::sft::SftArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Speedrun(a) => commands::speedrun::run(a, &progress),
         Command::Bench(c) => commands::bench::run(c),
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
+        Command::Sft(a) => commands::sft::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
         Command::Export(c) => commands::export::run(c),
     };

@@ -141,6 +141,20 @@ impl Progress for Reporter {
         }
     }
 
+    fn note(&self, message: &str) {
+        match self {
+            Reporter::Terminal(bar) => match bar.lock().expect("not poisoned").as_ref() {
+                Some(pb) => pb.println(format!("note: {message}")),
+                None => eprintln!("note: {message}"),
+            },
+            Reporter::Lines(state) => {
+                let phase = state.lock().expect("not poisoned").phase.clone();
+                line(serde_json::json!({ "event": "note", "phase": phase, "message": message }));
+            }
+            Reporter::Quiet => {}
+        }
+    }
+
     fn finish(&self, summary: &str) {
         match self {
             Reporter::Terminal(bar) => {

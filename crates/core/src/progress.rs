@@ -36,6 +36,8 @@ pub trait Progress: Send + Sync {
     fn finish(&self, summary: &str);
     /// A short live status of the current phase (e.g. the latest loss), shown beside the counts.
     fn status(&self, _status: &str) {}
+    /// Something the user should read (a setting adjusted, data dropped), shown even off a terminal.
+    fn note(&self, _message: &str) {}
 }
 
 /// Progress that reports nothing (tests, libraries used quietly).

@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tsukuru_core::error::IoContext;
 use tsukuru_model::ModelConfig;
-use tsukuru_tokens::LoaderState;
 
 /// What `meta.json` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +23,9 @@ pub struct Meta {
     pub step: u64,
     /// Updates applied by AdamW (bias correction depends on it).
     pub opt_step: u64,
-    /// Where the training loader was.
-    pub loader: LoaderState,
+    /// Where the training data was: the job's own loader state (pretraining's
+    /// `tsukuru_tokens::LoaderState`, instruction tuning's `MixtureState`).
+    pub loader: serde_json::Value,
     /// The model's shape.
     pub model: ModelConfig,
     /// Validation loss at this step, if measured.
@@ -152,8 +152,16 @@ pub fn load(dir: &Path, params: &VarMap, expected: &ModelConfig, device: &Device
         candle_core::safetensors::load(dir.join(name), device)
             .map_err(|e| ckpt_err(dir, format!("{name} is unreadable (truncated or corrupt?): {e}")))
     };
-    let weights = read("model.safetensors")?;
+    load_weights(dir, params, device)?;
     let opt_state = read("state.safetensors")?;
+    Ok(Loaded { meta, opt_state })
+}
+
+/// Sets every parameter in `params` from `dir/model.safetensors` (any model directory: a
+/// checkpoint, or the base model a later stage starts from), naming what is missing or misshapen.
+pub fn load_weights(dir: &Path, params: &VarMap, device: &Device) -> Result<(), TrainError> {
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)
+        .map_err(|e| ckpt_err(dir, format!("model.safetensors is unreadable (truncated or corrupt?): {e}")))?;
     for (name, var) in params.data().lock().expect("not poisoned").iter() {
         let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("model.safetensors lacks {name}")))?;
         if t.shape() != var.shape() {
@@ -161,7 +169,7 @@ pub fn load(dir: &Path, params: &VarMap, expected: &ModelConfig, device: &Device
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }
-    Ok(Loaded { meta, opt_state })
+    Ok(())
 }
 
 /// Names and values of the config fields that differ, e.g. `d_model: 64 ≠ 128`.

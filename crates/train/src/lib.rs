@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;
+pub mod sft;
 pub mod trainer;
 
 pub use optim::{AdamW, AdamWConfig};

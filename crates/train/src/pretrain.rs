@@ -232,7 +232,9 @@ pub fn pretrain(
             if let Some(v) = loaded.meta.val_loss {
                 best = Some((v, latest.clone()));
             }
-            Loader::resume(&train, loader_cfg, loaded.meta.loader)?
+            let state = serde_json::from_value(loaded.meta.loader)
+                .map_err(|e| TrainError::Checkpoint(format!("{}: loader state: {e}", latest.display())))?;
+            Loader::resume(&train, loader_cfg, state)?
         }
         None => {
             // Killed before the first checkpoint: nothing to continue, and no step may be logged twice.
@@ -272,8 +274,8 @@ pub fn pretrain(
         if r.step % cfg.checkpoint_every == 0 || last || stop {
             metrics.flush().at("writing", &metrics_path)?;
             let (opt_step, state) = trainer.optimizer().state();
-            let meta =
-                Meta { step: r.step, opt_step, loader: loader.state(), model: model_cfg.clone(), val_loss: last_val };
+            let loader = serde_json::to_value(loader.state()).expect("loader state serialises");
+            let meta = Meta { step: r.step, opt_step, loader, model: model_cfg.clone(), val_loss: last_val };
             let path = checkpoint::save(&ckpt_root, &varmap, &state, &meta, Some(&tokenizer))?;
             if let Some(v) = last_val.filter(|v| best.as_ref().is_none_or(|(b, _)| v < b)) {
                 best = Some((v, path.clone()));
@@ -305,7 +307,7 @@ pub fn pretrain(
 }
 
 /// Time spent in training steps, summed over `metrics.jsonl` (so it spans resumed runs).
-fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
+pub(crate) fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
     let text = std::fs::read_to_string(path).at("reading", path)?;
     Ok(text
         .lines()
@@ -316,7 +318,7 @@ fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
 }
 
 /// Keeps only the lines of `metrics.jsonl` for steps up to `step` (the resumed checkpoint).
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: String = text
         .lines()

@@ -63,7 +63,13 @@ fn ten_plus_resume_plus_ten_equals_twenty() {
     let mut resumed: Vec<f64> =
         (0..10).map(|_| t.step(&m, &NextToken, &dev, &mut || loader.next_batch()).unwrap().loss).collect();
     let (opt_step, state) = t.optimizer().state();
-    let meta = Meta { step: t.step_count(), opt_step, loader: loader.state(), model: cfg(), val_loss: None };
+    let meta = Meta {
+        step: t.step_count(),
+        opt_step,
+        loader: serde_json::to_value(loader.state()).unwrap(),
+        model: cfg(),
+        val_loss: None,
+    };
     checkpoint::save(&ckpts, &map, &state, &meta, None).unwrap();
     drop((map, m, t, loader));
 
@@ -72,7 +78,7 @@ fn ten_plus_resume_plus_ten_equals_twenty() {
     let (_, latest) = checkpoint::list(&ckpts).unwrap().pop().unwrap();
     let loaded = checkpoint::load(&latest, &map, &cfg(), &dev).unwrap();
     t.restore(loaded.meta.step, loaded.meta.opt_step, &loaded.opt_state).unwrap();
-    let mut loader = Loader::resume(&ds, LOADER, loaded.meta.loader.clone()).unwrap();
+    let mut loader = Loader::resume(&ds, LOADER, serde_json::from_value(loaded.meta.loader.clone()).unwrap()).unwrap();
     resumed.extend((0..10).map(|_| t.step(&m, &NextToken, &dev, &mut || loader.next_batch()).unwrap().loss));
     assert_eq!(straight, resumed, "a resumed run must reproduce the unbroken one exactly");
 }
@@ -84,7 +90,8 @@ fn bad_checkpoints_are_refused_with_reasons() {
     let (map, _, t) = setup(&cfg(), 4);
     let loader = Loader::new(&ds, LOADER).unwrap();
     let (opt_step, state) = t.optimizer().state();
-    let meta = Meta { step: 3, opt_step, loader: loader.state(), model: cfg(), val_loss: None };
+    let meta =
+        Meta { step: 3, opt_step, loader: serde_json::to_value(loader.state()).unwrap(), model: cfg(), val_loss: None };
     let root = tmp.path().join("ckpt");
     let dir = checkpoint::save(&root, &map, &state, &meta, None).unwrap();
     assert!(dir.ends_with("step-0000003"));

@@ -5,6 +5,7 @@ pub mod data;
 pub mod export;
 pub mod generate;
 pub mod pretrain;
+pub mod sft;
 pub mod speedrun;
 pub mod tokenizer;
 pub mod world;
