@@ -44,6 +44,8 @@ enum Command {
     Pretrain(commands::pretrain::PretrainArgs),
     /// Instruction-tune a base model on a mixture of conversation sources (world tasks, JSONL).
     Sft(commands::sft::SftArgs),
+    /// Talk to an instruction-tuned model: multi-turn in the terminal, or one reply with --prompt.
+    Chat(commands::chat::ChatArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
         Command::Sft(a) => commands::sft::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
+        Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),
     };
     match result {

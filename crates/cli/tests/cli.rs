@@ -27,7 +27,7 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let tmp = tempfile::tempdir().unwrap();
     let out = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
     let run = tmp.path().join("runs/speedrun-quick");
-    for stage in ["world", "data", "tokenizer", "tokens", "base", "eval"] {
+    for stage in ["world", "data", "tokenizer", "tokens", "base", "eval", "sft", "tasks-eval"] {
         assert!(run.join(stage).join("manifest.json").exists(), "{stage} missing: {out}");
     }
     assert!(run.join("tokenizer/tokenizer.json").exists() && run.join("config.resolved.toml").exists());
@@ -54,9 +54,14 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let (model, unigram) = (&summary["model"]["bits_per_byte"], &summary["unigram"]["bits_per_byte"]);
     assert!(model.as_f64().unwrap() < unigram.as_f64().unwrap(), "even 20 steps beat unigram counts: {summary}");
     assert_eq!(summary["probe_stated"]["n"], 20);
+    // Instruction tuning ran on the world's tasks, and the report compares the stages.
+    assert!(run.join("sft/step-0000010/tokenizer.json").exists());
+    for part in ["## Instruction tasks", "| base |", "| sft |", "hallucination", "**assistant:**"] {
+        assert!(report.contains(part), "report.md lacks {part}:\n{report}");
+    }
 
     let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 6, "{again}");
+    assert_eq!(again.matches("skipped").count(), 8, "{again}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
@@ -73,6 +78,34 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     assert!(err.contains("top_p"), "{err}");
     let err = fails(tmp.path(), &["generate", "--model", "runs", "--prompt", "x"]);
     assert!(err.contains("no model here"), "{err}");
+
+    // Chat: one-shot, and several turns from stdin; the same seed gives the same replies.
+    let chat = ["chat", "--model", "runs/speedrun-quick/sft", "--max-new-tokens", "8", "--temperature", "0"];
+    let one = ok(tmp.path(), &[&chat[..], &["--prompt", "Where was Ana born?"]].concat());
+    assert!(one.ends_with('\n') && one.len() > 1, "{one:?}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tsukuru"))
+        .args(&chat[..])
+        .current_dir(tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Where was Ana born?\n\n/reset\nWhat is 2 plus 3?\n/exit\nnot read\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let replies = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        replies.starts_with(&one) && replies.len() > one.len() + 1,
+        "the first reply is the one-shot reply: {replies:?}"
+    );
+    let err = fails(tmp.path(), &["chat", "--model", "runs/speedrun-quick/sft", "--prompt", &"word ".repeat(400)]);
+    assert!(err.contains("does not fit the model's context"), "{err}");
 
     // Export to GGUF: a complete file with the format's magic; never overwritten without --force.
     let export = ["export", "gguf", "--model", "runs/speedrun-quick/base", "--out", "m.gguf"];
@@ -104,7 +137,7 @@ fn world_generate_is_byte_identical_for_a_seed() {
     ok(tmp.path(), &["world", "generate", "--out", "a", "--seed", "5", "--quiet"]);
     ok(tmp.path(), &["world", "generate", "--out", "b", "--seed", "5", "--quiet"]);
     ok(tmp.path(), &["world", "generate", "--out", "c", "--seed", "6", "--quiet"]);
-    for f in tsukuru_world_files() {
+    for f in tsukuru_world::FILES {
         let a = std::fs::read(tmp.path().join("a").join(f)).unwrap();
         assert_eq!(a, std::fs::read(tmp.path().join("b").join(f)).unwrap(), "{f}");
         if f == "corpus.jsonl" {
@@ -114,10 +147,6 @@ fn world_generate_is_byte_identical_for_a_seed() {
     let err = fails(tmp.path(), &["world", "generate", "--out", "a", "--seed", "6", "--quiet"]);
     assert!(err.contains("different parameters") && err.contains("--force"), "{err}");
     ok(tmp.path(), &["world", "generate", "--out", "a", "--seed", "6", "--force", "--quiet"]);
-}
-
-fn tsukuru_world_files() -> [&'static str; 6] {
-    ["entities.jsonl", "facts.jsonl", "corpus.jsonl", "heldout.jsonl", "templates.jsonl", "phantoms.jsonl"]
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
-//!           eval/  report.md
+//!           sft/step-NNNNNNN/  eval/  tasks-eval/  report.md
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -46,9 +46,17 @@ impl RunDir {
     pub fn base(&self) -> PathBuf {
         self.root.join("base")
     }
+    /// Output of `sft` (instruction-tuned checkpoints, metrics.jsonl).
+    pub fn sft(&self) -> PathBuf {
+        self.root.join("sft")
+    }
     /// Evaluation of the base model.
     pub fn eval(&self) -> PathBuf {
         self.root.join("eval")
+    }
+    /// The world's instruction tasks asked of each stage's model (base, sft, …).
+    pub fn tasks_eval(&self) -> PathBuf {
+        self.root.join("tasks-eval")
     }
     /// The run's report.
     pub fn report(&self) -> PathBuf {

@@ -4,12 +4,16 @@
 //! model fitted on the training tokens), [`probe`] (fact completion on the built-in world, facts the
 //! corpus states against facts it never states, with chance level), and [`samples`]. The
 //! [`base`] stage runs them all into an `eval/` directory with a manifest; [`report`] renders it.
+//! For chat models: [`chat_tasks`] asks the world's instruction tasks through the chat template and
+//! scores the replies ([`scoring`]) in-domain and out-of-domain, with the hallucination rate.
 
 pub mod base;
+pub mod chat_tasks;
 pub mod perplexity;
 pub mod probe;
 pub mod report;
 pub mod samples;
+pub mod scoring;
 
 /// Errors of evaluation.
 #[derive(Debug, thiserror::Error)]

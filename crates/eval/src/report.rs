@@ -2,6 +2,7 @@
 //! baseline that gives it meaning (unigram bits per byte, chance accuracy).
 
 use crate::base::BaseEvalSummary;
+use crate::chat_tasks::{TaskRecord, TaskScores};
 use crate::probe::GroupScore;
 use std::fmt::Write;
 
@@ -101,6 +102,70 @@ pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
             // One quoted paragraph per sample: line breaks of the text would end the quote.
             let flat = |t: &str| t.replace("\n\n", " ¶ ").replace('\n', " ");
             let _ = writeln!(r, "> **{}**{}\n", flat(&smp.prompt), flat(&smp.completion));
+        }
+    }
+    r
+}
+
+fn opt_pct(x: Option<f64>) -> String {
+    x.map_or("–".into(), pct)
+}
+
+/// The instruction-task section: per stage (base, sft, …) the in-domain and out-of-domain
+/// accuracy and the hallucination rate, a per-task breakdown, and a few conversations of the last
+/// stage.
+pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[TaskRecord]) -> String {
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "## Instruction tasks
+"
+    );
+    let _ = writeln!(
+        r,
+        "The world's validation tasks asked through the chat template, greedy replies. *In-domain*: task types, \
+         phrasings and entities of the training mixture (unseen examples); *out-of-domain*: held-out entities, \
+         phrasings or task types. *Hallucination*: questions about invented names answered instead of declined.\n"
+    );
+    let _ = writeln!(r, "| model | in-domain | out-of-domain | hallucination |\n|---|---|---|---|");
+    for (name, s) in stages {
+        let _ = writeln!(
+            r,
+            "| {name} | {} (n={}) | {} (n={}) | {} (n={}) |",
+            opt_pct(s.in_domain),
+            s.n_in,
+            opt_pct(s.out_of_domain),
+            s.n_out,
+            opt_pct(s.hallucination_rate),
+            s.n_unknown
+        );
+    }
+    let _ = writeln!(r, "\nPer task (in-domain / out-of-domain):\n");
+    let header: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    let _ = writeln!(r, "| task | {} |\n|---|{}", header.join(" | "), "---|".repeat(header.len()));
+    let tasks: std::collections::BTreeSet<&String> = stages.iter().flat_map(|(_, s)| s.by_task.keys()).collect();
+    for task in tasks {
+        let cells: Vec<String> = stages
+            .iter()
+            .map(|(_, s)| match s.by_task.get(task) {
+                Some((a, b)) => format!("{} / {}", opt_pct(*a), opt_pct(*b)),
+                None => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(r, "| {task} | {} |", cells.join(" | "));
+    }
+    if !samples.is_empty() {
+        let _ = writeln!(r, "\nConversations ({}):\n", stages.last().map_or("", |(n, _)| n.as_str()));
+        for s in samples {
+            let flat = |t: &str| t.replace('\n', " ");
+            let _ = writeln!(
+                r,
+                "> **user:** {}  \n> **assistant:** {}  \n> *reference:* {} — score {:.2}\n",
+                flat(&s.prompt),
+                flat(&s.reply),
+                flat(&s.reference),
+                s.score
+            );
         }
     }
     r

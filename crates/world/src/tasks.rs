@@ -442,8 +442,8 @@ impl<'w> Context<'w> {
                     facts.iter().filter(|f| f.object_text == value).map(|f| mention(self.entity(f.subject))).collect();
                 let context: Vec<String> = facts.iter().map(|f| self.statement(f)).collect();
                 let response = match matching.len() {
-                    0 => "None of them.".to_string(),
-                    n => format!("{n}: {}.", join_and(&matching)),
+                    0 => "0 of them.".to_string(),
+                    n => format!("{n} of them: {}.", join_and(&matching)),
                 };
                 let held_out =
                     [self.entities_held_out(&listed), (relation == Relation::Category).then_some(HeldOut::Task)];

@@ -5,7 +5,8 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
-use tsukuru_infer::{Sampler, SamplingParams, TextStream};
+use tsukuru_infer::{Generation, Sampler, SamplingParams, TextStream};
+use tsukuru_model::Transformer;
 use tsukuru_tokenizer::{special, Tok};
 
 /// Arguments of `generate`.
@@ -18,6 +19,17 @@ pub struct GenerateArgs {
     /// Text to continue (the model sees it after a document-start token, as in training).
     #[arg(long)]
     pub prompt: String,
+    /// How tokens are chosen.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Device: cpu, or cuda[:N] in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
     /// Most tokens to add (fewer if the model's context ends first).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
@@ -33,46 +45,73 @@ pub struct GenerateArgs {
     /// Seed of the sampling: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device: cpu, or cuda[:N] in a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
-/// Runs `generate`: prints the prompt and its continuation to stdout, and a summary to stderr.
-pub fn run(a: GenerateArgs, quiet: bool) -> Result<()> {
-    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
-    let mut sampler = Sampler::new(params)?;
-    let device = super::pretrain::device(&a.device)?;
-    let dir = tsukuru_model::pretrained::resolve(&a.model)?;
+impl SamplingArgs {
+    /// The sampler these flags describe.
+    pub fn sampler(&self) -> Result<Sampler> {
+        let params =
+            SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed };
+        Ok(Sampler::new(params)?)
+    }
+}
+
+/// A model directory (see `pretrained::resolve`) loaded with its tokenizer: (directory, model, tokenizer).
+pub fn load(model: &std::path::Path, device: &str) -> Result<(PathBuf, Transformer, Tok)> {
+    let device = super::pretrain::device(device)?;
+    let dir = tsukuru_model::pretrained::resolve(model)?;
     let model = tsukuru_model::pretrained::load(&dir, candle_core::DType::F32, &device)?;
     let tok_path = dir.join("tokenizer.json");
     let tok =
         Tok::from_file(&tok_path).with_context(|| format!("loading the model's tokenizer {}", tok_path.display()))?;
-    let mut prompt = vec![special::BOS];
-    prompt.extend(tok.encode(&a.prompt)?);
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
-    out.flush()?;
-    let mut stream = TextStream::new(&tok);
-    let mut emit = |id: u32| -> Result<()> {
-        let piece = stream.push(id)?;
-        write!(out, "{piece}")?;
-        out.flush()?;
-        Ok(())
-    };
+    Ok((dir, model, tok))
+}
+
+/// Generates from `prompt`, writing the text to `out` as it comes; returns the generation.
+pub fn stream(
+    model: &Transformer,
+    tok: &Tok,
+    prompt: &[u32],
+    sampling: &SamplingArgs,
+    sampler: &mut Sampler,
+    stop: &[u32],
+    out: &mut dyn Write,
+) -> Result<Generation> {
+    let mut stream = TextStream::new(tok);
     let mut failed = None;
-    let started = Instant::now();
-    // A document-start or end token means the model finished this text.
-    let stop = [special::BOS, special::EOS];
-    let g = tsukuru_infer::generate(&model, &prompt, a.max_new_tokens, &mut sampler, &stop, &mut |id| {
+    let g = tsukuru_infer::generate(model, prompt, sampling.max_new_tokens, sampler, stop, &mut |id| {
         if failed.is_none() {
-            failed = emit(id).err();
+            failed = stream
+                .push(id)
+                .map_err(anyhow::Error::from)
+                .and_then(|piece| {
+                    write!(out, "{piece}")?;
+                    Ok(out.flush()?)
+                })
+                .err();
         }
     })?;
     if let Some(e) = failed {
         return Err(e.context("writing the generated text"));
     }
-    writeln!(out, "{}", stream.finish()?)?;
+    write!(out, "{}", stream.finish()?)?;
+    Ok(g)
+}
+
+/// Runs `generate`: prints the prompt and its continuation to stdout, and a summary to stderr.
+pub fn run(a: GenerateArgs, quiet: bool) -> Result<()> {
+    let mut sampler = a.sampling.sampler()?;
+    let (dir, model, tok) = load(&a.model, &a.device)?;
+    let mut prompt = vec![special::BOS];
+    prompt.extend(tok.encode(&a.prompt)?);
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prompt)?;
+    out.flush()?;
+    let started = Instant::now();
+    // A document-start or end token means the model finished this text.
+    let stop = [special::BOS, special::EOS];
+    let g = stream(&model, &tok, &prompt, &a.sampling, &mut sampler, &stop, &mut out)?;
+    writeln!(out)?;
     let secs = started.elapsed().as_secs_f64();
     if !quiet {
         eprintln!(

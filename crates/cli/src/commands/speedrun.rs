@@ -1,7 +1,8 @@
 //! `tsukuru speedrun`: every stage that exists, in order, into one run directory.
 //!
 //! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
-//! against a unigram baseline, the world's fact probe, samples) → `report.md`. Each stage skips
+//! against a unigram baseline, the world's fact probe, samples) → sft (on the world's instruction
+//! tasks unless the config lists sources) → `report.md`. Each stage skips
 //! when its output is complete with the same settings, and pretraining resumes from its latest
 //! checkpoint, so a rerun after a kill picks up where it stopped.
 
@@ -13,9 +14,11 @@ use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
 use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs, BaseEvalSummary};
-use tsukuru_eval::report::{render, ReportContext};
+use tsukuru_eval::chat_tasks::{evaluate_stages, TaskEvalConfig, TaskRecord, TaskScores};
+use tsukuru_eval::report::{render, render_tasks, ReportContext};
 use tsukuru_tokenizer::TokenizerConfig;
 use tsukuru_train::pretrain::PretrainConfig;
+use tsukuru_train::sft::{SftConfig, SourceConfig};
 use tsukuru_world::Scale;
 
 /// The built-in speedrun config.
@@ -66,6 +69,12 @@ pub struct SpeedrunConfig {
     /// Evaluation of the base model.
     #[serde(default)]
     pub eval: BaseEvalConfig,
+    /// Instruction tuning (with no sources given, the run's own world tasks).
+    #[serde(default)]
+    pub sft: SftConfig,
+    /// The instruction tasks asked of each stage's model.
+    #[serde(default)]
+    pub task_eval: TaskEvalConfig,
 }
 
 /// `[world]` of a speedrun config.
@@ -101,6 +110,11 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
             "pretrain.checkpoint_every=10",
             "eval.probe_facts=20",
             "eval.samples=1",
+            "sft.steps=10",
+            "sft.eval_every=5",
+            "sft.eval_examples=16",
+            "sft.checkpoint_every=5",
+            "task_eval.per_group=3",
         ];
         sets.splice(0..0, quick.iter().map(|s| s.to_string()));
     }
@@ -143,6 +157,24 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
         100.0 * stated.map_or(f64::NAN, |g| g.chance),
     );
     super::report("evaluate", &run.eval(), eval.skipped, &detail);
+    let mut sft = cfg.sft.clone();
+    if sft.sources.is_empty() {
+        let world = SourceConfig {
+            name: "world".into(),
+            world: Some(run.world()),
+            tasks: None,
+            jsonl: None,
+            ratio: 1.0,
+            epochs: None,
+        };
+        sft.sources.push(world);
+    }
+    super::sft::sft(&run.base(), &run.sft(), &sft, &device, true, a.force, progress)?;
+    let stages = [("base", run.base()), ("sft", run.sft())];
+    let stages: Vec<(&str, &std::path::Path)> = stages.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let tasks = evaluate_stages(&stages, &run.world(), &run.tasks_eval(), &cfg.task_eval, a.force, progress)
+        .with_context(|| format!("evaluating the instruction tasks into {}", run.tasks_eval().display()))?;
+    super::report("tasks-eval", &run.tasks_eval(), tasks.skipped, &task_detail(&tasks.manifest.stats));
     write_report(&run, &name, &summary)?;
     println!("speedrun: done; report in {}", run.report().display());
     Ok(())
@@ -159,6 +191,55 @@ fn write_report(run: &RunDir, name: &str, summary: &BaseEvalSummary) -> Result<(
         train_tokens: tokens["train"]["tokens"].as_u64().unwrap_or(0),
         train_seconds: base["train_seconds"].as_f64(),
     };
-    tsukuru_core::atomic::write_atomic(run.report(), render(&ctx, summary).as_bytes())?;
+    let mut page = render(&ctx, summary);
+    page.push_str(&render_tasks(&task_stages(&read(run.tasks_eval())?)?, &task_samples(run, "sft", 4)?));
+    tsukuru_core::atomic::write_atomic(run.report(), page.as_bytes())?;
     Ok(())
+}
+
+/// Each stage's task scores from the task evaluation's summary.
+fn task_stages(summary: &serde_json::Value) -> Result<Vec<(String, TaskScores)>> {
+    let stages = summary["stages"].as_array().context("the task evaluation's summary lists no stages")?;
+    stages
+        .iter()
+        .map(|s| {
+            let name = s["name"].as_str().unwrap_or_default().to_string();
+            Ok((name, serde_json::from_value(s["scores"].clone()).context("reading task scores")?))
+        })
+        .collect()
+}
+
+/// A few records of one stage, for the report: the first of each task.
+fn task_samples(run: &RunDir, stage: &str, n: usize) -> Result<Vec<TaskRecord>> {
+    let path = run.tasks_eval().join(format!("{stage}.jsonl"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let r: TaskRecord = serde_json::from_str(line).with_context(|| format!("reading {}", path.display()))?;
+        if r.in_domain && seen.insert(r.task) && out.len() < n {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// One line per stage: in-domain / out-of-domain accuracy and hallucination rate.
+fn task_detail(summary: &serde_json::Value) -> String {
+    let pct = |v: &serde_json::Value| v.as_f64().map_or("n/a".into(), |x| format!("{:.0}%", 100.0 * x));
+    let stages = summary["stages"].as_array().cloned().unwrap_or_default();
+    let parts: Vec<String> = stages
+        .iter()
+        .map(|s| {
+            let sc = &s["scores"];
+            format!(
+                "{}: in-domain {}, out-of-domain {}, hallucination {}",
+                s["name"].as_str().unwrap_or("?"),
+                pct(&sc["in_domain"]),
+                pct(&sc["out_of_domain"]),
+                pct(&sc["hallucination_rate"])
+            )
+        })
+        .collect();
+    parts.join("; ")
 }
