@@ -126,6 +126,17 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     }
 }
 
+/// The log-probability of each u32 target under the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`), 0 for
+/// [`IGNORE`]: `(N)`, for losses on sequence log-probabilities (preference optimisation). On the CPU
+/// the logits are never held whole.
+pub fn linear_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused(&[h, w]) {
+        kernels::linear_logprobs::linear_logprobs(h, w, targets)
+    } else {
+        composite::token_logprobs(&h.matmul(&w.t()?)?, targets)
+    }
+}
+
 /// Mean cross-entropy of `logits (N, V)` against u32 `targets (N)` (those that are not [`IGNORE`]).
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     if fused(&[logits]) {

@@ -4,7 +4,7 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention, linear, linear_cross_entropy, rms_norm, rope, rope_tables, swiglu_down};
+use crate::ops::{attention, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu_down};
 use crate::packing::Packing;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -253,6 +253,15 @@ impl Transformer {
         let h = self.hidden(ids, None, packing)?;
         let (b, t, d) = h.dims3()?;
         linear_cross_entropy(&h.reshape((b * t, d))?, self.lm_head.weight(), targets)
+    }
+
+    /// The log-probability of each target `(B · T)` given `ids (B, T)` (0 where the target is
+    /// [`crate::ops::IGNORE`]), differentiable: summed over a reply, the sequence log-probability
+    /// that preference optimisation compares.
+    pub fn token_logprobs(&self, ids: &Tensor, targets: &Tensor, packing: Option<&Packing>) -> Result<Tensor> {
+        let h = self.hidden(ids, None, packing)?;
+        let (b, t, d) = h.dims3()?;
+        linear_logprobs(&h.reshape((b * t, d))?, self.lm_head.weight(), targets)
     }
 
     /// The final normalised hidden states `(B, T, D)`, before the output projection.

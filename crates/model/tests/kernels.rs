@@ -179,6 +179,29 @@ fn linear_cross_entropy_matches_projection_then_cross_entropy() {
 }
 
 #[test]
+fn linear_logprobs_match_projection_then_log_softmax() {
+    let mut rng = Rng::new(14);
+    // A full chunk of 512 rows and a remainder; every fifth target ignored.
+    for (n, d, v) in [(600, 24, 37), (3, 8, 5)] {
+        let h = randn(&mut rng, &[n, d], 1.0);
+        let w = randn(&mut rng, &[v, d], 1.0);
+        let targets: Vec<u32> =
+            (0..n).map(|i| if i % 5 == 4 { tsukuru_model::ops::IGNORE } else { (i * 7 % v) as u32 }).collect();
+        let t = Tensor::from_vec(targets, n, &Device::Cpu).unwrap();
+        check(
+            "linear_logprobs",
+            &[&h, &w],
+            &|| kernels::linear_logprobs::linear_logprobs(h.as_tensor(), w.as_tensor(), &t).unwrap(),
+            &|| composite::token_logprobs(&h.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap(), &t).unwrap(),
+            2e-5,
+        );
+        let lp = kernels::linear_logprobs::linear_logprobs(h.as_tensor(), w.as_tensor(), &t).unwrap();
+        let lp = lp.to_vec1::<f32>().unwrap();
+        assert!(lp.iter().all(|&x| x <= 0.0) && lp.iter().skip(4).step_by(5).all(|&x| x == 0.0));
+    }
+}
+
+#[test]
 fn swiglu_down_matches_the_gate_then_the_projection() {
     let mut rng = Rng::new(13);
     for (rows, f, d) in [(18, 37, 11), (1, 8, 4)] {

@@ -13,6 +13,7 @@ pub mod cross_entropy;
 pub mod gemv;
 pub mod linear;
 pub mod linear_cross_entropy;
+pub mod linear_logprobs;
 pub mod rms_norm;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]

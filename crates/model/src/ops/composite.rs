@@ -109,6 +109,21 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     (log_probs.gather(&picks, 1)? * weights)?.sum_all()?.neg()
 }
 
+/// Log-probability of each u32 target under `logits (N, V)`, 0 where the target is [`IGNORE`];
+/// returns `(N)`, composed so it carries gradients.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&log_z)?;
+    let t = targets.to_vec1::<u32>()?;
+    let picks: Vec<u32> = t.iter().map(|&x| if x == IGNORE { 0 } else { x }).collect();
+    let keep: Vec<f32> = t.iter().map(|&x| if x == IGNORE { 0.0 } else { 1.0 }).collect();
+    let picks = Tensor::from_vec(picks, (t.len(), 1), logits.device())?;
+    let keep = Tensor::from_vec(keep, t.len(), logits.device())?.to_dtype(logits.dtype())?;
+    log_probs.gather(&picks, 1)?.squeeze(1)? * keep
+}
+
 /// Causal attention of q `(B, H, T, hd)` against k, v `(B, KV, S, hd)` at positions
 /// `start..start + T` (within packed sequences when `packing` is given): the full score matrix,
 /// masked softmax, products; returns `(B, T, H · hd)`.

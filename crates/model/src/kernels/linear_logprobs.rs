@@ -1,0 +1,101 @@
+//! The log-probability of each target under the logits `h · Wᵀ`, as one op that never holds all
+//! the logits: what preference optimisation needs (sums of a reply's token log-probabilities,
+//! differentiated through a loss built on them).
+//!
+//! Unlike [`super::linear_cross_entropy`], whose gradient is fixed when the forward pass runs, the
+//! gradient here depends on what the caller builds on the log-probabilities, so the backward pass
+//! gets one incoming gradient per row and recomputes each chunk's logits (nothing is kept): `d logits_i = −g_i ·
+//! (softmax_i − onehot(t_i))`, then `dh = d logits · W` and `dW = d logitsᵀ · h`. Rows whose target
+//! is [`IGNORE`] give 0 and get no gradient.
+
+use super::cross_entropy::{check_targets, grad_rows_in_place, lse_of_row};
+use super::{f32s, matmul, u32s, F32View};
+use crate::ops::IGNORE;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows of logits computed at a time.
+const CHUNK: usize = 512;
+
+struct LinearLogprobs;
+
+/// The chunk's logits `h_c · Wᵀ` into `logits` (rows × V) and their log-sum-exps into `lse`.
+fn chunk_logits(hc: &[f32], w: &[f32], d: usize, v: usize, logits: &mut [f32], lse: &mut [f32]) {
+    let rows = hc.len() / d;
+    matmul(rows, v, d, &mut logits[..rows * v], v, false, (hc, d, 1), (w, 1, d), 1.0, true);
+    logits[..rows * v].par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
+}
+
+impl CustomOp3 for LinearLogprobs {
+    fn name(&self) -> &'static str {
+        "fused-linear-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (h, w, targets) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, u32s(s3, l3, self.name())?);
+        let ((n, d), (v, d2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if d != d2 || targets.len() != n {
+            candle_core::bail!("linear log-probs: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
+        }
+        check_targets(targets, v)?;
+        let mut logits = vec![0f32; CHUNK.min(n) * v];
+        let mut lse = vec![0f32; CHUNK.min(n)];
+        let mut out = vec![0f32; n];
+        for (c, hc) in h.chunks(CHUNK * d).enumerate() {
+            let (r0, rows) = (c * CHUNK, hc.len() / d);
+            chunk_logits(hc, w, d, v, &mut logits, &mut lse);
+            for i in 0..rows {
+                let t = targets[r0 + i];
+                out[r0 + i] = if t == IGNORE { 0.0 } else { logits[i * v + t as usize] - lse[i] };
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let ((n, d), (v, _)) = (h.dims2()?, w.dims2()?);
+        let grad = grad.contiguous()?;
+        let op = self.name();
+        let views = [F32View::of(h, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
+        let [hv, wv, g] = views.each_ref().map(F32View::get);
+        let targets = targets.to_vec1::<u32>()?;
+        let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
+        let mut logits = vec![0f32; CHUNK.min(n) * v];
+        let mut lse = vec![0f32; CHUNK.min(n)];
+        for (c, hc) in hv.chunks(CHUNK * d).enumerate() {
+            let (r0, rows) = (c * CHUNK, hc.len() / d);
+            chunk_logits(hc, wv, d, v, &mut logits, &mut lse);
+            let lg = &mut logits[..rows * v];
+            // d logp / d logits = onehot − softmax: the cross-entropy gradient scaled by −g.
+            lg.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+                let r = r0 + i;
+                grad_rows_in_place(row, &lse[i..i + 1], &targets[r..r + 1], -g[r]);
+            });
+            matmul(rows, d, v, &mut dh[r0 * d..(r0 + rows) * d], d, false, (lg, v, 1), (wv, d, 1), 1.0, true);
+            matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
+        }
+        let dev = h.device();
+        Ok((Some(Tensor::from_vec(dh, (n, d), dev)?), Some(Tensor::from_vec(dw, (v, d), dev)?), None))
+    }
+}
+
+/// The log-probability of each u32 target (0 for [`IGNORE`]) under the logits `h · wᵀ`, for f32 CPU
+/// tensors `h (N, d)` and `w (V, d)`; returns `(N)`, differentiable in `h` and `w`.
+pub fn linear_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, LinearLogprobs)
+}
