@@ -44,6 +44,8 @@ enum Command {
     Pretrain(commands::pretrain::PretrainArgs),
     /// Instruction-tune a base model on a mixture of conversation sources (world tasks, JSONL).
     Sft(commands::sft::SftArgs),
+    /// Align a chat model on preference pairs (DPO or IPO against the frozen starting model).
+    Align(commands::align::AlignArgs),
     /// Talk to an instruction-tuned model: multi-turn in the terminal, or one reply with --prompt.
     Chat(commands::chat::ChatArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Bench(c) => commands::bench::run(c),
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
         Command::Sft(a) => commands::sft::run(a, &progress),
+        Command::Align(a) => commands::align::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),

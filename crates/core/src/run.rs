@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
-//!           sft/step-NNNNNNN/  eval/  tasks-eval/  report.md
+//!           sft/step-NNNNNNN/  align/step-NNNNNNN/  eval/  tasks-eval/  report.md
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,10 @@ impl RunDir {
     /// Output of `sft` (instruction-tuned checkpoints, metrics.jsonl).
     pub fn sft(&self) -> PathBuf {
         self.root.join("sft")
+    }
+    /// Output of `align` (preference-optimised checkpoints, metrics.jsonl, reference.json).
+    pub fn align(&self) -> PathBuf {
+        self.root.join("align")
     }
     /// Evaluation of the base model.
     pub fn eval(&self) -> PathBuf {

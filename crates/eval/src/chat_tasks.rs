@@ -44,7 +44,7 @@ pub struct TaskEvalConfig {
 
 impl Default for TaskEvalConfig {
     fn default() -> Self {
-        Self { split: Split::Validation, per_group: 20, max_new_tokens: 64, seed: 0 }
+        Self { split: Split::Validation, per_group: 40, max_new_tokens: 64, seed: 0 }
     }
 }
 

@@ -170,3 +170,30 @@ pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[TaskRecord]) -> 
     }
     r
 }
+
+/// The alignment section: preference accuracy and mean reward margin on held-out pairs, per group,
+/// from the align stage's manifest stats (`after`; `before` is the starting model, where every
+/// margin is 0).
+pub fn render_preferences(align: &serde_json::Value) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "\n## Preference pairs\n");
+    let _ = writeln!(
+        r,
+        "Held-out pairs (never trained on): *accuracy* is the share whose chosen reply gets the higher implicit \
+         reward β·(log π − log π_ref); the reference is the model before alignment, so before it every margin is 0.\n"
+    );
+    let _ = writeln!(r, "| pairs | n | preference accuracy | mean reward margin |\n|---|---|---|---|");
+    if let Some(groups) = align["after"].as_object() {
+        for (g, s) in groups {
+            let _ = writeln!(
+                r,
+                "| {} | {} | {} | {:.3} |",
+                g.replace('_', "-"),
+                s["n"],
+                pct(s["accuracy"].as_f64().unwrap_or(f64::NAN)),
+                s["margin"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    r
+}

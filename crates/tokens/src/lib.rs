@@ -5,12 +5,14 @@
 //! back; [`loader`] yields `(B, T)` training windows that always start at a
 //! document boundary, in a seeded order, resumable from a small serialisable state. For
 //! instruction tuning, [`conversations`] reads users' chat data and [`sft`] mixes rendered
-//! conversations from several sources by ratio into packed, masked batches.
+//! conversations from several sources by ratio into packed, masked batches; [`preferences`] reads,
+//! renders and batches preference pairs for alignment.
 
 pub mod conversations;
 pub mod dataset;
 pub mod format;
 pub mod loader;
+pub mod preferences;
 pub mod sft;
 pub mod tokenize;
 

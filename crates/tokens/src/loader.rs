@@ -61,7 +61,7 @@ pub struct LoaderState {
 }
 
 /// One batch, row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Input ids, `batch × seq` (row-major).
     pub inputs: Vec<u32>,
@@ -76,6 +76,9 @@ pub struct Batch {
     /// For packed batches ([`crate::sft`]): the lengths of the sequences in each row, which
     /// attention keeps apart; `None` when each row is one stream of text.
     pub lengths: Option<Vec<Vec<usize>>>,
+    /// For preference batches ([`crate::preferences`]): the reference model's log-probability of
+    /// each row's reply, row by row.
+    pub reference: Option<Vec<f32>>,
 }
 
 /// Yields batches from a [`TokenDataset`].
@@ -179,7 +182,7 @@ impl<'d> Loader<'d> {
             inputs.extend_from_slice(&row[..t]);
             targets.extend_from_slice(&row[1..]);
         }
-        Batch { inputs, targets, batch: b, seq: t, epoch: self.state.epoch, lengths: None }
+        Batch { inputs, targets, batch: b, seq: t, epoch: self.state.epoch, lengths: None, reference: None }
     }
 }
 

@@ -244,7 +244,7 @@ fn pack_rows(rows: &[Vec<&Rendered>], seq: usize) -> Batch {
         targets.resize(start + seq, IGNORE);
         lengths.push(row.iter().map(|r| r.len()).collect());
     }
-    Batch { inputs, targets, batch: rows.len(), seq, epoch: 0, lengths: Some(lengths) }
+    Batch { inputs, targets, batch: rows.len(), seq, epoch: 0, lengths: Some(lengths), reference: None }
 }
 
 #[cfg(test)]

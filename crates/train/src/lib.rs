@@ -1,12 +1,16 @@
 //! tsukuru-train: one training loop for every objective.
 //!
 //! [`trainer::Trainer`] runs optimiser steps for any [`trainer::Objective`] (next-token prediction
-//! now; instruction tuning and preference optimisation plug in later) with gradient accumulation,
-//! global-norm clipping, a learning-rate [`schedule::Schedule`], [`optim::AdamW`] with parameter
-//! groups, and a guard that skips non-finite steps and stops after too many in a row.
+//! for pretraining and, on packed masked batches, instruction tuning; preference optimisation in
+//! [`preference`]) with gradient accumulation, global-norm clipping, a learning-rate
+//! [`schedule::Schedule`], [`optim::AdamW`] with parameter groups, and a guard that skips
+//! non-finite steps and stops after too many in a row. The jobs around it: [`pretrain`], [`sft`]
+//! and [`align`].
 
+pub mod align;
 pub mod checkpoint;
 pub mod optim;
+pub mod preference;
 pub mod pretrain;
 pub mod schedule;
 pub mod sft;

@@ -306,14 +306,17 @@ pub fn pretrain(
     Ok(Outcome { manifest, skipped: false })
 }
 
-/// Time spent in training steps, summed over `metrics.jsonl` (so it spans resumed runs).
+/// Time spent in training steps, summed over `metrics.jsonl` (so it spans resumed runs): each
+/// step line's `seconds`, or `tokens_per_step / tokens_per_s` for lines that give a rate.
 pub(crate) fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
     let text = std::fs::read_to_string(path).at("reading", path)?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some(v["tokens_per_s"].as_f64()?).filter(|t| *t > 0.0))
-        .map(|tps| tokens_per_step as f64 / tps)
+        .filter_map(|v| match v["seconds"].as_f64() {
+            Some(s) => Some(s),
+            None => v["tokens_per_s"].as_f64().filter(|t| *t > 0.0).map(|tps| tokens_per_step as f64 / tps),
+        })
         .sum::<f64>())
 }
 

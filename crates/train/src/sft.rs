@@ -366,7 +366,7 @@ pub fn sft(
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = serde_json::json!({
             "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
-            "trained_tokens": trained, "tokens_per_s": (cfg.batch_size * cfg.seq_len) as f64 / secs,
+            "trained_tokens": trained, "seconds": secs,
         });
         writeln!(metrics, "{line}").at("writing", &metrics_path)?;
         progress.advance(1);
@@ -401,7 +401,7 @@ pub fn sft(
     manifest.stats = serde_json::json!({
         "final_step": final_step,
         "stopped_early": exhausted,
-        "train_seconds": step_seconds(&metrics_path, (cfg.batch_size * cfg.seq_len) as u64)?,
+        "train_seconds": step_seconds(&metrics_path, 0)?,
         "val_loss": val,
         "sources": sources.iter().zip(&taken).map(|(s, n)| serde_json::json!({
             "name": s.train.name,

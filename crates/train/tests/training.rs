@@ -84,6 +84,7 @@ fn accumulation_equals_one_larger_batch() {
         seq: 16,
         epoch: 0,
         lengths: None,
+        reference: None,
     };
     let run = |accum: usize, batches: Vec<Batch>| {
         let (_, map, m) = model(5);

@@ -1,7 +1,8 @@
 //! Preference pairs for alignment, drawn from the task examples: the chosen reply is the
 //! example's reference (correct and concise); the rejected one has exactly one flaw, named by
-//! [`Flaw`] — a wrong fact, a confident answer about an entity that does not exist, padding, or
-//! rudeness. Pairs inherit the example's split and held-out reasons, so preference accuracy can be
+//! [`Flaw`] — a wrong fact, a confident answer about an entity that does not exist, a refusal to
+//! answer about one that does (so that alignment against inventions does not teach refusing
+//! everything), padding, or rudeness. Pairs inherit the example's split and held-out reasons, so preference accuracy can be
 //! measured on pairs never trained on, in-domain and out-of-domain.
 
 use crate::schema::Relation;
@@ -20,6 +21,8 @@ pub enum Flaw {
     WrongFact,
     /// Answers confidently about an entity that does not exist.
     Hallucination,
+    /// Claims not to know an entity that exists (over-refusal).
+    FalseRefusal,
     /// Right, but wrapped in filler.
     Verbose,
     /// Right, but rude.
@@ -67,8 +70,10 @@ const RUDE: [&str; 4] = [
     "Ugh, again?",
 ];
 
-/// One pair per fact, multi-hop and invented-name example: a wrong fact for half of the factual
-/// ones, padding or rudeness for the other half, and a confident invention for every invented name.
+/// One pair per fact, multi-hop and invented-name example: for the factual ones a wrong fact (half),
+/// padding or rudeness (a quarter each); a confident invention for every invented name. And as many
+/// false refusals as inventions, each on a fact question of the same split and domain, so that
+/// alignment learns when to decline, not to decline.
 pub fn generate(world: &World, examples: &[Example]) -> Vec<PreferencePair> {
     let mut rng = Rng::stream(world.seed, "pairs");
     let mut values: BTreeMap<Relation, Vec<&str>> = BTreeMap::new();
@@ -80,6 +85,29 @@ pub fn generate(world: &World, examples: &[Example]) -> Vec<PreferencePair> {
         v.dedup();
     }
     let mut out = Vec::new();
+    // Fact questions by (split, domain), shuffled: the false refusals are drawn from them in turn.
+    let mut facts: BTreeMap<(Split, bool), Vec<&Example>> = BTreeMap::new();
+    for e in examples.iter().filter(|e| e.task == TaskKind::Fact) {
+        facts.entry((e.split, e.in_domain())).or_default().push(e);
+    }
+    for group in facts.values_mut() {
+        rng.shuffle(group);
+    }
+    for e in examples.iter().filter(|e| e.task == TaskKind::Unknown) {
+        let Some(f) = facts.get_mut(&(e.split, e.in_domain())).and_then(Vec::pop) else { continue };
+        let (Some(name), Some(&subject)) = (&f.subject, f.entities.first()) else { continue };
+        let kind = world.entities[subject as usize].kind;
+        out.push(PreferencePair {
+            id: format!("{}/{}", f.id, flaw_name(Flaw::FalseRefusal)),
+            task: f.task,
+            flaw: Flaw::FalseRefusal,
+            held_out: f.held_out.clone(),
+            split: f.split,
+            prompt: f.prompt.clone(),
+            chosen: f.response.clone(),
+            rejected: format!("I don't know of any {} called {name}.", kind.name()),
+        });
+    }
     for e in examples {
         let Some(relation) = e.relation else { continue };
         let pool = &values[&relation];
@@ -123,6 +151,7 @@ fn flaw_name(flaw: Flaw) -> &'static str {
     match flaw {
         Flaw::WrongFact => "wrong_fact",
         Flaw::Hallucination => "hallucination",
+        Flaw::FalseRefusal => "false_refusal",
         Flaw::Verbose => "verbose",
         Flaw::Rude => "rude",
     }

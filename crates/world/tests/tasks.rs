@@ -119,12 +119,16 @@ fn pairs_reject_one_flaw_and_keep_the_example_split() {
                 assert_eq!(e.task, TaskKind::Unknown);
                 assert!(!p.rejected.contains("don't know"));
             }
+            Flaw::FalseRefusal => {
+                assert!(p.rejected.starts_with("I don't know") && e.task != TaskKind::Unknown);
+                assert!(w.entities.iter().any(|x| Some(&x.name) == e.subject.as_ref()), "{} exists", p.id);
+            }
             Flaw::Verbose => assert!(p.rejected.len() > p.chosen.len() + 40 && p.rejected.contains(&p.chosen)),
             Flaw::Rude => assert!(p.rejected.ends_with(&p.chosen)),
         }
         flaws.insert(p.flaw);
     }
-    assert_eq!(flaws.len(), 4);
+    assert_eq!(flaws.len(), 5);
     assert!(w.pairs.iter().any(|p| p.split == Split::Train) && w.pairs.iter().any(|p| p.split == Split::Test));
 }
 

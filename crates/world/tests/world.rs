@@ -132,5 +132,5 @@ fn generator_output_is_pinned() {
     assert_eq!(sums["facts.jsonl"], "a4a8864c206cd924");
     assert_eq!(sums["entities.jsonl"], "d9cd5e0086e20350");
     assert_eq!(sums["tasks.jsonl"], "bbbe78a59cbc3c67");
-    assert_eq!(sums["pairs.jsonl"], "5934575debc47fd1");
+    assert_eq!(sums["pairs.jsonl"], "1f60ac39ae1fcd16");
 }

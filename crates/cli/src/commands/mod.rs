@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod align;
 pub mod bench;
 pub mod chat;
 pub mod data;

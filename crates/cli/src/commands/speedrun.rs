@@ -2,7 +2,8 @@
 //!
 //! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
 //! against a unigram baseline, the world's fact probe, samples) → sft (on the world's instruction
-//! tasks unless the config lists sources) → `report.md`. Each stage skips
+//! tasks unless the config lists sources) → align (DPO on the world's preference pairs) → the
+//! instruction tasks asked of base, sft and align → `report.md`. Each stage skips
 //! when its output is complete with the same settings, and pretraining resumes from its latest
 //! checkpoint, so a rerun after a kill picks up where it stopped.
 
@@ -15,8 +16,9 @@ use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
 use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs, BaseEvalSummary};
 use tsukuru_eval::chat_tasks::{evaluate_stages, TaskEvalConfig, TaskRecord, TaskScores};
-use tsukuru_eval::report::{render, render_tasks, ReportContext};
+use tsukuru_eval::report::{render, render_preferences, render_tasks, ReportContext};
 use tsukuru_tokenizer::TokenizerConfig;
+use tsukuru_train::align::AlignConfig;
 use tsukuru_train::pretrain::PretrainConfig;
 use tsukuru_train::sft::{SftConfig, SourceConfig};
 use tsukuru_world::Scale;
@@ -72,6 +74,9 @@ pub struct SpeedrunConfig {
     /// Instruction tuning (with no sources given, the run's own world tasks).
     #[serde(default)]
     pub sft: SftConfig,
+    /// Alignment on the world's preference pairs.
+    #[serde(default)]
+    pub align: AlignConfig,
     /// The instruction tasks asked of each stage's model.
     #[serde(default)]
     pub task_eval: TaskEvalConfig,
@@ -114,6 +119,10 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
             "sft.eval_every=5",
             "sft.eval_examples=16",
             "sft.checkpoint_every=5",
+            "align.steps=6",
+            "align.eval_every=3",
+            "align.eval_pairs=16",
+            "align.checkpoint_every=3",
             "task_eval.per_group=3",
         ];
         sets.splice(0..0, quick.iter().map(|s| s.to_string()));
@@ -170,7 +179,9 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
         sft.sources.push(world);
     }
     super::sft::sft(&run.base(), &run.sft(), &sft, &device, true, a.force, progress)?;
-    let stages = [("base", run.base()), ("sft", run.sft())];
+    let pairs = run.world().join("pairs.jsonl");
+    super::align::align(&run.sft(), &pairs, &run.align(), &cfg.align, &device, true, a.force, progress)?;
+    let stages = [("base", run.base()), ("sft", run.sft()), ("align", run.align())];
     let stages: Vec<(&str, &std::path::Path)> = stages.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let tasks = evaluate_stages(&stages, &run.world(), &run.tasks_eval(), &cfg.task_eval, a.force, progress)
         .with_context(|| format!("evaluating the instruction tasks into {}", run.tasks_eval().display()))?;
@@ -192,7 +203,8 @@ fn write_report(run: &RunDir, name: &str, summary: &BaseEvalSummary) -> Result<(
         train_seconds: base["train_seconds"].as_f64(),
     };
     let mut page = render(&ctx, summary);
-    page.push_str(&render_tasks(&task_stages(&read(run.tasks_eval())?)?, &task_samples(run, "sft", 4)?));
+    page.push_str(&render_tasks(&task_stages(&read(run.tasks_eval())?)?, &task_samples(run, "align", 4)?));
+    page.push_str(&render_preferences(&read(run.align())?));
     tsukuru_core::atomic::write_atomic(run.report(), page.as_bytes())?;
     Ok(())
 }

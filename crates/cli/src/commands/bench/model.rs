@@ -146,7 +146,7 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
         inputs.extend_from_slice(&row[..a.seq]);
         targets.extend_from_slice(&row[1..]);
     }
-    let batch = Batch { inputs, targets, batch: a.batch, seq: a.seq, epoch: 0, lengths: None };
+    let batch = Batch { inputs, targets, batch: a.batch, seq: a.seq, epoch: 0, lengths: None, reference: None };
     let first = tsukuru_train::Objective::loss(&NextToken, &model, &batch, &device)?.to_dtype(DType::F32)?;
     let first = first.to_scalar::<f32>()?;
     let mut last = f64::NAN;
