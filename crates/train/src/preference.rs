@@ -89,7 +89,7 @@ impl Objective for Preference {
         let Some(reference) = &batch.reference else {
             candle_core::bail!("a preference batch needs the reference model's log-probabilities");
         };
-        if batch.batch % 2 != 0 || reference.len() != batch.batch {
+        if !batch.batch.is_multiple_of(2) || reference.len() != batch.batch {
             candle_core::bail!("a preference batch has chosen rows then as many rejected rows, each with a reference");
         }
         let k = batch.batch / 2;
