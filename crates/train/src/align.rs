@@ -295,10 +295,12 @@ pub fn align(
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
         Prepared::Fresh(dir) => (dir, false),
         Prepared::Resume(dir) if job.resume => (dir, true),
-        Prepared::Resume(_) => return Err(TrainError::Config(format!(
+        Prepared::Resume(_) => {
+            return Err(TrainError::Config(format!(
             "{} holds an interrupted run with these settings; pass --resume to continue it or --force to start over",
             out.display()
-        ))),
+        )))
+        }
     };
     let varmap = init_params(&model_cfg, cfg.seed, DType::F32, device)?;
     checkpoint::load_weights(&base_dir, &varmap, device)?;

@@ -2,59 +2,16 @@
 //! mixture follows its ratios (normalised, and said so), an interrupted run resumes to the same
 //! weights, and bad input is refused with the reason.
 
-use candle_core::{DType, Device};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
-use tsukuru_core::progress::{Progress, Unit};
+mod common;
+
+use candle_core::Device;
+use common::{fixture, Recorder};
+use std::path::Path;
 use tsukuru_core::{Interrupt, NoProgress};
-use tsukuru_model::init::init_params;
-use tsukuru_model::ModelConfig;
-use tsukuru_train::checkpoint::{self, Meta};
+use tsukuru_train::checkpoint;
 use tsukuru_train::pretrain::JobOptions;
 use tsukuru_train::sft::{sft, SftConfig, SourceConfig};
 use tsukuru_train::Schedule;
-
-/// A world, a tokenizer trained on its corpus, an untrained base checkpoint with that tokenizer,
-/// and a JSONL file of arithmetic conversations; made once per test binary.
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    world: PathBuf,
-    base: PathBuf,
-    jsonl: PathBuf,
-}
-
-fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let world = tmp.path().join("world");
-        tsukuru_world::generate_into(&world, 1, tsukuru_world::Scale::Tiny, false, &NoProgress).unwrap();
-        let data = tmp.path().join("data");
-        let prep = tsukuru_data::PrepareConfig { val_fraction: 0.1, ..Default::default() };
-        tsukuru_data::prepare(&[world.join("corpus.jsonl")], &data, &prep, false, &NoProgress).unwrap();
-        let tok_dir = tmp.path().join("tok");
-        let tok_cfg = tsukuru_tokenizer::TokenizerConfig { vocab_size: 512, ..Default::default() };
-        tsukuru_tokenizer::train(&data, &tok_dir, &tok_cfg, false, &NoProgress).unwrap();
-        let model = ModelConfig::from_depth(1, 512, 128);
-        let map = init_params(&model, 3, DType::F32, &Device::Cpu).unwrap();
-        let meta = Meta { step: 0, opt_step: 0, loader: serde_json::Value::Null, model, val_loss: None };
-        let base = tmp.path().join("base");
-        checkpoint::save(&base, &map, &[], &meta, Some(&tok_dir.join("tokenizer.json"))).unwrap();
-        let jsonl = tmp.path().join("sums.jsonl");
-        let lines: Vec<String> = (0..200)
-            .map(|i| {
-                format!(
-                    "{{\"prompt\": \"What is {} plus {}?\", \"completion\": \"{}\"}}",
-                    i % 10,
-                    i / 10,
-                    i % 10 + i / 10
-                )
-            })
-            .collect();
-        std::fs::write(&jsonl, lines.join("\n")).unwrap();
-        Fixture { _tmp: tmp, world, base, jsonl }
-    })
-}
 
 fn config(steps: u64) -> SftConfig {
     let f = fixture();
@@ -86,29 +43,6 @@ fn config(steps: u64) -> SftConfig {
         eval_examples: 32,
         checkpoint_every: 100,
         ..SftConfig::default()
-    }
-}
-
-/// Records notes, and sets an interrupt once a given step is reported.
-#[derive(Default)]
-struct Recorder {
-    notes: Mutex<Vec<String>>,
-    stop_at: Option<(String, Interrupt)>,
-}
-
-impl Progress for Recorder {
-    fn phase(&self, _: &str, _: Option<u64>, _: Unit) {}
-    fn advance(&self, _: u64) {}
-    fn finish(&self, _: &str) {}
-    fn status(&self, status: &str) {
-        if let Some((prefix, flag)) = &self.stop_at {
-            if status.starts_with(prefix.as_str()) {
-                flag.set();
-            }
-        }
-    }
-    fn note(&self, message: &str) {
-        self.notes.lock().unwrap().push(message.to_string());
     }
 }
 
