@@ -104,7 +104,8 @@ fn view(t: &Tensor) -> Result<F32View<'_>> {
 
 /// Whether [`step`] can run this model: f32 weights on the CPU, fused kernels allowed.
 pub(crate) fn eligible(model: &Transformer) -> bool {
-    crate::ops::fused_enabled() && crate::kernels::supported(model.embed.embeddings())
+    // Adapted projections take the general path (merged checkpoints decode here as usual).
+    crate::ops::fused_enabled() && crate::kernels::supported(model.embed.embeddings()) && !model.adapted()
 }
 
 /// Rotates each head of `x` (heads of `2 · cos.len()` values) in place.

@@ -11,11 +11,13 @@ mod decode;
 pub mod gguf;
 pub mod init;
 pub mod kernels;
+pub mod lora;
 pub mod ops;
 pub mod packing;
 pub mod pretrained;
 pub mod transformer;
 
 pub use config::{Activation, ConfigError, ModelConfig};
+pub use lora::LoraSpec;
 pub use packing::Packing;
 pub use transformer::{KvCache, Transformer};

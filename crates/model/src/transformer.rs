@@ -4,14 +4,13 @@
 
 use crate::config::{Activation, ModelConfig};
 use crate::decode::{self, HostKv};
-use crate::ops::{attention, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu_down};
+use crate::lora::{LoraSpec, Proj};
+use crate::ops::{
+    attention, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu, swiglu_down,
+};
 use crate::packing::Packing;
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
-
-fn new_linear(vb: &VarBuilder, out_dim: usize, in_dim: usize, name: &str) -> Result<Linear> {
-    Ok(Linear::new(vb.get((out_dim, in_dim), &format!("{name}.weight"))?, None))
-}
 
 /// One layer's cached keys and values.
 #[derive(Debug, Clone, Default)]
@@ -64,10 +63,10 @@ impl KvCache {
 }
 
 pub(crate) struct Attention {
-    pub(crate) q: Linear,
-    pub(crate) k: Linear,
-    pub(crate) v: Linear,
-    pub(crate) o: Linear,
+    pub(crate) q: Proj,
+    pub(crate) k: Proj,
+    pub(crate) v: Proj,
+    pub(crate) o: Proj,
     pub(crate) q_norm: Option<Tensor>,
     pub(crate) k_norm: Option<Tensor>,
     n_heads: usize,
@@ -81,10 +80,10 @@ impl Attention {
         let (d, hd) = (cfg.d_model, cfg.head_dim());
         let norm = |name: &str| if cfg.qk_norm { vb.get(hd, &format!("{name}.weight")).map(Some) } else { Ok(None) };
         Ok(Self {
-            q: new_linear(vb, cfg.n_heads * hd, d, "q_proj")?,
-            k: new_linear(vb, cfg.n_kv_heads * hd, d, "k_proj")?,
-            v: new_linear(vb, cfg.n_kv_heads * hd, d, "v_proj")?,
-            o: new_linear(vb, d, cfg.n_heads * hd, "o_proj")?,
+            q: Proj::new(vb, cfg.n_heads * hd, d, "q_proj")?,
+            k: Proj::new(vb, cfg.n_kv_heads * hd, d, "k_proj")?,
+            v: Proj::new(vb, cfg.n_kv_heads * hd, d, "v_proj")?,
+            o: Proj::new(vb, d, cfg.n_heads * hd, "o_proj")?,
             q_norm: norm("q_norm")?,
             k_norm: norm("k_norm")?,
             n_heads: cfg.n_heads,
@@ -105,9 +104,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| y.reshape((b, t, n, self.head_dim))?.transpose(1, 2);
-        let mut q = heads(linear(x, self.q.weight())?, self.n_heads)?; // (B, H, T, hd)
-        let mut k = heads(linear(x, self.k.weight())?, self.n_kv_heads)?; // (B, KV, T, hd)
-        let v = heads(linear(x, self.v.weight())?, self.n_kv_heads)?;
+        let mut q = heads(self.q.forward(x)?, self.n_heads)?; // (B, H, T, hd)
+        let mut k = heads(self.k.forward(x)?, self.n_kv_heads)?; // (B, KV, T, hd)
+        let v = heads(self.v.forward(x)?, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = rms_norm(&q, qn, self.eps)?;
             k = rms_norm(&k, kn, self.eps)?;
@@ -131,41 +130,44 @@ impl Attention {
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        linear(&attention(&q, &k, &v, scale, start, packing)?, self.o.weight())
+        self.o.forward(&attention(&q, &k, &v, scale, start, packing)?)
     }
 }
 
 pub(crate) struct Mlp {
-    pub(crate) gate: Option<Linear>,
-    pub(crate) up: Linear,
-    pub(crate) down: Linear,
+    pub(crate) gate: Option<Proj>,
+    pub(crate) up: Proj,
+    pub(crate) down: Proj,
     pub(crate) activation: Activation,
 }
 
 impl Mlp {
     fn new(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Self> {
         let gate = match cfg.activation {
-            Activation::Swiglu => Some(new_linear(vb, cfg.ffn_dim, cfg.d_model, "gate_proj")?),
+            Activation::Swiglu => Some(Proj::new(vb, cfg.ffn_dim, cfg.d_model, "gate_proj")?),
             _ => None,
         };
         Ok(Self {
             gate,
-            up: new_linear(vb, cfg.ffn_dim, cfg.d_model, "up_proj")?,
-            down: new_linear(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
+            up: Proj::new(vb, cfg.ffn_dim, cfg.d_model, "up_proj")?,
+            down: Proj::new(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
             activation: cfg.activation,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let up = linear(x, self.up.weight())?;
+        let up = self.up.forward(x)?;
         let hidden = match (self.activation, &self.gate) {
-            (Activation::Swiglu, Some(gate)) => {
-                return swiglu_down(&linear(x, gate.weight())?, &up, self.down.weight())
+            // The fused op keeps gate and up but not their product; an adapted down projection
+            // needs the product as its input, so it takes the separate ops.
+            (Activation::Swiglu, Some(gate)) if !self.down.adapted() => {
+                return swiglu_down(&gate.forward(x)?, &up, self.down.weight())
             }
+            (Activation::Swiglu, Some(gate)) => swiglu(&gate.forward(x)?, &up)?,
             (Activation::Relu2, _) => up.relu()?.sqr()?,
             _ => up.gelu()?,
         };
-        linear(&hidden, self.down.weight())
+        self.down.forward(&hidden)
     }
 }
 
@@ -208,7 +210,7 @@ impl Transformer {
         let lm_head = if cfg.tie_embeddings {
             Linear::new(embed_w.clone(), None)
         } else {
-            new_linear(&vb, cfg.vocab_size, cfg.d_model, "lm_head")?
+            Linear::new(vb.get((cfg.vocab_size, cfg.d_model), "lm_head.weight")?, None)
         };
         let rope = rope_tables(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -219,6 +221,41 @@ impl Transformer {
             lm_head,
             rope,
             device: vb.device().clone(),
+        })
+    }
+
+    /// Attaches a low-rank adapter ([`crate::lora`]) to every projection of every block (attention
+    /// and feed-forward), its `A` and `B` taken from `vb` under the projection's name
+    /// (`model.layers.N.self_attn.q_proj.lora_A.weight`, …). The embedding, norms and output layer
+    /// stay as they are.
+    pub fn attach_lora(&mut self, spec: LoraSpec, vb: &VarBuilder) -> Result<()> {
+        for p in self.projections_mut() {
+            let name = p.name().to_string();
+            p.attach(spec, &vb.pp(name))?;
+        }
+        Ok(())
+    }
+
+    /// True when adapters are attached.
+    pub fn adapted(&self) -> bool {
+        self.blocks.iter().any(|b| b.attn.q.adapted())
+    }
+
+    /// Every adapted projection's weight with its adapter merged in, by weight name: written over
+    /// the base weights, they make a plain checkpoint.
+    pub fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let projections = self.blocks.iter().flat_map(|b| {
+            [&b.attn.q, &b.attn.k, &b.attn.v, &b.attn.o, &b.mlp.up, &b.mlp.down].into_iter().chain(b.mlp.gate.as_ref())
+        });
+        projections.filter(|p| p.adapted()).map(|p| Ok((format!("{}.weight", p.name()), p.merged()?))).collect()
+    }
+
+    fn projections_mut(&mut self) -> impl Iterator<Item = &mut Proj> {
+        self.blocks.iter_mut().flat_map(|b| {
+            let Block { attn, mlp, .. } = b;
+            [&mut attn.q, &mut attn.k, &mut attn.v, &mut attn.o, &mut mlp.up, &mut mlp.down]
+                .into_iter()
+                .chain(mlp.gate.as_mut())
         })
     }
 

@@ -38,11 +38,14 @@ impl CustomOp2 for Linear {
         let op = self.name();
         let views = [F32View::of(x, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
         let [xv, wv, g] = views.each_ref().map(F32View::get);
-        // dx = g · w, dw = gᵀ · x.
+        // dx = g · w, dw = gᵀ · x; a frozen weight (not tracked: LoRA's base) gets no gradient.
         let dx = new_product(rows, k, n, (g, n, 1), (wv, k, 1), true);
-        let dw = new_product(n, k, rows, (g, 1, n), (xv, k, 1), true);
         let dev = x.device();
-        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), Some(Tensor::from_vec(dw, (n, k), dev)?)))
+        let dw = match w.track_op() {
+            true => Some(Tensor::from_vec(new_product(n, k, rows, (g, 1, n), (xv, k, 1), true), (n, k), dev)?),
+            false => None,
+        };
+        Ok((Some(Tensor::from_vec(dx, x.shape(), dev)?), dw))
     }
 }
 

@@ -22,6 +22,8 @@ const CHUNK: usize = 512;
 struct LinearCrossEntropy {
     /// Whether a backward pass can follow (otherwise only the loss is computed).
     need_grads: bool,
+    /// Whether the weight takes a gradient (a frozen output layer does not).
+    need_dw: bool,
     /// `dh (N × d)` and `dW (V × d)` of the mean loss, computed by the forward pass.
     grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
@@ -47,8 +49,9 @@ impl CustomOp3 for LinearCrossEntropy {
         }
         check_targets(targets, v)?;
         let scale = 1.0 / scored(targets) as f32;
-        let (mut dh, mut dw) =
-            if self.need_grads { (vec![0f32; n * d], vec![0f32; v * d]) } else { (Vec::new(), Vec::new()) };
+        let dh_len = if self.need_grads { n * d } else { 0 };
+        let dw_len = if self.need_grads && self.need_dw { v * d } else { 0 };
+        let (mut dh, mut dw) = (vec![0f32; dh_len], vec![0f32; dw_len]);
         let mut logits = vec![0f32; CHUNK.min(n) * v];
         let mut lse = vec![0f32; CHUNK.min(n)];
         let mut total = 0f64;
@@ -69,7 +72,9 @@ impl CustomOp3 for LinearCrossEntropy {
             gradient_in_place(lg, v, &lse[..rows], tc, scale);
             let dhc = &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d];
             matmul(rows, d, v, dhc, d, false, (lg, v, 1), (w, d, 1), 1.0, true);
-            matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
+            if self.need_dw {
+                matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
+            }
         }
         if self.need_grads {
             *self.grads.lock().expect("grads lock") = Some((dh, dw));
@@ -93,7 +98,8 @@ impl CustomOp3 for LinearCrossEntropy {
             let x = if g == 1.0 { x } else { x.into_iter().map(|e| e * g).collect() };
             Tensor::from_vec(x, shape.shape(), shape.device())
         };
-        Ok((Some(scaled(dh, h)?), Some(scaled(dw, w)?), None))
+        let dw = if self.need_dw { Some(scaled(dw, w)?) } else { None };
+        Ok((Some(scaled(dh, h)?), dw, None))
     }
 }
 
@@ -101,6 +107,7 @@ impl CustomOp3 for LinearCrossEntropy {
 /// `h (N, d)` and `w (V, d)`; the logits are never held whole. The gradients are computed in the
 /// forward pass when either input carries them.
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let op = LinearCrossEntropy { need_grads: h.track_op() || w.track_op(), grads: Mutex::new(None) };
+    let op =
+        LinearCrossEntropy { need_grads: h.track_op() || w.track_op(), need_dw: w.track_op(), grads: Mutex::new(None) };
     h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
 }

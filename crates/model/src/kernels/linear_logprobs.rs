@@ -74,7 +74,9 @@ impl CustomOp3 for LinearLogprobs {
         let views = [F32View::of(h, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
         let [hv, wv, g] = views.each_ref().map(F32View::get);
         let targets = targets.to_vec1::<u32>()?;
-        let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; v * d]);
+        // A frozen output layer (not tracked) gets no gradient.
+        let need_dw = w.track_op();
+        let (mut dh, mut dw) = (vec![0f32; n * d], vec![0f32; if need_dw { v * d } else { 0 }]);
         let mut logits = vec![0f32; CHUNK.min(n) * v];
         let mut lse = vec![0f32; CHUNK.min(n)];
         for (c, hc) in hv.chunks(CHUNK * d).enumerate() {
@@ -87,10 +89,13 @@ impl CustomOp3 for LinearLogprobs {
                 grad_rows_in_place(row, &lse[i..i + 1], &targets[r..r + 1], -g[r]);
             });
             matmul(rows, d, v, &mut dh[r0 * d..(r0 + rows) * d], d, false, (lg, v, 1), (wv, d, 1), 1.0, true);
-            matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
+            if need_dw {
+                matmul(v, d, rows, &mut dw, d, c > 0, (lg, 1, v), (hc, d, 1), 1.0, true);
+            }
         }
         let dev = h.device();
-        Ok((Some(Tensor::from_vec(dh, (n, d), dev)?), Some(Tensor::from_vec(dw, (v, d), dev)?), None))
+        let dw = if need_dw { Some(Tensor::from_vec(dw, (v, d), dev)?) } else { None };
+        Ok((Some(Tensor::from_vec(dh, (n, d), dev)?), dw, None))
     }
 }
 

@@ -84,7 +84,8 @@ impl CustomOp2 for RmsNorm {
         let rows = packed.dim(0)? - 1;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dw = packed.narrow(0, rows, 1)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen gain (not tracked) gets no gradient: candle would store one anyway.
+        Ok((Some(dx), w.track_op().then_some(dw)))
     }
 }
 

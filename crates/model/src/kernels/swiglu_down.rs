@@ -59,10 +59,9 @@ impl CustomOp3 for SwigluDown {
         let views = [F32View::of(gate, op)?, F32View::of(up, op)?, F32View::of(w, op)?, F32View::of(&grad, op)?];
         let [ga, ub, wv, g] = views.each_ref().map(F32View::get);
         let n = ga.len() / f.max(1);
-        // The weight's gradient needs the product again: recomputed, not kept.
-        let h = hidden(ga, ub);
-        let dw = new_product(d, f, n, (g, 1, d), (&h, f, 1), true);
-        drop(h);
+        // The weight's gradient needs the product again: recomputed, not kept (and not at all for
+        // a frozen weight).
+        let dw = w.track_op().then(|| new_product(d, f, n, (g, 1, d), (&hidden(ga, ub), f, 1), true));
         let dh = new_product(n, f, d, (g, d, 1), (wv, f, 1), true);
         let (mut dgate, mut dup) = (vec![0f32; n * f], vec![0f32; n * f]);
         backward_all(ga, ub, &dh, &mut dgate, &mut dup);
@@ -70,7 +69,7 @@ impl CustomOp3 for SwigluDown {
         Ok((
             Some(Tensor::from_vec(dgate, gate.shape(), dev)?),
             Some(Tensor::from_vec(dup, up.shape(), dev)?),
-            Some(Tensor::from_vec(dw, (d, f), dev)?),
+            dw.map(|dw| Tensor::from_vec(dw, (d, f), dev)).transpose()?,
         ))
     }
 }
