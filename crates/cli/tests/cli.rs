@@ -61,7 +61,7 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     }
 
     let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 8, "{again}");
+    assert_eq!(again.matches("skipped").count(), 9, "{again}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);
@@ -106,6 +106,21 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     );
     let err = fails(tmp.path(), &["chat", "--model", "runs/speedrun-quick/sft", "--prompt", &"word ".repeat(400)]);
     assert!(err.contains("does not fit the model's context"), "{err}");
+
+    // LoRA: adapters trained, merged into a plain checkpoint that `generate` loads.
+    let mixture = "steps = 3\nbatch_size = 4\neval_every = 3\ncheckpoint_every = 3\n\n[[sources]]\nname = \"world\"\nworld = \"runs/speedrun-quick/world\"\nratio = 1.0\n";
+    std::fs::write(tmp.path().join("mix.toml"), mixture).unwrap();
+    let base = "runs/speedrun-quick/base";
+    let out = ok(
+        tmp.path(),
+        &["sft", "--quiet", "--base", base, "--mixture", "mix.toml", "--out", "lora", "--lora-rank", "2"],
+    );
+    assert!(out.contains("sft: wrote lora"), "{out}");
+    assert!(tmp.path().join("lora/step-0000003/adapter.safetensors").exists());
+    let text = ok(tmp.path(), &["generate", "--quiet", "--model", "lora", "--prompt", "The", "--max-new-tokens", "4"]);
+    assert!(text.starts_with("The"), "{text}");
+    let err = fails(tmp.path(), &["sft", "--quiet", "--base", base, "--mixture", "absent.toml", "--out", "x"]);
+    assert!(err.contains("absent.toml"), "{err}");
 
     // Export to GGUF: a complete file with the format's magic; never overwritten without --force.
     let export = ["export", "gguf", "--model", "runs/speedrun-quick/base", "--out", "m.gguf"];

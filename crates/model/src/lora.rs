@@ -9,9 +9,10 @@
 //! Adapters wrap the layers ([`Proj`]); the model code is the same with or without them.
 
 use crate::ops::linear;
-use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_core::{Result, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
+use tsukuru_core::Rng;
 
 /// The adapters' shape.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -91,15 +92,23 @@ impl Proj {
         }
     }
 
-    /// Attaches an adapter whose `A` and `B` come from `vb` (`lora_A.weight`, `lora_B.weight`,
-    /// the names Hugging Face PEFT uses): `A` drawn like a linear layer's weight, `B` zero.
-    pub fn attach(&mut self, spec: LoraSpec, vb: &VarBuilder) -> Result<()> {
+    /// Attaches an adapter, its `A` and `B` created as variables in `vars` under
+    /// `NAME.lora_A.weight` and `NAME.lora_B.weight` (the names Hugging Face PEFT uses): `A` drawn
+    /// uniformly in ±1/√in from a generator keyed by `seed` and the name, `B` zero.
+    pub fn attach(&mut self, spec: LoraSpec, vars: &VarMap, seed: u64) -> Result<()> {
         spec.validate()?;
         let (out, inp) = self.weight.dims2()?;
+        let (dtype, dev) = (self.weight.dtype(), self.weight.device());
         let bound = 1.0 / (inp as f64).sqrt();
-        let a = vb.get_with_hints((spec.rank, inp), "lora_A.weight", Init::Uniform { lo: -bound, up: bound })?;
-        let b = vb.get_with_hints((out, spec.rank), "lora_B.weight", Init::Const(0.0))?;
-        self.lora = Some(Lora { a, b, scale: spec.alpha / spec.rank as f64 });
+        let mut rng = Rng::stream(seed, &format!("lora/{}", self.name));
+        let a: Vec<f32> = (0..spec.rank * inp).map(|_| ((2.0 * rng.f64() - 1.0) * bound) as f32).collect();
+        let a = Var::from_tensor(&Tensor::from_vec(a, (spec.rank, inp), dev)?.to_dtype(dtype)?)?;
+        let b = Var::zeros((out, spec.rank), dtype, dev)?;
+        let mut data = vars.data().lock().expect("not poisoned");
+        data.insert(format!("{}.lora_A.weight", self.name), a.clone());
+        data.insert(format!("{}.lora_B.weight", self.name), b.clone());
+        self.lora =
+            Some(Lora { a: a.as_tensor().clone(), b: b.as_tensor().clone(), scale: spec.alpha / spec.rank as f64 });
         Ok(())
     }
 

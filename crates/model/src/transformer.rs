@@ -225,13 +225,12 @@ impl Transformer {
     }
 
     /// Attaches a low-rank adapter ([`crate::lora`]) to every projection of every block (attention
-    /// and feed-forward), its `A` and `B` taken from `vb` under the projection's name
-    /// (`model.layers.N.self_attn.q_proj.lora_A.weight`, …). The embedding, norms and output layer
-    /// stay as they are.
-    pub fn attach_lora(&mut self, spec: LoraSpec, vb: &VarBuilder) -> Result<()> {
+    /// and feed-forward), its `A` and `B` new variables in `vars` under the projection's name
+    /// (`model.layers.N.self_attn.q_proj.lora_A.weight`, …), `A` drawn from `seed`. The embedding,
+    /// norms and output layer stay as they are.
+    pub fn attach_lora(&mut self, spec: LoraSpec, vars: &candle_nn::VarMap, seed: u64) -> Result<()> {
         for p in self.projections_mut() {
-            let name = p.name().to_string();
-            p.attach(spec, &vb.pp(name))?;
+            p.attach(spec, vars, seed)?;
         }
         Ok(())
     }

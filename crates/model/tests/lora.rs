@@ -30,7 +30,7 @@ fn adapters_start_neutral_train_alone_and_merge_into_a_plain_model() {
     let mut adapted = Transformer::new(&config(), VarBuilder::from_tensors(base.clone(), DType::F32, &dev)).unwrap();
     let adapters = VarMap::new();
     let spec = LoraSpec { rank: 4, alpha: 8.0 };
-    adapted.attach_lora(spec, &VarBuilder::from_varmap(&adapters, DType::F32, &dev)).unwrap();
+    adapted.attach_lora(spec, &adapters, 5).unwrap();
     assert!(adapted.adapted() && !plain.adapted());
     // 2 layers × 7 projections × (A, B).
     assert_eq!(adapters.all_vars().len(), 28);

@@ -15,9 +15,9 @@ use crate::preference::{sequence_logprobs, PairStats, Preference, PreferenceLoss
 use crate::pretrain::{step_seconds, truncate_metrics, JobOptions};
 use crate::schedule::Schedule;
 use crate::trainer::{LoopConfig, Trainer};
+use crate::tunable::Tunable;
 use crate::TrainError;
-use candle_core::{DType, Device, Var};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -27,8 +27,7 @@ use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
-use tsukuru_model::init::init_params;
-use tsukuru_model::{pretrained, Transformer};
+use tsukuru_model::{pretrained, LoraSpec, Transformer};
 use tsukuru_tokenizer::chat::{Message, Role};
 use tsukuru_tokenizer::Tok;
 use tsukuru_tokens::preferences::{pair_batch, render_pair, Pair, RenderedPair};
@@ -74,6 +73,8 @@ pub struct AlignConfig {
     pub keep_checkpoints: usize,
     /// Share of a user's pairs held out.
     pub val_fraction: f64,
+    /// Train LoRA adapters on the projections instead of every weight (merged into the saved model).
+    pub lora: Option<LoraSpec>,
 }
 
 impl Default for AlignConfig {
@@ -94,6 +95,7 @@ impl Default for AlignConfig {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             val_fraction: 0.05,
+            lora: None,
         }
     }
 }
@@ -302,12 +304,11 @@ pub fn align(
         )))
         }
     };
-    let varmap = init_params(&model_cfg, cfg.seed, DType::F32, device)?;
-    checkpoint::load_weights(&base_dir, &varmap, device)?;
-    let model = Transformer::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let refs = references(&dir.path().join("reference.json"), &model, &set, cfg, device, progress)?;
-    let named: Vec<(String, Var)> =
-        varmap.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let tunable = Tunable::load(&base_dir, &model_cfg, cfg.lora, cfg.seed, device)?;
+    let model = &tunable.model;
+    // Before any step (LoRA's B is zero) the model is the reference.
+    let refs = references(&dir.path().join("reference.json"), model, &set, cfg, device, progress)?;
+    let named = tunable.named_vars();
     let opt = AdamW::new(named.clone(), cfg.adamw)?;
     let loop_cfg = LoopConfig {
         steps: cfg.steps,
@@ -323,7 +324,7 @@ pub fn align(
     let mut cursor = PairCursor { epoch: 0, next: 0 };
     match checkpoint::list(&ckpt_root)?.pop().filter(|_| resuming) {
         Some((_, latest)) => {
-            let loaded = checkpoint::load(&latest, &varmap, &model_cfg, device)?;
+            let loaded = tunable.restore(&latest, device)?;
             trainer.restore(loaded.meta.step, loaded.meta.opt_step, &loaded.opt_state)?;
             truncate_metrics(&metrics_path, loaded.meta.step)?;
             cursor = serde_json::from_value(loaded.meta.loader)
@@ -334,7 +335,7 @@ pub fn align(
     let mut metrics =
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).at("opening", &metrics_path)?;
     let objective = Preference::new(cfg.beta, cfg.loss);
-    let before = evaluate(&model, &set, &refs, cfg, device)?;
+    let before = evaluate(model, &set, &refs, cfg, device)?;
     progress.phase("align", Some(cfg.steps.saturating_sub(trainer.step_count())), Unit::Items);
     while trainer.step_count() < cfg.steps {
         let started = Instant::now();
@@ -342,7 +343,7 @@ pub fn align(
         let chosen: Vec<&RenderedPair> = idx.iter().map(|&i| &set.train[i]).collect();
         let reference: Vec<(f32, f32)> = idx.iter().map(|&i| refs["train"][i]).collect();
         let mut batch = Some(pair_batch(&chosen, Some(&reference)));
-        let r = trainer.step(&model, &objective, device, &mut || batch.take().expect("one micro-batch per step"))?;
+        let r = trainer.step(model, &objective, device, &mut || batch.take().expect("one micro-batch per step"))?;
         let stats = objective.last_stats();
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = serde_json::json!({
@@ -354,7 +355,7 @@ pub fn align(
         progress.status(&format!("step {} loss {:.3}", r.step, r.loss));
         let last = r.step == cfg.steps;
         if r.step % cfg.eval_every == 0 || last {
-            let val = evaluate(&model, &set, &refs, cfg, device)?;
+            let val = evaluate(model, &set, &refs, cfg, device)?;
             writeln!(metrics, "{}", serde_json::json!({"step": r.step, "held_out": val}))
                 .at("writing", &metrics_path)?;
         }
@@ -364,7 +365,7 @@ pub fn align(
             let (opt_step, state) = trainer.optimizer().state();
             let loader = serde_json::to_value(cursor).expect("cursor serialises");
             let meta = Meta { step: r.step, opt_step, loader, model: model_cfg.clone(), val_loss: None };
-            let path = checkpoint::save(&ckpt_root, &varmap, &state, &meta, Some(&tokenizer))?;
+            let path = tunable.save(&ckpt_root, &state, &meta, &tokenizer)?;
             checkpoint::prune(&ckpt_root, cfg.keep_checkpoints, None)?;
             if stop {
                 return Err(TrainError::Interrupted { step: r.step, checkpoint: path });
@@ -372,11 +373,13 @@ pub fn align(
         }
     }
     drop(metrics);
-    let after = evaluate(&model, &set, &refs, cfg, device)?;
+    let after = evaluate(model, &set, &refs, cfg, device)?;
     let summary: Vec<String> =
         after.iter().map(|(g, s)| format!("{g} accuracy {:.1}%, margin {:.3}", 100.0 * s.accuracy, s.margin)).collect();
     progress.finish(&format!("{} steps; held-out pairs: {}", trainer.step_count(), summary.join("; ")));
     manifest.stats = serde_json::json!({
+        "trained_values": tunable.trained_values(),
+        "lora": cfg.lora,
         "final_step": trainer.step_count(),
         "train_seconds": step_seconds(&metrics_path, 0)?,
         "train_pairs": set.train.len(),

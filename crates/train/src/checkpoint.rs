@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use tsukuru_core::error::IoContext;
 use tsukuru_model::ModelConfig;
 
+/// The trained LoRA adapters of a checkpoint whose `model.safetensors` holds merged weights.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
+
 /// What `meta.json` records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +66,21 @@ pub fn save(
     meta: &Meta,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf, TrainError> {
+    let weights: HashMap<String, Tensor> =
+        params.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    save_weights(root, &weights, None, opt_state, meta, tokenizer)
+}
+
+/// [`save`] from the model's weights by name, plus the trained adapters (`adapter.safetensors`)
+/// when the weights are a base with LoRA adapters merged in.
+pub fn save_weights(
+    root: &Path,
+    weights: &HashMap<String, Tensor>,
+    adapter: Option<&HashMap<String, Tensor>>,
+    opt_state: &[(String, Tensor)],
+    meta: &Meta,
+    tokenizer: Option<&Path>,
+) -> Result<PathBuf, TrainError> {
     std::fs::create_dir_all(root).at("creating", root)?;
     let final_dir = root.join(dir_name(meta.step));
     let tmp = root.join(format!(".{}.tmp-{}", dir_name(meta.step), std::process::id()));
@@ -70,14 +88,16 @@ pub fn save(
         std::fs::remove_dir_all(&tmp).at("removing", &tmp)?;
     }
     std::fs::create_dir_all(&tmp).at("creating", &tmp)?;
-    let weights: HashMap<String, Tensor> =
-        params.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    candle_core::safetensors::save(&weights, tmp.join("model.safetensors"))?;
+    candle_core::safetensors::save(weights, tmp.join("model.safetensors"))?;
     let state: HashMap<String, Tensor> = opt_state.iter().cloned().collect();
     candle_core::safetensors::save(&state, tmp.join("state.safetensors"))?;
     write_json(&tmp.join("config.json"), &meta.model)?;
     write_json(&tmp.join("meta.json"), meta)?;
     let mut files = vec!["model.safetensors", "state.safetensors", "config.json", "meta.json"];
+    if let Some(adapter) = adapter {
+        candle_core::safetensors::save(adapter, tmp.join(ADAPTER_FILE))?;
+        files.push(ADAPTER_FILE);
+    }
     if let Some(src) = tokenizer {
         std::fs::copy(src, tmp.join("tokenizer.json")).at("copying", src)?;
         files.push("tokenizer.json");
@@ -138,6 +158,18 @@ pub fn prune(root: &Path, keep: usize, protect: Option<&Path>) -> Result<(), Tra
 
 /// Loads the checkpoint in `dir` into `params`, refusing one made for another model config.
 pub fn load(dir: &Path, params: &VarMap, expected: &ModelConfig, device: &Device) -> Result<Loaded, TrainError> {
+    load_from(dir, "model.safetensors", params, expected, device)
+}
+
+/// [`load`] with the trained values read from `file` of the checkpoint (`adapter.safetensors`
+/// for LoRA runs, whose `model.safetensors` holds merged weights).
+pub fn load_from(
+    dir: &Path,
+    file: &str,
+    params: &VarMap,
+    expected: &ModelConfig,
+    device: &Device,
+) -> Result<Loaded, TrainError> {
     let meta_path = dir.join("meta.json");
     let text = std::fs::read_to_string(&meta_path).map_err(|e| ckpt_err(dir, format!("cannot read meta.json: {e}")))?;
     let meta: Meta = serde_json::from_str(&text).map_err(|e| ckpt_err(dir, format!("meta.json is corrupt: {e}")))?;
@@ -148,28 +180,33 @@ pub fn load(dir: &Path, params: &VarMap, expected: &ModelConfig, device: &Device
             format!("was made for a different model; differing fields: {}", differing.join(", ")),
         ));
     }
-    let read = |name: &str| {
-        candle_core::safetensors::load(dir.join(name), device)
-            .map_err(|e| ckpt_err(dir, format!("{name} is unreadable (truncated or corrupt?): {e}")))
-    };
-    load_weights(dir, params, device)?;
-    let opt_state = read("state.safetensors")?;
+    load_weights_from(dir, file, params, device)?;
+    let opt_state = read_tensors(dir, "state.safetensors", device)?;
     Ok(Loaded { meta, opt_state })
 }
 
 /// Sets every parameter in `params` from `dir/model.safetensors` (any model directory: a
 /// checkpoint, or the base model a later stage starts from), naming what is missing or misshapen.
 pub fn load_weights(dir: &Path, params: &VarMap, device: &Device) -> Result<(), TrainError> {
-    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), device)
-        .map_err(|e| ckpt_err(dir, format!("model.safetensors is unreadable (truncated or corrupt?): {e}")))?;
+    load_weights_from(dir, "model.safetensors", params, device)
+}
+
+fn load_weights_from(dir: &Path, file: &str, params: &VarMap, device: &Device) -> Result<(), TrainError> {
+    let weights = read_tensors(dir, file, device)?;
     for (name, var) in params.data().lock().expect("not poisoned").iter() {
-        let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("model.safetensors lacks {name}")))?;
+        let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("{file} lacks {name}")))?;
         if t.shape() != var.shape() {
             return Err(ckpt_err(dir, format!("{name} has shape {:?}, expected {:?}", t.shape(), var.shape())));
         }
         var.set(&t.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// Every tensor of `dir/file`, or an error naming the file.
+pub fn read_tensors(dir: &Path, file: &str, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
+    candle_core::safetensors::load(dir.join(file), device)
+        .map_err(|e| ckpt_err(dir, format!("{file} is unreadable (truncated or corrupt?): {e}")))
 }
 
 /// Names and values of the config fields that differ, e.g. `d_model: 64 ≠ 128`.

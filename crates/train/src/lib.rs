@@ -15,6 +15,7 @@ pub mod pretrain;
 pub mod schedule;
 pub mod sft;
 pub mod trainer;
+pub mod tunable;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::Schedule;

@@ -14,9 +14,9 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::pretrain::{step_seconds, truncate_metrics, JobOptions};
 use crate::schedule::Schedule;
 use crate::trainer::{LoopConfig, NextToken, Objective, Trainer};
+use crate::tunable::Tunable;
 use crate::TrainError;
-use candle_core::{DType, Device, Var};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,8 +26,7 @@ use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
-use tsukuru_model::init::init_params;
-use tsukuru_model::{pretrained, Transformer};
+use tsukuru_model::{pretrained, LoraSpec, Transformer};
 use tsukuru_tokenizer::chat::{self, Message, Role};
 use tsukuru_tokenizer::Tok;
 use tsukuru_tokens::sft::{fit, pack_in_order, Fit, MixSource, MixtureLoader, MixtureState};
@@ -96,6 +95,8 @@ pub struct SftConfig {
     pub val_fraction: f64,
     /// A system message put before every conversation that has none.
     pub system: Option<String>,
+    /// Train LoRA adapters on the projections instead of every weight (merged into the saved model).
+    pub lora: Option<LoraSpec>,
 }
 
 impl Default for SftConfig {
@@ -117,6 +118,7 @@ impl Default for SftConfig {
             keep_checkpoints: 2,
             val_fraction: 0.05,
             system: None,
+            lora: None,
         }
     }
 }
@@ -321,11 +323,9 @@ pub fn sft(
         }
     };
 
-    let varmap = init_params(&model_cfg, cfg.seed, DType::F32, device)?;
-    checkpoint::load_weights(&base_dir, &varmap, device)?;
-    let model = Transformer::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let named: Vec<(String, Var)> =
-        varmap.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let tunable = Tunable::load(&base_dir, &model_cfg, cfg.lora, cfg.seed, device)?;
+    let model = &tunable.model;
+    let named = tunable.named_vars();
     let opt = AdamW::new(named.clone(), cfg.adamw)?;
     let mut trainer = Trainer::new(named.into_iter().map(|(_, v)| v).collect(), opt, cfg.loop_config())?;
     let mix: Vec<MixSource> = sources.iter().map(|s| s.train.clone()).collect();
@@ -333,7 +333,7 @@ pub fn sft(
     let metrics_path = dir.path().join("metrics.jsonl");
     let mut loader = match checkpoint::list(&ckpt_root)?.pop().filter(|_| resuming) {
         Some((_, latest)) => {
-            let loaded = checkpoint::load(&latest, &varmap, &model_cfg, device)?;
+            let loaded = tunable.restore(&latest, device)?;
             trainer.restore(loaded.meta.step, loaded.meta.opt_step, &loaded.opt_state)?;
             truncate_metrics(&metrics_path, loaded.meta.step)?;
             let state: MixtureState = serde_json::from_value(loaded.meta.loader)
@@ -362,7 +362,7 @@ pub fn sft(
         };
         let trained = batch.targets.iter().filter(|&&t| t != tsukuru_tokens::sft::IGNORE).count();
         let mut pending = Some(batch);
-        let r = trainer.step(&model, &NextToken, device, &mut || pending.take().expect("one micro-batch per step"))?;
+        let r = trainer.step(model, &NextToken, device, &mut || pending.take().expect("one micro-batch per step"))?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = serde_json::json!({
             "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
@@ -373,14 +373,14 @@ pub fn sft(
         progress.status(&format!("step {} loss {:.3}", r.step, r.loss));
         let last = r.step == cfg.steps;
         if r.step % cfg.eval_every == 0 || last {
-            let val = evaluate(&model)?;
+            let val = evaluate(model)?;
             writeln!(metrics, "{}", serde_json::json!({"step": r.step, "val_loss": val}))
                 .at("writing", &metrics_path)?;
             last_val = mean_loss(&val);
         }
         let stop = job.interrupt.is_set() && !last;
         if r.step % cfg.checkpoint_every == 0 || last || stop {
-            save(&ckpt_root, &varmap, &trainer, &loader, &model_cfg, last_val, &tokenizer, cfg)?;
+            save(&ckpt_root, &tunable, &trainer, &loader, &model_cfg, last_val, &tokenizer, cfg)?;
             if stop {
                 let path = ckpt_root.join(checkpoint::dir_name(r.step));
                 return Err(TrainError::Interrupted { step: r.step, checkpoint: path });
@@ -392,13 +392,15 @@ pub fn sft(
     if exhausted {
         progress.note(&format!("every source reached its epochs after {final_step} steps; stopping there"));
     }
-    let val = evaluate(&model)?;
+    let val = evaluate(model)?;
     if checkpoint::list(&ckpt_root)?.last().is_none_or(|(s, _)| *s != final_step) {
-        save(&ckpt_root, &varmap, &trainer, &loader, &model_cfg, mean_loss(&val), &tokenizer, cfg)?;
+        save(&ckpt_root, &tunable, &trainer, &loader, &model_cfg, mean_loss(&val), &tokenizer, cfg)?;
     }
     progress.finish(&format!("{final_step} steps, validation loss {}", describe(&val)));
     let taken = loader.state().taken;
     manifest.stats = serde_json::json!({
+        "trained_values": tunable.trained_values(),
+        "lora": cfg.lora,
         "final_step": final_step,
         "stopped_early": exhausted,
         "train_seconds": step_seconds(&metrics_path, 0)?,
@@ -421,7 +423,7 @@ pub fn sft(
 #[allow(clippy::too_many_arguments)]
 fn save(
     root: &Path,
-    varmap: &candle_nn::VarMap,
+    tunable: &Tunable,
     trainer: &Trainer,
     loader: &MixtureLoader,
     model: &tsukuru_model::ModelConfig,
@@ -432,7 +434,7 @@ fn save(
     let (opt_step, state) = trainer.optimizer().state();
     let loader = serde_json::to_value(loader.state()).expect("mixture state serialises");
     let meta = Meta { step: trainer.step_count(), opt_step, loader, model: model.clone(), val_loss };
-    checkpoint::save(root, varmap, &state, &meta, Some(tokenizer))?;
+    tunable.save(root, &state, &meta, tokenizer)?;
     checkpoint::prune(root, cfg.keep_checkpoints, None)
 }
 

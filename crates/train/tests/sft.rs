@@ -138,3 +138,43 @@ fn bad_input_is_refused_with_the_reason() {
     let err = run(&config(2), &bare);
     assert!(err.contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn lora_trains_adapters_only_saves_a_plain_model_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(10);
+    cfg.lora = Some(tsukuru_model::LoraSpec { rank: 4, alpha: 8.0 });
+    cfg.lr = 1e-2;
+    let whole = tmp.path().join("whole");
+    let o = sft(&fixture().base, &whole, &cfg, &Device::Cpu, &JobOptions::default(), &NoProgress).unwrap();
+    // One layer of width 64, FFN 192 (depth 1): 4 · ((64 + 64) · 4 + (64 + 192) · 3) adapter values.
+    assert_eq!(o.manifest.stats["trained_values"], 4 * (128 * 4 + 256 * 3));
+    let vals = val_losses(&whole);
+    assert!(vals.last().unwrap().1 < vals[0].1, "world validation loss did not fall: {vals:?}");
+    // The checkpoint is a plain model (merged weights) beside the adapters it resumes from.
+    let (_, last) = checkpoint::list(&whole).unwrap().pop().unwrap();
+    assert!(last.join(checkpoint::ADAPTER_FILE).is_file());
+    let merged = tsukuru_model::pretrained::load(&last, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(!merged.adapted());
+    let base =
+        checkpoint::read_tensors(&checkpoint::list(&fixture().base).unwrap()[0].1, "model.safetensors", &Device::Cpu);
+    let tuned = checkpoint::read_tensors(&last, "model.safetensors", &Device::Cpu).unwrap();
+    let base = base.unwrap();
+    let changed = |name: &str| {
+        let d = (&base[name] - &tuned[name]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        d > 0.0
+    };
+    assert!(changed("model.layers.0.self_attn.q_proj.weight"), "the adapters were not merged");
+    assert!(!changed("model.embed_tokens.weight") && !changed("model.norm.weight"), "frozen weights moved");
+
+    let parts = tmp.path().join("parts");
+    let interrupt = Interrupt::new();
+    let rec = Recorder { stop_at: Some(("step 4 ".into(), interrupt.clone())), ..Default::default() };
+    let job = JobOptions { interrupt, ..JobOptions::default() };
+    assert!(sft(&fixture().base, &parts, &cfg, &Device::Cpu, &job, &rec).is_err());
+    let job = JobOptions { resume: true, ..JobOptions::default() };
+    sft(&fixture().base, &parts, &cfg, &Device::Cpu, &job, &NoProgress).unwrap();
+    let weights =
+        |dir: &Path| std::fs::read(checkpoint::list(dir).unwrap().pop().unwrap().1.join("model.safetensors")).unwrap();
+    assert!(weights(&whole) == weights(&parts), "resumed LoRA run differs from the unbroken one");
+}

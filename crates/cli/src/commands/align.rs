@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tsukuru_core::Progress;
+use tsukuru_model::LoraSpec;
 use tsukuru_train::align::AlignConfig;
 use tsukuru_train::preference::PreferenceLoss;
 use tsukuru_train::pretrain::JobOptions;
@@ -33,6 +34,13 @@ pub struct AlignArgs {
     /// Override a setting, e.g. --set steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Train LoRA adapters of this rank on every block projection instead of every weight (the
+    /// saved model has them merged in: a plain checkpoint).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA's scale numerator (updates are scaled by alpha / rank; default 2 × rank).
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
     /// Continue an interrupted run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -47,6 +55,9 @@ pub struct AlignArgs {
 /// Runs `align`.
 pub fn run(a: AlignArgs, progress: &dyn Progress) -> Result<()> {
     let mut cfg: AlignConfig = tsukuru_core::config::load(a.config.as_deref(), "", &a.sets)?;
+    if let Some(rank) = a.lora_rank {
+        cfg.lora = Some(LoraSpec { rank, alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64) });
+    }
     if let Some(beta) = a.beta {
         cfg.beta = beta;
     }

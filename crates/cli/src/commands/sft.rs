@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tsukuru_core::Progress;
+use tsukuru_model::LoraSpec;
 use tsukuru_train::pretrain::JobOptions;
 use tsukuru_train::sft::SftConfig;
 
@@ -24,6 +25,13 @@ pub struct SftArgs {
     /// Override a key of the mixture file, e.g. --set steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Train LoRA adapters of this rank on every block projection instead of every weight (the
+    /// saved model has them merged in: a plain checkpoint).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA's scale numerator (updates are scaled by alpha / rank; default 2 × rank).
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
     /// Continue an interrupted run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -38,6 +46,9 @@ pub struct SftArgs {
 /// Runs `sft`.
 pub fn run(a: SftArgs, progress: &dyn Progress) -> Result<()> {
     let mut cfg: SftConfig = tsukuru_core::config::load(Some(&a.mixture), "", &a.sets)?;
+    if let Some(rank) = a.lora_rank {
+        cfg.lora = Some(LoraSpec { rank, alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64) });
+    }
     let base_dir = a.mixture.parent().unwrap_or(Path::new("."));
     for s in &mut cfg.sources {
         for p in [&mut s.world, &mut s.jsonl].into_iter().flatten() {
