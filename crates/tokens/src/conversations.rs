@@ -10,17 +10,23 @@ use tsukuru_tokenizer::chat::{self, Message, Role};
 
 /// The conversations of `path`, in file order; blank lines are skipped.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
+    parse_lines(path, |line| {
+        let messages = parse_line(line)?;
+        chat::validate(&messages, true).map_err(|e| e.to_string())?;
+        Ok(messages)
+    })
+}
+
+/// Every non-blank line of `path` through `parse`; an error names the file and the line.
+pub(crate) fn parse_lines<T>(path: &Path, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>> {
     let file = std::fs::File::open(path).at("opening", path)?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.at("reading", path)?;
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            let item = parse(&line).map_err(|m| TokensError::Format(format!("{}:{}: {m}", path.display(), i + 1)))?;
+            out.push(item);
         }
-        let at = |msg: String| TokensError::Format(format!("{}:{}: {msg}", path.display(), i + 1));
-        let messages = parse_line(&line).map_err(at)?;
-        chat::validate(&messages, true).map_err(|e| at(e.to_string()))?;
-        out.push(messages);
     }
     Ok(out)
 }

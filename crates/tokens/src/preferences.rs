@@ -9,11 +9,9 @@
 
 use crate::loader::Batch;
 use crate::sft::IGNORE;
-use crate::{Result, TokensError};
+use crate::Result;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use tsukuru_core::error::IoContext;
 use tsukuru_tokenizer::chat::{self, Message, Rendered, Role};
 use tsukuru_tokenizer::special::PAD;
 use tsukuru_tokenizer::Tok;
@@ -31,21 +29,13 @@ pub struct Pair {
 
 /// The pairs of `path`, in file order; blank lines are skipped. Errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Pair>> {
-    let file = std::fs::File::open(path).at("opening", path)?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.at("reading", path)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |msg: String| TokensError::Format(format!("{}:{}: {msg}", path.display(), i + 1));
-        let pair = parse_line(&line).map_err(at)?;
+    crate::conversations::parse_lines(path, |line| {
+        let pair = parse_line(line)?;
         let mut whole = pair.prompt.clone();
         whole.push(Message::new(Role::Assistant, pair.chosen.as_str()));
-        chat::validate(&whole, true).map_err(|e| at(e.to_string()))?;
-        out.push(pair);
-    }
-    Ok(out)
+        chat::validate(&whole, true).map_err(|e| e.to_string())?;
+        Ok(pair)
+    })
 }
 
 fn parse_line(line: &str) -> Result<Pair, String> {

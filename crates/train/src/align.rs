@@ -10,9 +10,9 @@
 //! the held-out pairs' preference accuracy and mean reward margin go to `metrics.jsonl`.
 
 use crate::checkpoint::{self, Meta};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::job::{claim, step_seconds, truncate_metrics, Claim, JobOptions};
+use crate::optim::AdamWConfig;
 use crate::preference::{sequence_logprobs, PairStats, Preference, PreferenceLoss};
-use crate::pretrain::{step_seconds, truncate_metrics, JobOptions};
 use crate::schedule::Schedule;
 use crate::trainer::{LoopConfig, Trainer};
 use crate::tunable::Tunable;
@@ -26,7 +26,7 @@ use std::time::Instant;
 use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
+use tsukuru_core::{Manifest, Outcome, Progress, Rng};
 use tsukuru_model::{pretrained, LoraSpec, Transformer};
 use tsukuru_tokenizer::chat::{Message, Role};
 use tsukuru_tokenizer::Tok;
@@ -73,6 +73,8 @@ pub struct AlignConfig {
     pub keep_checkpoints: usize,
     /// Share of a user's pairs held out.
     pub val_fraction: f64,
+    /// Train on at most this many pairs, the first in file order (0: all of them).
+    pub max_train_pairs: usize,
     /// Train LoRA adapters on the projections instead of every weight (merged into the saved model).
     pub lora: Option<LoraSpec>,
 }
@@ -95,6 +97,7 @@ impl Default for AlignConfig {
             checkpoint_every: 100,
             keep_checkpoints: 2,
             val_fraction: 0.05,
+            max_train_pairs: 0,
             lora: None,
         }
     }
@@ -158,6 +161,7 @@ fn read_pairs(path: &Path, cfg: &AlignConfig, tok: &Tok, context: usize) -> Resu
             continue;
         }
         match group {
+            None if cfg.max_train_pairs > 0 && set.train.len() >= cfg.max_train_pairs => {}
             None => set.train.push(r),
             Some(g) => set.held_out.entry(g).or_default().push(r),
         }
@@ -293,23 +297,15 @@ pub fn align(
     let weights = FileEntry::of(&base_dir, "model.safetensors")?;
     let params = serde_json::json!({ "config": cfg, "model_weights": weights.xxh3, "pairs": pairs_entry.xxh3, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let (dir, resuming) = match OutputDir::prepare_resumable(out, ARTIFACT, &manifest.fingerprint, job.force)? {
-        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => (dir, false),
-        Prepared::Resume(dir) if job.resume => (dir, true),
-        Prepared::Resume(_) => {
-            return Err(TrainError::Config(format!(
-            "{} holds an interrupted run with these settings; pass --resume to continue it or --force to start over",
-            out.display()
-        )))
-        }
+    let (dir, resuming) = match claim(out, ARTIFACT, &manifest, job)? {
+        Claim::Done(outcome) => return Ok(outcome),
+        Claim::Run { dir, resuming } => (dir, resuming),
     };
     let tunable = Tunable::load(&base_dir, &model_cfg, cfg.lora, cfg.seed, device)?;
     let model = &tunable.model;
     // Before any step (LoRA's B is zero) the model is the reference.
     let refs = references(&dir.path().join("reference.json"), model, &set, cfg, device, progress)?;
     let named = tunable.named_vars();
-    let opt = AdamW::new(named.clone(), cfg.adamw)?;
     let loop_cfg = LoopConfig {
         steps: cfg.steps,
         lr: cfg.lr,
@@ -318,7 +314,7 @@ pub fn align(
         clip: cfg.clip,
         max_bad_steps: cfg.max_bad_steps,
     };
-    let mut trainer = Trainer::new(named.into_iter().map(|(_, v)| v).collect(), opt, loop_cfg)?;
+    let mut trainer = Trainer::over(named, cfg.adamw, loop_cfg)?;
     let ckpt_root = dir.path().to_path_buf();
     let metrics_path = dir.path().join("metrics.jsonl");
     let mut cursor = PairCursor { epoch: 0, next: 0 };

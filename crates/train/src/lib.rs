@@ -9,6 +9,7 @@
 
 pub mod align;
 pub mod checkpoint;
+pub mod job;
 pub mod optim;
 pub mod preference;
 pub mod pretrain;

@@ -7,7 +7,9 @@
 //! `metrics.jsonl` up to that step, so the log never holds steps twice.
 
 use crate::checkpoint::{self, Meta};
-use crate::optim::{AdamW, AdamWConfig};
+pub use crate::job::JobOptions;
+use crate::job::{claim, step_seconds, truncate_metrics, Claim};
+use crate::optim::AdamWConfig;
 use crate::schedule::Schedule;
 use crate::trainer::{LoopConfig, NextToken, Objective, Trainer};
 use crate::TrainError;
@@ -19,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tsukuru_core::error::IoContext;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Interrupt, Manifest, Outcome, OutputDir, Prepared, Progress};
+use tsukuru_core::{Manifest, Outcome, Progress};
 use tsukuru_model::init::init_params;
 use tsukuru_model::{Activation, ModelConfig, Transformer};
 use tsukuru_tokens::{Loader, LoaderConfig, TokenDataset};
@@ -165,19 +167,6 @@ fn evaluate(
     Ok((loss, bpb))
 }
 
-/// How a training job treats earlier output in its directory, and requests to stop.
-#[derive(Debug, Clone, Default)]
-pub struct JobOptions {
-    /// Continue an interrupted run of the same settings from its latest checkpoint (without it,
-    /// such a run is refused rather than silently continued).
-    pub resume: bool,
-    /// Replace a different tsukuru output.
-    pub force: bool,
-    /// Polled after every step: once set, a checkpoint is written and the job returns
-    /// [`TrainError::Interrupted`].
-    pub interrupt: Interrupt,
-}
-
 /// Trains a base model on the token shards in `tokens` into `out`; skips if the same run is
 /// complete there (see [`JobOptions`] for resuming, replacing and stopping).
 pub fn pretrain(
@@ -203,23 +192,15 @@ pub fn pretrain(
     let model_cfg = cfg.model_config(train.vocab_size() as usize)?;
     let params = serde_json::json!({ "config": cfg, "tokens": tok_manifest.fingerprint, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let (dir, resuming) = match OutputDir::prepare_resumable(out, ARTIFACT, &manifest.fingerprint, job.force)? {
-        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => (dir, false),
-        Prepared::Resume(dir) if job.resume => (dir, true),
-        Prepared::Resume(_) => {
-            return Err(TrainError::Config(format!(
-            "{} holds an interrupted run with these settings; pass --resume to continue it or --force to start over",
-            out.display()
-        )))
-        }
+    let (dir, resuming) = match claim(out, ARTIFACT, &manifest, job)? {
+        Claim::Done(outcome) => return Ok(outcome),
+        Claim::Run { dir, resuming } => (dir, resuming),
     };
     let varmap = init_params(&model_cfg, cfg.seed, DType::F32, device)?;
     let model = Transformer::new(&model_cfg, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
     let named: Vec<(String, Var)> =
         varmap.data().lock().expect("not poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let opt = AdamW::new(named.clone(), cfg.adamw)?;
-    let mut trainer = Trainer::new(named.into_iter().map(|(_, v)| v).collect(), opt, cfg.loop_config())?;
+    let mut trainer = Trainer::over(named, cfg.adamw, cfg.loop_config())?;
     let loader_cfg = LoaderConfig::train(cfg.batch_size, cfg.seq_len, cfg.seed);
     let ckpt_root = dir.path().to_path_buf();
     let metrics_path = dir.path().join("metrics.jsonl");
@@ -304,35 +285,4 @@ pub fn pretrain(
     });
     dir.finish(&manifest)?;
     Ok(Outcome { manifest, skipped: false })
-}
-
-/// Time spent in training steps, summed over `metrics.jsonl` (so it spans resumed runs): each
-/// step line's `seconds`, or `tokens_per_step / tokens_per_s` for lines that give a rate.
-pub(crate) fn step_seconds(path: &Path, tokens_per_step: u64) -> Result<f64, TrainError> {
-    let text = std::fs::read_to_string(path).at("reading", path)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| match v["seconds"].as_f64() {
-            Some(s) => Some(s),
-            None => v["tokens_per_s"].as_f64().filter(|t| *t > 0.0).map(|tps| tokens_per_step as f64 / tps),
-        })
-        .sum::<f64>())
-}
-
-/// Keeps only the lines of `metrics.jsonl` for steps up to `step` (the resumed checkpoint).
-pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
-    tsukuru_core::atomic::write_atomic(path, kept.as_bytes())?;
-    Ok(())
 }

@@ -10,8 +10,8 @@
 //! metrics and a manifest; an interrupted run resumes exactly.
 
 use crate::checkpoint::{self, Meta};
-use crate::optim::{AdamW, AdamWConfig};
-use crate::pretrain::{step_seconds, truncate_metrics, JobOptions};
+use crate::job::{claim, step_seconds, truncate_metrics, Claim, JobOptions};
+use crate::optim::AdamWConfig;
 use crate::schedule::Schedule;
 use crate::trainer::{LoopConfig, NextToken, Objective, Trainer};
 use crate::tunable::Tunable;
@@ -25,7 +25,7 @@ use std::time::Instant;
 use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
+use tsukuru_core::{Manifest, Outcome, Progress, Rng};
 use tsukuru_model::{pretrained, LoraSpec, Transformer};
 use tsukuru_tokenizer::chat::{self, Message, Role};
 use tsukuru_tokenizer::Tok;
@@ -311,23 +311,15 @@ pub fn sft(
     let weights = FileEntry::of(&base_dir, "model.safetensors")?;
     let params = serde_json::json!({ "config": cfg, "base": weights.xxh3, "inputs": inputs, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let (dir, resuming) = match OutputDir::prepare_resumable(out, ARTIFACT, &manifest.fingerprint, job.force)? {
-        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) => (dir, false),
-        Prepared::Resume(dir) if job.resume => (dir, true),
-        Prepared::Resume(_) => {
-            return Err(TrainError::Config(format!(
-            "{} holds an interrupted run with these settings; pass --resume to continue it or --force to start over",
-            out.display()
-        )))
-        }
+    let (dir, resuming) = match claim(out, ARTIFACT, &manifest, job)? {
+        Claim::Done(outcome) => return Ok(outcome),
+        Claim::Run { dir, resuming } => (dir, resuming),
     };
 
     let tunable = Tunable::load(&base_dir, &model_cfg, cfg.lora, cfg.seed, device)?;
     let model = &tunable.model;
     let named = tunable.named_vars();
-    let opt = AdamW::new(named.clone(), cfg.adamw)?;
-    let mut trainer = Trainer::new(named.into_iter().map(|(_, v)| v).collect(), opt, cfg.loop_config())?;
+    let mut trainer = Trainer::over(named, cfg.adamw, cfg.loop_config())?;
     let mix: Vec<MixSource> = sources.iter().map(|s| s.train.clone()).collect();
     let ckpt_root = dir.path().to_path_buf();
     let metrics_path = dir.path().join("metrics.jsonl");

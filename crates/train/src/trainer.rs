@@ -92,6 +92,12 @@ impl Trainer {
         Ok(Self { opt, vars, cfg, step: 0, bad_in_row: 0, skipped: 0 })
     }
 
+    /// A trainer over the named variables, with AdamW set up by `adamw` (grouped by name).
+    pub fn over(named: Vec<(String, Var)>, adamw: crate::AdamWConfig, cfg: LoopConfig) -> Result<Self, TrainError> {
+        let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        Self::new(vars, AdamW::new(named, adamw)?, cfg)
+    }
+
     /// Steps taken so far (skipped ones included).
     pub fn step_count(&self) -> u64 {
         self.step

@@ -137,6 +137,11 @@ fn bad_input_is_refused_with_the_reason() {
     }
     let err = run(&config(2), &bare);
     assert!(err.contains("tokenizer.json"), "{err}");
+    // A tokenizer without the chat tokens at their ids (here `<|user|>` renamed).
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    std::fs::write(bare.join("tokenizer.json"), text.replace("<|user|>", "<|usr|>")).unwrap();
+    let err = run(&config(2), &bare);
+    assert!(err.contains("<|user|>") && err.contains("chat tokens"), "{err}");
 }
 
 #[test]

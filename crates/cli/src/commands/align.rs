@@ -1,10 +1,11 @@
 //! `tsukuru align`: preference optimisation (DPO or IPO) of a chat model on preference pairs.
 
+use super::pretrain::JobArgs;
+use super::sft::LoraArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use tsukuru_core::Progress;
-use tsukuru_model::LoraSpec;
 use tsukuru_train::align::AlignConfig;
 use tsukuru_train::preference::PreferenceLoss;
 use tsukuru_train::pretrain::JobOptions;
@@ -34,37 +35,26 @@ pub struct AlignArgs {
     /// Override a setting, e.g. --set steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Train LoRA adapters of this rank on every block projection instead of every weight (the
-    /// saved model has them merged in: a plain checkpoint).
-    #[arg(long)]
-    pub lora_rank: Option<usize>,
-    /// LoRA's scale numerator (updates are scaled by alpha / rank; default 2 × rank).
-    #[arg(long, requires = "lora_rank")]
-    pub lora_alpha: Option<f64>,
-    /// Continue an interrupted run from its latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Device: cpu, or cuda[:N] in a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Replace a different tsukuru output in --out.
-    #[arg(long)]
-    pub force: bool,
+    /// LoRA instead of every weight.
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// Resuming, device, replacing.
+    #[command(flatten)]
+    pub job: JobArgs,
 }
 
 /// Runs `align`.
 pub fn run(a: AlignArgs, progress: &dyn Progress) -> Result<()> {
     let mut cfg: AlignConfig = tsukuru_core::config::load(a.config.as_deref(), "", &a.sets)?;
-    if let Some(rank) = a.lora_rank {
-        cfg.lora = Some(LoraSpec { rank, alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64) });
-    }
+    cfg.lora = a.lora.spec().or(cfg.lora);
     if let Some(beta) = a.beta {
         cfg.beta = beta;
     }
     if let Some(loss) = &a.loss {
         cfg.loss = if loss == "ipo" { PreferenceLoss::Ipo } else { PreferenceLoss::Dpo };
     }
-    align(&a.model, &a.pairs, &a.out, &cfg, &super::pretrain::device(&a.device)?, a.resume, a.force, progress)
+    let device = super::pretrain::device(&a.job.device)?;
+    align(&a.model, &a.pairs, &a.out, &cfg, &device, a.job.resume, a.job.force, progress)
 }
 
 /// Runs alignment and prints its figures. SIGINT/SIGTERM make it save a checkpoint and stop.

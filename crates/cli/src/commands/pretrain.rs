@@ -22,6 +22,14 @@ pub struct PretrainArgs {
     /// Override a key, e.g. --set pretrain.steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Resuming, device, replacing.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// Flags every training command shares.
+#[derive(Args, Debug)]
+pub struct JobArgs {
     /// Continue an interrupted run from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -59,7 +67,7 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
 /// Runs `pretrain`.
 pub fn run(a: PretrainArgs, progress: &dyn Progress) -> Result<()> {
     let file: PretrainFile = tsukuru_core::config::load(a.config.as_deref(), super::speedrun::TINY, &a.sets)?;
-    pretrain(&a.tokens, &a.out, &file.pretrain, &device(&a.device)?, a.resume, a.force, progress)
+    pretrain(&a.tokens, &a.out, &file.pretrain, &device(&a.job.device)?, a.job.resume, a.job.force, progress)
 }
 
 /// Runs pretraining and prints its figures. SIGINT/SIGTERM make it save a checkpoint and stop.

@@ -1,5 +1,6 @@
 //! `tsukuru sft`: instruction-tune a base model on a mixture of conversation sources.
 
+use super::pretrain::JobArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,17 @@ pub struct SftArgs {
     /// Override a key of the mixture file, e.g. --set steps=100 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// LoRA instead of every weight.
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// Resuming, device, replacing.
+    #[command(flatten)]
+    pub job: JobArgs,
+}
+
+/// LoRA flags of the tuning commands.
+#[derive(Args, Debug)]
+pub struct LoraArgs {
     /// Train LoRA adapters of this rank on every block projection instead of every weight (the
     /// saved model has them merged in: a plain checkpoint).
     #[arg(long)]
@@ -32,23 +44,19 @@ pub struct SftArgs {
     /// LoRA's scale numerator (updates are scaled by alpha / rank; default 2 × rank).
     #[arg(long, requires = "lora_rank")]
     pub lora_alpha: Option<f64>,
-    /// Continue an interrupted run from its latest checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Device: cpu, or cuda[:N] in a build with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Replace a different tsukuru output in --out.
-    #[arg(long)]
-    pub force: bool,
+}
+
+impl LoraArgs {
+    /// The adapters asked for, if any.
+    pub fn spec(&self) -> Option<LoraSpec> {
+        self.lora_rank.map(|rank| LoraSpec { rank, alpha: self.lora_alpha.unwrap_or(2.0 * rank as f64) })
+    }
 }
 
 /// Runs `sft`.
 pub fn run(a: SftArgs, progress: &dyn Progress) -> Result<()> {
     let mut cfg: SftConfig = tsukuru_core::config::load(Some(&a.mixture), "", &a.sets)?;
-    if let Some(rank) = a.lora_rank {
-        cfg.lora = Some(LoraSpec { rank, alpha: a.lora_alpha.unwrap_or(2.0 * rank as f64) });
-    }
+    cfg.lora = a.lora.spec().or(cfg.lora);
     let base_dir = a.mixture.parent().unwrap_or(Path::new("."));
     for s in &mut cfg.sources {
         for p in [&mut s.world, &mut s.jsonl].into_iter().flatten() {
@@ -57,7 +65,7 @@ pub fn run(a: SftArgs, progress: &dyn Progress) -> Result<()> {
             }
         }
     }
-    sft(&a.base, &a.out, &cfg, &super::pretrain::device(&a.device)?, a.resume, a.force, progress)
+    sft(&a.base, &a.out, &cfg, &super::pretrain::device(&a.job.device)?, a.job.resume, a.job.force, progress)
 }
 
 /// Runs instruction tuning and prints its figures. SIGINT/SIGTERM make it save a checkpoint and stop.

@@ -122,6 +122,7 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
             "align.steps=6",
             "align.eval_every=3",
             "align.eval_pairs=16",
+            "align.max_train_pairs=64",
             "align.checkpoint_every=3",
             "task_eval.per_group=3",
         ];

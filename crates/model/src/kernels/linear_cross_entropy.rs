@@ -9,11 +9,11 @@
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
 //! the memory.
 
-use super::cross_entropy::{check_targets, gradient_in_place, lse_of_row, scored};
+use super::cross_entropy::{check_targets, gradient_in_place, scored};
+use super::linear_logprobs::chunk_logits;
 use super::{f32s, matmul, u32s};
 use crate::ops::IGNORE;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 use std::sync::Mutex;
 
 /// Rows of logits computed at a time (a 16 MiB buffer at 8,192 words).
@@ -58,9 +58,8 @@ impl CustomOp3 for LinearCrossEntropy {
         for (c, hc) in h.chunks(CHUNK * d).enumerate() {
             let rows = hc.len() / d;
             let tc = &targets[c * CHUNK..c * CHUNK + rows];
+            chunk_logits(hc, w, d, v, &mut logits, &mut lse);
             let lg = &mut logits[..rows * v];
-            matmul(rows, v, d, lg, v, false, (hc, d, 1), (w, 1, d), 1.0, true);
-            lg.par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
             total += (0..rows)
                 .filter(|&i| tc[i] != IGNORE)
                 .map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize]))

@@ -20,7 +20,7 @@ const CHUNK: usize = 512;
 struct LinearLogprobs;
 
 /// The chunk's logits `h_c · Wᵀ` into `logits` (rows × V) and their log-sum-exps into `lse`.
-fn chunk_logits(hc: &[f32], w: &[f32], d: usize, v: usize, logits: &mut [f32], lse: &mut [f32]) {
+pub(crate) fn chunk_logits(hc: &[f32], w: &[f32], d: usize, v: usize, logits: &mut [f32], lse: &mut [f32]) {
     let rows = hc.len() / d;
     matmul(rows, v, d, &mut logits[..rows * v], v, false, (hc, d, 1), (w, 1, d), 1.0, true);
     logits[..rows * v].par_chunks(v).zip(lse[..rows].par_iter_mut()).for_each(|(row, l)| *l = lse_of_row(row));
