@@ -172,7 +172,7 @@ pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[TaskRecord]) -> 
 }
 
 /// The alignment section: preference accuracy and mean reward margin on held-out pairs, per group,
-/// from the align stage's manifest stats (`after`; `before` is the starting model, where every
+/// from the align stage's manifest stats (`after`; the starting model is the reference, where every
 /// margin is 0).
 pub fn render_preferences(align: &serde_json::Value) -> String {
     let mut r = String::new();

@@ -331,7 +331,6 @@ pub fn align(
     let mut metrics =
         std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).at("opening", &metrics_path)?;
     let objective = Preference::new(cfg.beta, cfg.loss);
-    let before = evaluate(model, &set, &refs, cfg, device)?;
     progress.phase("align", Some(cfg.steps.saturating_sub(trainer.step_count())), Unit::Items);
     while trainer.step_count() < cfg.steps {
         let started = Instant::now();
@@ -381,7 +380,6 @@ pub fn align(
         "train_pairs": set.train.len(),
         "held_out_pairs": set.held_out.iter().map(|(g, v)| (g.clone(), v.len())).collect::<BTreeMap<_, _>>(),
         "dropped_pairs": set.dropped,
-        "before": before,
         "after": after,
     });
     dir.finish(&manifest)?;
