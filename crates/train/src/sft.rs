@@ -168,7 +168,9 @@ impl SftConfig {
 
 /// A source read, rendered and cut to the context.
 struct ReadySource {
-    train: MixSource,
+    name: String,
+    share: f64,
+    train_conversations: usize,
     val: Vec<tsukuru_tokenizer::chat::Rendered>,
     truncated: usize,
     dropped: usize,
@@ -206,7 +208,8 @@ fn jsonl_conversations(path: &Path, seed: u64, val_fraction: f64) -> Result<Trai
     Ok((train, val))
 }
 
-fn prepare_source(s: &SourceConfig, cfg: &SftConfig, tok: &Tok) -> Result<ReadySource, TrainError> {
+/// A source read and rendered: its training conversations for the mixture, the rest for reports.
+fn prepare_source(s: &SourceConfig, cfg: &SftConfig, tok: &Tok) -> Result<(MixSource, ReadySource), TrainError> {
     let (train, val, input) = match (&s.world, &s.jsonl) {
         (Some(dir), _) => {
             let (t, v) = world_conversations(dir, s.tasks.as_deref())?;
@@ -247,8 +250,17 @@ fn prepare_source(s: &SourceConfig, cfg: &SftConfig, tok: &Tok) -> Result<ReadyS
             s.name, cfg.seq_len
         )));
     }
-    let train = MixSource { name: s.name.clone(), ratio: s.ratio, epochs: s.epochs, examples: train };
-    Ok(ReadySource { train, val, truncated, dropped, input })
+    let total_ratio: f64 = cfg.sources.iter().map(|s| s.ratio).sum();
+    let ready = ReadySource {
+        name: s.name.clone(),
+        share: s.ratio / total_ratio,
+        train_conversations: train.len(),
+        val,
+        truncated,
+        dropped,
+        input,
+    };
+    Ok((MixSource { name: s.name.clone(), ratio: s.ratio, epochs: s.epochs, examples: train }, ready))
 }
 
 /// Mean loss over the assistant tokens of up to `n` validation conversations.
@@ -298,11 +310,12 @@ pub fn sft(
             cfg.sources.iter().map(|s| format!("{} {:.3}", s.name, s.ratio / total_ratio)).collect();
         progress.note(&format!("mixture ratios sum to {total_ratio}, not 1; normalised to {}", shares.join(", ")));
     }
-    let sources = cfg.sources.iter().map(|s| prepare_source(s, cfg, &tok)).collect::<Result<Vec<_>, _>>()?;
+    let (mix, sources): (Vec<MixSource>, Vec<ReadySource>) =
+        cfg.sources.iter().map(|s| prepare_source(s, cfg, &tok)).collect::<Result<Vec<_>, _>>()?.into_iter().unzip();
     for s in sources.iter().filter(|s| s.truncated + s.dropped > 0) {
         progress.note(&format!(
             "source `{}`: {} conversations cut to {} tokens, {} dropped (nothing to learn left after the cut)",
-            s.train.name, s.truncated, cfg.seq_len, s.dropped
+            s.name, s.truncated, cfg.seq_len, s.dropped
         ));
     }
     let inputs =
@@ -320,7 +333,6 @@ pub fn sft(
     let model = &tunable.model;
     let named = tunable.named_vars();
     let mut trainer = Trainer::over(named, cfg.adamw, cfg.loop_config())?;
-    let mix: Vec<MixSource> = sources.iter().map(|s| s.train.clone()).collect();
     let ckpt_root = dir.path().to_path_buf();
     let metrics_path = dir.path().join("metrics.jsonl");
     let mut loader = match checkpoint::list(&ckpt_root)?.pop().filter(|_| resuming) {
@@ -342,7 +354,7 @@ pub fn sft(
     let start_step = trainer.step_count();
     progress.phase("sft", Some(cfg.steps.saturating_sub(start_step)), Unit::Items);
     let evaluate = |model: &Transformer| -> Result<BTreeMap<String, Option<f64>>, TrainError> {
-        sources.iter().map(|s| Ok((s.train.name.clone(), validation_loss(model, &s.val, cfg, device)?))).collect()
+        sources.iter().map(|s| Ok((s.name.clone(), validation_loss(model, &s.val, cfg, device)?))).collect()
     };
     let mut exhausted = false;
     let mut last_val = None;
@@ -398,9 +410,9 @@ pub fn sft(
         "train_seconds": step_seconds(&metrics_path, 0)?,
         "val_loss": val,
         "sources": sources.iter().zip(&taken).map(|(s, n)| serde_json::json!({
-            "name": s.train.name,
-            "share": s.train.ratio / total_ratio,
-            "train_conversations": s.train.examples.len(),
+            "name": s.name,
+            "share": s.share,
+            "train_conversations": s.train_conversations,
             "val_conversations": s.val.len(),
             "conversations_trained": n,
             "truncated": s.truncated,
