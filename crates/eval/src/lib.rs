@@ -6,11 +6,13 @@
 //! [`base`] stage runs them all into an `eval/` directory with a manifest; [`report`] renders it.
 //! For chat models: [`chat_tasks`] asks the world's instruction tasks through the chat template and
 //! scores the replies ([`scoring`]) in-domain and out-of-domain, with the hallucination rate.
-//! [`contamination`] finds evaluation items whose n-grams occur in the training text.
+//! [`contamination`] finds evaluation items whose n-grams occur in the training text; [`loglik`]
+//! answers log-likelihood requests and scores multiple choice (`acc`, `acc_norm`).
 
 pub mod base;
 pub mod chat_tasks;
 pub mod contamination;
+pub mod loglik;
 pub mod perplexity;
 pub mod probe;
 pub mod report;

@@ -7,8 +7,8 @@
 //! facts it never states: a model that learned facts (rather than guessing well) scores well above
 //! chance on the first group and near chance on the second.
 
+use crate::loglik::{loglikelihood, tail};
 use crate::Result;
-use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use tsukuru_core::Rng;
@@ -144,11 +144,9 @@ fn score_group(model: &Transformer, tok: &Tok, built: Vec<Built<'_>>) -> Result<
         let mut context = vec![special::BOS];
         context.extend(tok.encode_text(&prompt)?);
         let max_len = model.config().max_seq_len;
-        let conts: Vec<Vec<u32>> =
-            options.iter().map(|o| continuation(tok, &prompt, o, &context)).collect::<Result<_>>()?;
-        let lls = log_likelihoods(model, &context, &conts, max_len)?;
+        let lls: Vec<f64> = loglikelihood(model, tok, &prompt, &options)?.iter().map(|l| l.logprob).collect();
         let chosen = (0..lls.len()).fold(0, |best, i| if lls[i] > lls[best] { i } else { best });
-        let answer_len = conts[options.iter().position(|o| *o == answer).expect("answer is an option")].len();
+        let answer_len = tail(tok, &prompt, &answer, &context[1..])?.len();
         let room = max_len.saturating_sub(context.len());
         let mut sampler = Sampler::new(SamplingParams::greedy())?;
         let g = generate(
@@ -177,38 +175,4 @@ fn score_group(model: &Transformer, tok: &Tok, built: Vec<Built<'_>>) -> Result<
         });
     }
     Ok(out)
-}
-
-/// Tokens of `option` as it continues `prompt`: the tail of the whole text's encoding when the
-/// prompt's tokens are its prefix (the usual case: the split puts a boundary before the space),
-/// else the option encoded alone.
-fn continuation(tok: &Tok, prompt: &str, option: &str, context: &[u32]) -> Result<Vec<u32>> {
-    let whole = tok.encode_text(&format!("{prompt}{option}"))?;
-    let prompt_ids = &context[1..];
-    Ok(if whole.starts_with(prompt_ids) { whole[prompt_ids.len()..].to_vec() } else { tok.encode_text(option)? })
-}
-
-/// Summed log-probability of each continuation after `context`, all in one padded batch.
-fn log_likelihoods(model: &Transformer, context: &[u32], conts: &[Vec<u32>], max_len: usize) -> Result<Vec<f64>> {
-    let len = conts.iter().map(|c| context.len() + c.len()).max().unwrap_or(context.len()).min(max_len);
-    let mut ids = Vec::with_capacity(conts.len() * len);
-    for c in conts {
-        let mut row: Vec<u32> = context.iter().chain(c).copied().take(len).collect();
-        row.resize(len, special::PAD); // padding sits after the scored positions: causal attention ignores it
-        ids.extend(row);
-    }
-    let device = model.device();
-    let logits = model.forward(&Tensor::from_vec(ids.clone(), (conts.len(), len), device)?, None)?;
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?.to_vec3::<f32>()?;
-    Ok(conts
-        .iter()
-        .enumerate()
-        .map(|(b, c)| {
-            (0..c.len())
-                .map(|j| context.len() + j)
-                .filter(|&pos| pos < len)
-                .map(|pos| f64::from(logp[b][pos - 1][ids[b * len + pos] as usize]))
-                .sum()
-        })
-        .collect())
 }

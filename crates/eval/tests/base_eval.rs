@@ -141,3 +141,28 @@ fn the_stage_writes_its_files_and_skips_when_done() {
     let again = tsukuru_eval::base::evaluate_base(inputs, &out, &ecfg, &Device::Cpu, false, &NoProgress).unwrap();
     assert!(again.skipped);
 }
+
+#[test]
+fn loglikelihoods_match_the_model_and_greedy_continuations_are_marked() {
+    let tok = Tok::load(&run().join("tok")).unwrap();
+    let (_, m, _) = model(tok.vocab_size());
+    let context = "Bramford is a city in";
+    let conts: Vec<String> = [" Ostavia.", " the north", "!"].iter().map(|s| s.to_string()).collect();
+    let lls = tsukuru_eval::loglik::loglikelihood(&m, &tok, context, &conts).unwrap();
+    // Each equals the sum of its tokens' log-probabilities from a separate full forward pass.
+    for (c, ll) in conts.iter().zip(&lls) {
+        let mut ids = vec![tsukuru_tokenizer::special::BOS];
+        ids.extend(tok.encode_text(&format!("{context}{c}")).unwrap());
+        let n_ctx = 1 + tok.encode_text(context).unwrap().len();
+        let t = candle_core::Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+        let logits = m.forward(&t, None).unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap().to_vec3::<f32>().unwrap();
+        let want: f64 = (n_ctx..ids.len()).map(|p| f64::from(logp[0][p - 1][ids[p] as usize])).sum();
+        assert!((ll.logprob - want).abs() < 1e-3, "{c:?}: {} vs {want}", ll.logprob);
+        assert!(ll.logprob < 0.0);
+    }
+    // Multiple choice picks the most likely continuation.
+    let best = (0..lls.len()).fold(0, |b, i| if lls[i].logprob > lls[b].logprob { i } else { b });
+    let pick = tsukuru_eval::loglik::multiple_choice(&m, &tok, context, &conts, best, "").unwrap();
+    assert!(pick.acc && pick.pred == best, "{pick:?}");
+}
