@@ -7,11 +7,13 @@
 //! For chat models: [`chat_tasks`] asks the world's instruction tasks through the chat template and
 //! scores the replies ([`scoring`]) in-domain and out-of-domain, with the hallucination rate.
 //! [`contamination`] finds evaluation items whose n-grams occur in the training text; [`loglik`]
-//! answers log-likelihood requests and scores multiple choice (`acc`, `acc_norm`).
+//! answers log-likelihood requests and scores multiple choice (`acc`, `acc_norm`); [`items`] reads
+//! users' evaluation items (multiple choice, generation, text) from JSONL.
 
 pub mod base;
 pub mod chat_tasks;
 pub mod contamination;
+pub mod items;
 pub mod loglik;
 pub mod perplexity;
 pub mod probe;

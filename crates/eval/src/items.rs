@@ -1,0 +1,196 @@
+//! Evaluation items users bring: one JSON object per line, of three kinds.
+//!
+//! ```text
+//! {"kind": "choice",   "id": "arc-1", "context": "Question: …\nAnswer:", "choices": ["…", "…"], "gold": 1}
+//! {"kind": "generate", "id": "gsm-7", "prompt": "…", "answer": "42", "scoring": "number"}
+//! {"kind": "text",     "id": "wiki-3", "text": "…"}
+//! ```
+//!
+//! `choice` items are scored by log-likelihood (`acc`, `acc_norm`, [`crate::loglik`]); the choices
+//! continue the context after a space unless `delimiter` says otherwise. `generate` items are
+//! answered by greedy decoding and scored by `scoring` (`contains`, `number`, `refusal`, `rouge`,
+//! as for the world's tasks; default `contains`). `text` items are scored by loss and bits per
+//! byte. Every item may carry `domain` (`in` or `out`: whether its task was in the training
+//! distribution; default `out`, the safe assumption for outside data) and `split` (`test`, the
+//! default, or `fewshot`: examples shown before test items, never scored). Unknown keys are
+//! refused, so a misspelt field is not silently ignored.
+//!
+//! Converting public sets: ARC and MMLU rows become `choice` items — context `"Question: {q}\n
+//! Answer:"`, `choices` the answer texts, `gold` the index of the key (MMLU's `answer`, ARC's
+//! `answerKey` looked up in `choices.label`); GSM8K rows become `generate` items with `scoring =
+//! "number"` and `answer` the number after `####`; a corpus becomes `text` items, one per document.
+
+use crate::{EvalError, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use tsukuru_core::error::IoContext;
+use tsukuru_world::tasks::Scoring;
+
+/// Whether an item's task was in the model's training distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Domain {
+    /// In the training distribution.
+    In,
+    /// Outside it (the default for outside data).
+    #[default]
+    Out,
+}
+
+/// Which part of a task file an item belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemSplit {
+    /// Scored.
+    #[default]
+    Test,
+    /// Shown as examples before test items (few-shot), never scored.
+    Fewshot,
+}
+
+fn space() -> String {
+    " ".to_string()
+}
+
+fn contains() -> Scoring {
+    Scoring::Contains
+}
+
+/// One evaluation item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Item {
+    /// Multiple choice scored by log-likelihood.
+    Choice {
+        /// Stable id.
+        id: String,
+        /// The text the choices continue.
+        context: String,
+        /// The options.
+        choices: Vec<String>,
+        /// Index of the right option.
+        gold: usize,
+        /// Put between the context and each choice.
+        #[serde(default = "space")]
+        delimiter: String,
+        /// In or out of the training distribution.
+        #[serde(default)]
+        domain: Domain,
+        /// Test item or few-shot example.
+        #[serde(default)]
+        split: ItemSplit,
+    },
+    /// A prompt answered by greedy decoding.
+    Generate {
+        /// Stable id.
+        id: String,
+        /// The prompt.
+        prompt: String,
+        /// What the reply is scored against.
+        answer: String,
+        /// How (default `contains`).
+        #[serde(default = "contains")]
+        scoring: Scoring,
+        /// In or out of the training distribution.
+        #[serde(default)]
+        domain: Domain,
+        /// Test item or few-shot example.
+        #[serde(default)]
+        split: ItemSplit,
+    },
+    /// Text scored by loss and bits per byte.
+    Text {
+        /// Stable id.
+        id: String,
+        /// The text.
+        text: String,
+        /// In or out of the training distribution.
+        #[serde(default)]
+        domain: Domain,
+    },
+}
+
+impl Item {
+    /// The item's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Item::Choice { id, .. } | Item::Generate { id, .. } | Item::Text { id, .. } => id,
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        match self {
+            Item::Choice { choices, gold, .. } if choices.len() < 2 => {
+                Err(format!("a choice item needs at least two choices, got {} (gold {gold})", choices.len()))
+            }
+            Item::Choice { choices, gold, .. } if *gold >= choices.len() => {
+                Err(format!("gold is {gold} but there are {} choices (gold counts from 0)", choices.len()))
+            }
+            Item::Text { text, .. } if text.trim().is_empty() => Err("a text item needs text".into()),
+            _ if self.id().is_empty() => Err("`id` must not be empty".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The items of `path`, in file order (blank lines skipped); an error names the file, the line
+/// and the reason, and ids must be unique.
+pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
+    let file = std::fs::File::open(path).at("opening", path)?;
+    let mut out: Vec<Item> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.at("reading", path)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |m: String| EvalError::Config(format!("{}:{}: {m}", path.display(), i + 1));
+        let item: Item = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        item.check().map_err(at)?;
+        if !seen.insert(item.id().to_string()) {
+            return Err(at(format!("id `{}` appears twice", item.id())));
+        }
+        out.push(item);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_with_its_defaults_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        let good = [
+            r#"{"kind": "choice", "id": "a", "context": "Q: 2+2?\nA:", "choices": ["3", "4"], "gold": 1}"#,
+            r#"{"kind": "generate", "id": "b", "prompt": "7*6?", "answer": "42", "scoring": "number", "domain": "in"}"#,
+            r#"{"kind": "text", "id": "c", "text": "Some prose."}"#,
+            r#"{"kind": "choice", "id": "d", "context": "x", "choices": ["y", "z"], "gold": 0, "split": "fewshot", "delimiter": ""}"#,
+        ];
+        std::fs::write(&path, good.join("\n\n")).unwrap();
+        let items = read_jsonl(&path).unwrap();
+        assert_eq!(items.len(), 4);
+        match &items[0] {
+            Item::Choice { delimiter, domain, split, .. } => {
+                assert_eq!((delimiter.as_str(), *domain, *split), (" ", Domain::Out, ItemSplit::Test))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(&items[1], Item::Generate { scoring: Scoring::Number, domain: Domain::In, .. }));
+        assert!(matches!(&items[3], Item::Choice { split: ItemSplit::Fewshot, .. }));
+        for (bad, reason) in [
+            (r#"{"kind": "choice", "id": "x", "context": "c", "choices": ["a", "b"], "gold": 2}"#, "gold is 2"),
+            (r#"{"kind": "choice", "id": "x", "context": "c", "choices": ["a"], "gold": 0}"#, "at least two"),
+            (r#"{"kind": "generate", "id": "x", "prompt": "p", "answer": "a", "scorng": "number"}"#, "scorng"),
+            (r#"{"kind": "essay", "id": "x"}"#, "essay"),
+            (r#"{"kind": "text", "id": "a", "text": "dup"}"#, "appears twice"),
+        ] {
+            std::fs::write(&path, format!("{}\n{bad}\n", good[0])).unwrap();
+            let err = read_jsonl(&path).unwrap_err().to_string();
+            assert!(err.contains("items.jsonl:2:") && err.contains(reason), "{bad}: {err}");
+        }
+    }
+}
