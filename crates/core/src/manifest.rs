@@ -47,6 +47,12 @@ impl FileEntry {
         }
         Ok(Self { path: rel.to_string(), bytes, xxh3: format!("{:016x}", h.digest()) })
     }
+
+    /// [`FileEntry::of`] an input file given by its path, recorded under its file name.
+    pub fn of_path(path: &Path) -> Result<Self> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Self::of(path.parent().unwrap_or(Path::new(".")), &name)
+    }
 }
 
 /// What a finished stage says about its output.

@@ -293,7 +293,7 @@ pub fn align(
             set.dropped, model_cfg.max_seq_len
         ));
     }
-    let pairs_entry = FileEntry::of(pairs.parent().unwrap_or(Path::new(".")), &file_name(pairs))?;
+    let pairs_entry = FileEntry::of_path(pairs)?;
     let weights = FileEntry::of(&base_dir, "model.safetensors")?;
     let params = serde_json::json!({ "config": cfg, "model_weights": weights.xxh3, "pairs": pairs_entry.xxh3, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
@@ -384,10 +384,6 @@ pub fn align(
     });
     dir.finish(&manifest)?;
     Ok(Outcome { manifest, skipped: false })
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]

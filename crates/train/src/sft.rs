@@ -318,9 +318,7 @@ pub fn sft(
             s.name, s.truncated, cfg.seq_len, s.dropped
         ));
     }
-    let inputs =
-        sources.iter().map(|s| FileEntry::of(s.input.parent().unwrap_or(Path::new(".")), &file_name(&s.input)));
-    let inputs: Vec<FileEntry> = inputs.collect::<Result<_, _>>()?;
+    let inputs: Vec<FileEntry> = sources.iter().map(|s| FileEntry::of_path(&s.input)).collect::<Result<_, _>>()?;
     let weights = FileEntry::of(&base_dir, "model.safetensors")?;
     let params = serde_json::json!({ "config": cfg, "base": weights.xxh3, "inputs": inputs, "model": model_cfg });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
@@ -457,8 +455,4 @@ fn describe(val: &BTreeMap<String, Option<f64>>) -> String {
         })
         .collect();
     parts.join(", ")
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
