@@ -11,6 +11,7 @@
 //! letters and digits (punctuation and spacing never hide an overlap). Items shorter than `n`
 //! words cannot be checked this way and say so.
 
+use crate::scoring::normalised_words;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use tsukuru_data::bloom::Bloom;
@@ -48,11 +49,6 @@ impl Overlap {
     pub fn checkable(&self) -> bool {
         self.ngrams > 0
     }
-}
-
-/// Lower-cased words (runs of letters and digits) of `text`.
-pub fn normalised_words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 fn hash(words: &[String]) -> u64 {

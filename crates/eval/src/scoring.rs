@@ -33,14 +33,15 @@ pub fn refuses(text: &str) -> bool {
     t.contains("don't know") || t.contains("do not know") || t.contains("don’t know")
 }
 
-/// Lower-cased words (letters and digits) of `text`.
-fn words(text: &str) -> Vec<String> {
+/// Lower-cased words (runs of letters and digits) of `text`: what ROUGE, containment and the
+/// contamination check compare.
+pub fn normalised_words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 /// Whether the words of `needle` occur consecutively among the words of `text`.
 pub fn contains_words(text: &str, needle: &str) -> bool {
-    let (t, n) = (words(text), words(needle));
+    let (t, n) = (normalised_words(text), normalised_words(needle));
     !n.is_empty() && t.windows(n.len()).any(|w| w == n.as_slice())
 }
 
@@ -51,7 +52,7 @@ fn numbers(text: &str) -> impl Iterator<Item = &str> {
 
 /// ROUGE-L F1 of `candidate` against `reference`, over lower-cased words.
 pub fn rouge_l(candidate: &str, reference: &str) -> f64 {
-    let (c, r) = (words(candidate), words(reference));
+    let (c, r) = (normalised_words(candidate), normalised_words(reference));
     if c.is_empty() || r.is_empty() {
         return 0.0;
     }
