@@ -20,11 +20,9 @@
 //! `answerKey` looked up in `choices.label`); GSM8K rows become `generate` items with `scoring =
 //! "number"` and `answer` the number after `####`; a corpus becomes `text` items, one per document.
 
-use crate::{EvalError, Result};
+use crate::Result;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use tsukuru_core::error::IoContext;
 use tsukuru_world::tasks::Scoring;
 
 /// Whether an item's task was in the model's training distribution.
@@ -137,23 +135,15 @@ impl Item {
 /// The items of `path`, in file order (blank lines skipped); an error names the file, the line
 /// and the reason, and ids must be unique.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Item>> {
-    let file = std::fs::File::open(path).at("opening", path)?;
-    let mut out: Vec<Item> = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.at("reading", path)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = |m: String| EvalError::Config(format!("{}:{}: {m}", path.display(), i + 1));
-        let item: Item = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
-        item.check().map_err(at)?;
+    Ok(tsukuru_tokens::conversations::parse_lines(path, |line| {
+        let item: Item = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        item.check()?;
         if !seen.insert(item.id().to_string()) {
-            return Err(at(format!("id `{}` appears twice", item.id())));
+            return Err(format!("id `{}` appears twice", item.id()));
         }
-        out.push(item);
-    }
-    Ok(out)
+        Ok(item)
+    })?)
 }
 
 #[cfg(test)]

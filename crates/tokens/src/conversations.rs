@@ -17,8 +17,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Vec<Message>>> {
     })
 }
 
-/// Every non-blank line of `path` through `parse`; an error names the file and the line.
-pub(crate) fn parse_lines<T>(path: &Path, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>> {
+/// Every non-blank line of `path` through `parse`, in order; an error names the file and the line.
+pub fn parse_lines<T>(path: &Path, mut parse: impl FnMut(&str) -> Result<T, String>) -> Result<Vec<T>> {
     let file = std::fs::File::open(path).at("opening", path)?;
     let mut out = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
