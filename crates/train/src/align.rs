@@ -129,10 +129,14 @@ struct PairSet {
 
 /// Reads `path` as the world's pairs if its first line is one, as a user's pairs otherwise.
 fn read_pairs(path: &Path, cfg: &AlignConfig, tok: &Tok, context: usize) -> Result<PairSet, TrainError> {
-    let text = std::fs::read_to_string(path).at("reading", path)?;
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    // The format is told by the first non-blank line; the reader of that format reads the file.
+    let file = std::fs::File::open(path).at("opening", path)?;
+    let first = std::io::BufRead::lines(std::io::BufReader::new(file))
+        .map_while(std::result::Result::ok)
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
     let mut groups: Vec<(Option<String>, Pair)> = Vec::new();
-    if serde_json::from_str::<PreferencePair>(first).is_ok() {
+    if serde_json::from_str::<PreferencePair>(&first).is_ok() {
         let pairs: Vec<PreferencePair> =
             tsukuru_world::read_jsonl(path).map_err(|e| TrainError::Config(e.to_string()))?;
         for p in pairs {
