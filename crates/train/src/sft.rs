@@ -169,7 +169,6 @@ impl SftConfig {
 /// A source read, rendered and cut to the context.
 struct ReadySource {
     name: String,
-    share: f64,
     train_conversations: usize,
     val: Vec<tsukuru_tokenizer::chat::Rendered>,
     truncated: usize,
@@ -250,16 +249,7 @@ fn prepare_source(s: &SourceConfig, cfg: &SftConfig, tok: &Tok) -> Result<(MixSo
             s.name, cfg.seq_len
         )));
     }
-    let total_ratio: f64 = cfg.sources.iter().map(|s| s.ratio).sum();
-    let ready = ReadySource {
-        name: s.name.clone(),
-        share: s.ratio / total_ratio,
-        train_conversations: train.len(),
-        val,
-        truncated,
-        dropped,
-        input,
-    };
+    let ready = ReadySource { name: s.name.clone(), train_conversations: train.len(), val, truncated, dropped, input };
     Ok((MixSource { name: s.name.clone(), ratio: s.ratio, epochs: s.epochs, examples: train }, ready))
 }
 
@@ -407,9 +397,9 @@ pub fn sft(
         "stopped_early": exhausted,
         "train_seconds": step_seconds(&metrics_path, 0)?,
         "val_loss": val,
-        "sources": sources.iter().zip(&taken).map(|(s, n)| serde_json::json!({
+        "sources": sources.iter().zip(&cfg.sources).zip(&taken).map(|((s, c), n)| serde_json::json!({
             "name": s.name,
-            "share": s.share,
+            "share": c.ratio / total_ratio,
             "train_conversations": s.train_conversations,
             "val_conversations": s.val.len(),
             "conversations_trained": n,
