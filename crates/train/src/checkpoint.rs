@@ -7,7 +7,7 @@
 //! none. Loading checks every file and refuses a different model config, naming the fields.
 
 use crate::TrainError;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -194,13 +194,40 @@ pub fn load_weights(dir: &Path, params: &VarMap, device: &Device) -> Result<(), 
 fn load_weights_from(dir: &Path, file: &str, params: &VarMap, device: &Device) -> Result<(), TrainError> {
     let weights = read_tensors(dir, file, device)?;
     for (name, var) in params.data().lock().expect("not poisoned").iter() {
-        let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("{file} lacks {name}")))?;
-        if t.shape() != var.shape() {
-            return Err(ckpt_err(dir, format!("{name} has shape {:?}, expected {:?}", t.shape(), var.shape())));
-        }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        var.set(&stored(dir, file, &weights, name, var.dims())?.to_dtype(var.dtype())?)?;
     }
     Ok(())
+}
+
+/// Trainable f32 parameters for `config` made straight from `dir/model.safetensors` (no values
+/// drawn first only to be overwritten), checked like [`load_weights`].
+pub fn read_params(dir: &Path, config: &ModelConfig, device: &Device) -> Result<VarMap, TrainError> {
+    let file = "model.safetensors";
+    let weights = read_tensors(dir, file, device)?;
+    let params = VarMap::new();
+    {
+        let mut data = params.data().lock().expect("fresh map is not poisoned");
+        for (name, shape, _) in tsukuru_model::init::param_specs(config) {
+            let t = stored(dir, file, &weights, &name, &shape)?.to_dtype(candle_core::DType::F32)?;
+            data.insert(name, Var::from_tensor(&t)?);
+        }
+    }
+    Ok(params)
+}
+
+/// The tensor `name` of `file`, which must have `shape`; errors name what is missing or misshapen.
+fn stored<'w>(
+    dir: &Path,
+    file: &str,
+    weights: &'w HashMap<String, Tensor>,
+    name: &str,
+    shape: &[usize],
+) -> Result<&'w Tensor, TrainError> {
+    let t = weights.get(name).ok_or_else(|| ckpt_err(dir, format!("{file} lacks {name}")))?;
+    if t.dims() != shape {
+        return Err(ckpt_err(dir, format!("{name} has shape {:?}, expected {:?}", t.shape(), shape)));
+    }
+    Ok(t)
 }
 
 /// Every tensor of `dir/file`, or an error naming the file.

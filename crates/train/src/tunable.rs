@@ -11,7 +11,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use tsukuru_model::init::init_params;
 use tsukuru_model::{LoraSpec, ModelConfig, Transformer};
 
 /// A model being tuned and its trained variables.
@@ -35,8 +34,7 @@ impl Tunable {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let Some(spec) = lora else {
-            let vars = init_params(config, seed, DType::F32, device)?;
-            checkpoint::load_weights(dir, &vars, device)?;
+            let vars = checkpoint::read_params(dir, config, device)?;
             let model = Transformer::new(config, VarBuilder::from_varmap(&vars, DType::F32, device))?;
             return Ok(Self { model, vars, base: None, config: config.clone() });
         };
