@@ -176,10 +176,14 @@ pub fn evaluate_stages(
     progress: &dyn Progress,
 ) -> Result<Outcome> {
     let tasks_file = FileEntry::of(world, "tasks.jsonl")?;
+    // Each model's checkpoint, resolved once: the one fingerprinted is the one evaluated.
+    let resolved: Vec<(&str, std::path::PathBuf)> = models
+        .iter()
+        .map(|(name, dir)| Ok((*name, tsukuru_model::pretrained::resolve(dir)?)))
+        .collect::<Result<_>>()?;
     let mut weights = Vec::new();
-    for (name, dir) in models {
-        let dir = tsukuru_model::pretrained::resolve(dir)?;
-        weights.push((name.to_string(), FileEntry::of(&dir, "model.safetensors")?.xxh3));
+    for (name, dir) in &resolved {
+        weights.push((name.to_string(), FileEntry::of(dir, "model.safetensors")?.xxh3));
     }
     let params = serde_json::json!({ "config": cfg, "tasks": tasks_file.xxh3, "models": weights });
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
@@ -191,9 +195,8 @@ pub fn evaluate_stages(
     let chosen = select(&examples, cfg)?;
     let mut summary = Vec::new();
     let mut files = Vec::new();
-    for (name, model_dir) in models {
-        let dir_m = tsukuru_model::pretrained::resolve(model_dir)?;
-        let model = tsukuru_model::pretrained::load(&dir_m, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    for (name, dir_m) in &resolved {
+        let model = tsukuru_model::pretrained::load(dir_m, candle_core::DType::F32, &candle_core::Device::Cpu)?;
         let tok = Tok::from_file(&dir_m.join("tokenizer.json"))?;
         progress.phase(&format!("tasks {name}"), Some(chosen.len() as u64), Unit::Items);
         let records = ask(&model, &tok, &chosen, cfg, progress)?;
