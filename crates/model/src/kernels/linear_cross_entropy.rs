@@ -9,9 +9,9 @@
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
 //! the memory.
 
-use super::cross_entropy::{check_targets, gradient_in_place, scored};
-use super::linear_logprobs::chunk_logits;
-use super::{f32s, matmul, u32s};
+use super::cross_entropy::{gradient_in_place, scored};
+use super::linear_logprobs::{chunk_logits, projected, Projected};
+use super::matmul;
 use crate::ops::IGNORE;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -42,12 +42,7 @@ impl CustomOp3 for LinearCrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (h, w, targets) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, u32s(s3, l3, self.name())?);
-        let ((n, d), (v, d2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
-        if d != d2 || targets.len() != n {
-            candle_core::bail!("linear cross-entropy: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
-        }
-        check_targets(targets, v)?;
+        let Projected { h, w, targets, n, d, v } = projected((s1, l1), (s2, l2), (s3, l3), self.name())?;
         let scale = 1.0 / scored(targets) as f32;
         let dh_len = if self.need_grads { n * d } else { 0 };
         let dw_len = if self.need_grads && self.need_dw { v * d } else { 0 };

@@ -19,6 +19,33 @@ const CHUNK: usize = 512;
 
 struct LinearLogprobs;
 
+/// The inputs of an op on the logits `h · Wᵀ` against targets: `h (N, d)`, `w (V, d)`, `N` targets.
+pub(crate) struct Projected<'a> {
+    pub(crate) h: &'a [f32],
+    pub(crate) w: &'a [f32],
+    pub(crate) targets: &'a [u32],
+    pub(crate) n: usize,
+    pub(crate) d: usize,
+    pub(crate) v: usize,
+}
+
+/// Reads and checks [`Projected`] inputs (shapes that fit, targets inside the vocabulary or
+/// ignored); errors name `op`.
+pub(crate) fn projected<'a>(
+    h: (&'a CpuStorage, &Layout),
+    w: (&'a CpuStorage, &Layout),
+    t: (&'a CpuStorage, &Layout),
+    op: &str,
+) -> Result<Projected<'a>> {
+    let (hs, ws, targets) = (f32s(h.0, h.1, op)?, f32s(w.0, w.1, op)?, u32s(t.0, t.1, op)?);
+    let ((n, d), (v, d2)) = (h.1.shape().dims2()?, w.1.shape().dims2()?);
+    if d != d2 || targets.len() != n {
+        candle_core::bail!("{op}: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
+    }
+    check_targets(targets, v)?;
+    Ok(Projected { h: hs, w: ws, targets, n, d, v })
+}
+
 /// The chunk's logits `h_c · Wᵀ` into `logits` (rows × V) and their log-sum-exps into `lse`.
 pub(crate) fn chunk_logits(hc: &[f32], w: &[f32], d: usize, v: usize, logits: &mut [f32], lse: &mut [f32]) {
     let rows = hc.len() / d;
@@ -40,12 +67,7 @@ impl CustomOp3 for LinearLogprobs {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (h, w, targets) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, u32s(s3, l3, self.name())?);
-        let ((n, d), (v, d2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
-        if d != d2 || targets.len() != n {
-            candle_core::bail!("linear log-probs: h {n}×{d}, weight {v}×{d2}, {} targets", targets.len());
-        }
-        check_targets(targets, v)?;
+        let Projected { h, w, targets, n, d, v } = projected((s1, l1), (s2, l2), (s3, l3), self.name())?;
         let mut logits = vec![0f32; CHUNK.min(n) * v];
         let mut lse = vec![0f32; CHUNK.min(n)];
         let mut out = vec![0f32; n];
