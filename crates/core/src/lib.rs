@@ -5,8 +5,9 @@
 //! artifact ([`manifest`]), crash-safe file replacement ([`atomic`]), a portable
 //! seeded random generator whose streams never change between releases ([`rng`]),
 //! TOML configs with `--set key=value` overrides ([`config`]), a cooperative stop flag that
-//! signal handlers set ([`interrupt`]), and the
-//! [`progress::Progress`] trait that libraries report through.
+//! signal handlers set ([`interrupt`]), the
+//! [`progress::Progress`] trait that libraries report through, and [`IGNORE_TARGET`], the one
+//! value both the batch loaders and the losses use for an unscored target.
 
 pub mod atomic;
 pub mod config;
@@ -18,6 +19,11 @@ pub mod rng;
 pub mod run;
 
 pub use error::{Error, Result};
+
+/// The target of a position that is not scored (prompt tokens in instruction tuning, padding): the
+/// loaders write it, and every loss skips it and averages over the other targets. One value for
+/// both sides of the batch format.
+pub const IGNORE_TARGET: u32 = u32::MAX;
 pub use interrupt::Interrupt;
 pub use manifest::{Manifest, Outcome, OutputDir, Prepared};
 pub use progress::{NoProgress, Progress};

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A target that is not scored (prompt tokens in instruction tuning, padding): the losses skip it
 /// and average over the others.
-pub const IGNORE: u32 = u32::MAX;
+pub use tsukuru_core::IGNORE_TARGET as IGNORE;
 
 /// 0: not decided yet, 1: fused kernels on, 2: off.
 static FUSED: AtomicU8 = AtomicU8::new(0);

@@ -21,8 +21,8 @@ use tsukuru_core::Rng;
 use tsukuru_tokenizer::chat::Rendered;
 use tsukuru_tokenizer::special::PAD;
 
-/// A target that is not scored; the same value as `tsukuru_model::ops::IGNORE`.
-pub const IGNORE: u32 = u32::MAX;
+/// A target that is not scored (the value every loss skips).
+pub use tsukuru_core::IGNORE_TARGET as IGNORE;
 
 /// What [`fit`] did to a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,9 +33,6 @@ impl Objective for NextToken {
     }
 }
 
-// The loaders mark unscored targets with the value the model's losses skip.
-const _: () = assert!(tsukuru_tokens::sft::IGNORE == tsukuru_model::ops::IGNORE);
-
 /// Settings of the loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
