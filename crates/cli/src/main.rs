@@ -48,6 +48,9 @@ enum Command {
     Align(commands::align::AlignArgs),
     /// Talk to an instruction-tuned model: multi-turn in the terminal, or one reply with --prompt.
     Chat(commands::chat::ChatArgs),
+    /// Evaluate a model on tasks (multiple choice, generation, bits per byte; in- and out-of-domain);
+    /// `eval contamination` finds items that occur in training data.
+    Eval(commands::eval::EvalArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
         Command::Sft(a) => commands::sft::run(a, &progress),
         Command::Align(a) => commands::align::run(a, &progress),
+        Command::Eval(a) => commands::eval::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),

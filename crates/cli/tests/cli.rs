@@ -293,3 +293,99 @@ fn pretrain_stopped_with_sigterm_saves_a_checkpoint_and_resumes() {
         .collect();
     assert_eq!(logged, (1..=60).collect::<Vec<_>>());
 }
+
+const NAMES: [&str; 8] = ["Orla", "Bren", "Talis", "Maud", "Ivo", "Senna", "Corr", "Hale"];
+
+/// Sentence `i` of the planted corpus without its last word, a name, which is the answer to
+/// recall. Three invented words unique to `i` are spread so that every 13-word window holds one:
+/// no two sentences share a 13-gram.
+fn planted(i: usize) -> (String, String) {
+    const SYLLABLES: [&str; 10] = ["ka", "lo", "mir", "tes", "vu", "dran", "pel", "sho", "gan", "rei"];
+    let word = |j: usize| -> String {
+        let n = i * 3 + j;
+        [n / 100 % 10, n / 10 % 10, n % 10].iter().map(|&d| SYLLABLES[d]).collect::<String>() + SYLLABLES[i % 7]
+    };
+    const THINGS: [&str; 6] = ["bell", "lantern", "ledger", "anchor", "banner", "kettle"];
+    let sentence = format!(
+        "In {} the people of {} keep a {} beside the mill of {} and it was made long ago by",
+        word(0),
+        word(1),
+        THINGS[i % THINGS.len()],
+        word(2),
+    );
+    (sentence, NAMES[(i * 5 + i / 8) % NAMES.len()].to_string())
+}
+
+#[test]
+fn a_deliberately_contaminated_task_is_detected_and_its_inflated_score_shown_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // 40 eval items; the even ones are planted in the training data, 30 times each, among filler
+    // sentences of the same kind (never eval items): only memorisation tells the halves apart.
+    let mut corpus = String::new();
+    let mut items = String::new();
+    for i in 0..40 {
+        let (context, name) = planted(i);
+        let mut choices: Vec<&str> = NAMES.iter().copied().filter(|n| *n != name).take(3).collect();
+        choices.insert(i % 4, &name);
+        let item = serde_json::json!({"kind": "choice", "id": format!("c{i}"), "context": context, "choices": choices, "gold": i % 4});
+        items.push_str(&format!("{item}\n"));
+        if i.is_multiple_of(2) {
+            for k in 0..30 {
+                corpus.push_str(&format!("{}\n", serde_json::json!({"text": format!("Entry {k}. {context} {name}.")})));
+            }
+        }
+    }
+    for i in 40..400 {
+        let (context, name) = planted(i);
+        corpus.push_str(&format!("{}\n", serde_json::json!({"text": format!("{context} {name}.")})));
+    }
+    std::fs::write(d.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(d.join("leaks.jsonl"), items).unwrap();
+    let no_dedup = ["--set", "dedup.exact=false", "--set", "dedup.near=false", "--val-fraction", "0.05"];
+    ok(d, &[&["data", "prepare", "--quiet", "--input", "corpus.jsonl", "--out", "data"][..], &no_dedup[..]].concat());
+    ok(d, &["tokenizer", "train", "--quiet", "--data", "data", "--out", "tok", "--vocab-size", "400"]);
+    ok(d, &["data", "tokenize", "--quiet", "--data", "data", "--tokenizer", "tok", "--out", "tokens"]);
+    let sets = [
+        "pretrain.steps=150",
+        "pretrain.model.depth=1",
+        "pretrain.seq_len=64",
+        "pretrain.eval_every=150",
+        "pretrain.checkpoint_every=150",
+        "pretrain.schedule.warmup=10",
+    ];
+    let mut args = vec!["pretrain", "--quiet", "--tokens", "tokens", "--out", "base"];
+    args.extend(sets.iter().flat_map(|s| ["--set", s]));
+    ok(d, &args);
+
+    let out =
+        ok(d, &["eval", "contamination", "--quiet", "--train", "data", "--tasks", "leaks.jsonl", "--out", "c.json"]);
+    assert!(out.contains("20 of 40 checked items contaminated"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("c.json")).unwrap()).unwrap();
+    for item in report["items"].as_array().unwrap() {
+        let i: usize = item["id"].as_str().unwrap()[1..].parse().unwrap();
+        let want = if i.is_multiple_of(2) { "contaminated" } else { "clean" };
+        assert_eq!(item["verdict"], want, "{item}");
+    }
+    let table = ok(
+        d,
+        &["eval", "--quiet", "--model", "base", "--tasks", "leaks.jsonl", "--contamination", "c.json", "--out", "ev"],
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("ev/summary.json")).unwrap()).unwrap();
+    let acc = &summary["rows"][0];
+    assert_eq!(acc["metric"], "acc");
+    let (clean, dirty) = (acc["clean"]["value"].as_f64().unwrap(), acc["contaminated"]["value"].as_f64().unwrap());
+    assert_eq!((acc["clean"]["n"].as_u64(), acc["contaminated"]["n"].as_u64()), (Some(20), Some(20)));
+    assert!(dirty >= clean + 0.3, "memorised items must score far above clean ones: {clean} vs {dirty}\n{table}");
+    assert!(table.contains("| clean (n) | contaminated (n) |"), "{table}");
+    assert_eq!(std::fs::read_to_string(d.join("ev/results.jsonl")).unwrap().lines().count(), 40);
+    // Rerunning skips; a report that misses items is refused with the way out.
+    assert!(ok(
+        d,
+        &["eval", "--quiet", "--model", "base", "--tasks", "leaks.jsonl", "--contamination", "c.json", "--out", "ev"]
+    )
+    .contains("skipped"));
+    let err = fails(d, &["eval", "--model", "base", "--tasks", "leaks.jsonl", "--out", "ev"]);
+    assert!(err.contains("--force"), "{err}");
+}

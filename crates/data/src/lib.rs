@@ -5,6 +5,8 @@
 //! low-quality documents with a reason each, [`dedup`] removes exact and near
 //! duplicates ([`minhash`], [`bloom`]) in bounded memory, and [`shards`] writes
 //! compressed JSONL. [`prepare`] runs them in order and writes the manifest last.
+//! [`ngrams`] finds word n-grams shared between texts: evaluation items in training data, or
+//! training documents that overlap evaluation items (decontamination).
 
 pub mod bloom;
 pub mod dedup;
@@ -12,6 +14,7 @@ pub mod error;
 pub mod filter;
 pub mod input;
 pub mod minhash;
+pub mod ngrams;
 pub mod normalize;
 pub mod prepare;
 pub mod shards;

@@ -7,6 +7,7 @@
 //! compare. Replies are scored by each example's [`Scoring`] ([`crate::scoring`]); ROUGE-L counts
 //! as its F1. Invented-name questions are the hallucination measure and stay out of the accuracy.
 
+use crate::harness::{greedy_reply, keep_end, STOP};
 use crate::scoring::score;
 use crate::{EvalError, Result};
 use serde::{Deserialize, Serialize};
@@ -17,10 +18,9 @@ use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
-use tsukuru_infer::{generate, Sampler, SamplingParams};
 use tsukuru_model::Transformer;
 use tsukuru_tokenizer::chat::{render_prompt, Message, Role};
-use tsukuru_tokenizer::{special, Tok};
+use tsukuru_tokenizer::Tok;
 use tsukuru_world::tasks::{Example, Split, TaskKind};
 
 /// Artifact name of a task evaluation.
@@ -136,19 +136,13 @@ pub fn ask(
     cfg: &TaskEvalConfig,
     progress: &dyn Progress,
 ) -> Result<Vec<TaskRecord>> {
-    let mut sampler = Sampler::new(SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 })?;
     let context = model.config().max_seq_len;
     let mut out = Vec::with_capacity(examples.len());
     for e in examples {
         let mut prompt = render_prompt(tok, &[Message::new(Role::User, &e.prompt)])?;
         // A prompt longer than the context keeps its end (the question), leaving room to reply.
-        let keep = context.saturating_sub(cfg.max_new_tokens.min(context / 2)).max(1);
-        if prompt.len() > keep {
-            prompt.drain(..prompt.len() - keep);
-        }
-        let stop = [special::END, special::EOS, special::BOS];
-        let g = generate(model, &prompt, cfg.max_new_tokens, &mut sampler, &stop, &mut |_| {})?;
-        let reply = tok.decode(&g.tokens)?;
+        keep_end(&mut prompt, context - cfg.max_new_tokens.min(context / 2));
+        let reply = greedy_reply(model, tok, &prompt, cfg.max_new_tokens, &STOP)?;
         let s = score(e.scoring, &reply, &e.answer, &e.response);
         out.push(TaskRecord {
             id: e.id.clone(),

@@ -1,153 +1,252 @@
-//! Whether evaluation items leaked into training data: overlap of word n-grams (13 by default,
-//! as in GPT-3's and lm-evaluation-harness's decontamination) between each item and everything
-//! trained on.
+//! Contamination of an evaluation suite: which items' text occurs in the training data.
 //!
-//! Training text streams through once; each of its n-grams is hashed (XXH3 of the normalised
-//! words) into a Bloom filter of fixed size, so memory stays bounded however much text there is.
-//! The price is false positives: an n-gram never trained on is reported present with the filter's
-//! rate ([`NgramIndex::false_positive_rate`]), which is reported beside the verdicts. An item is
-//! contaminated when any of its n-grams is found; the words those n-grams cover are returned as
-//! spans, so a report can show what overlapped. Normalisation: lower case, words are runs of
-//! letters and digits (punctuation and spacing never hide an overlap). Items shorter than `n`
-//! words cannot be checked this way and say so.
+//! The training data streams through once into an n-gram index
+//! ([`tsukuru_data::ngrams::NgramIndex`], a Bloom filter sized from the data's size within a
+//! memory cap); then every item's whole text (question and answer, [`Item::full_text`]) is looked
+//! up. An item is contaminated when any of its n-grams occurs in training, clean when none does,
+//! and unchecked when it has fewer than n words. The filter's false-positive rate is reported:
+//! it is the chance that a clean item's single n-gram is wrongly found, so an item with k n-grams
+//! is wrongly marked with probability at most k times it.
+//!
+//! Training data is read from prepared text (`tsukuru data prepare`: its train split), token
+//! shards (`tsukuru data tokenize`: its train split, decoded with the tokenizer stored beside
+//! it), or raw input files (txt, jsonl, parquet, read as `data prepare` reads them).
 
-use crate::scoring::normalised_words;
+use crate::items::Item;
+use crate::suite::Suite;
+use crate::{EvalError, Result};
 use serde::{Deserialize, Serialize};
-use std::ops::Range;
-use tsukuru_data::bloom::Bloom;
+use std::path::Path;
+use tsukuru_core::progress::Unit;
+use tsukuru_core::{Manifest, Progress};
+use tsukuru_data::ngrams::{normalised_words, NgramIndex};
 
-/// Probes per n-gram in the filter.
-const PROBES: u32 = 7;
-
-/// The training side: every n-gram of the text added so far.
-#[derive(Debug, Clone)]
-pub struct NgramIndex {
-    n: usize,
-    bloom: Bloom,
+/// An item's standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// None of its n-grams occurs in training.
+    Clean,
+    /// Some of its n-grams occur in training.
+    Contaminated,
+    /// Shorter than n words: cannot be checked this way.
+    Unchecked,
 }
 
-/// What an item shares with the training text.
+/// One item checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Overlap {
-    /// The item's words (after normalisation).
-    pub words: usize,
-    /// Its n-grams found in the training text.
+pub struct ItemCheck {
+    /// Its task.
+    pub task: String,
+    /// Its id.
+    pub id: String,
+    /// Clean, contaminated or unchecked.
+    pub verdict: Verdict,
+    /// Its n-grams found in training.
     pub matched: usize,
-    /// Its n-grams in all (0 when it is shorter than n words: it cannot be checked).
+    /// Its n-grams in all.
     pub ngrams: usize,
-    /// Runs of the item's words covered by found n-grams, as word ranges.
-    pub spans: Vec<Range<usize>>,
+    /// The overlapping passages (normalised words).
+    pub spans: Vec<String>,
 }
 
-impl Overlap {
-    /// True when any n-gram of the item was found in the training text.
-    pub fn contaminated(&self) -> bool {
-        self.matched > 0
+/// A whole check (`tsukuru eval contamination`'s output).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContaminationReport {
+    /// N-gram length in words.
+    pub n: usize,
+    /// The training data, as given.
+    pub train: String,
+    /// Training documents read.
+    pub documents: u64,
+    /// Training n-grams added (with repeats).
+    pub ngrams_added: u64,
+    /// Bytes of the filter.
+    pub filter_bytes: usize,
+    /// Chance that one n-gram never trained on is reported present.
+    pub false_positive_rate: f64,
+    /// Every test item of the suite.
+    pub items: Vec<ItemCheck>,
+}
+
+impl ContaminationReport {
+    /// The verdict on `(task, id)`, if it was checked.
+    pub fn verdict(&self, task: &str, id: &str) -> Option<Verdict> {
+        self.items.iter().find(|c| c.task == task && c.id == id).map(|c| c.verdict)
     }
 
-    /// False when the item is shorter than n words.
-    pub fn checkable(&self) -> bool {
-        self.ngrams > 0
+    /// Reads a report written by `tsukuru eval contamination`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EvalError::Config(format!("cannot read the contamination report {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            EvalError::Config(format!(
+                "{} is not a contamination report ({e}); make it with `tsukuru eval contamination`",
+                path.display()
+            ))
+        })
+    }
+
+    /// (checked, contaminated, unchecked) counts of `task`, or of all tasks.
+    pub fn counts(&self, task: Option<&str>) -> (usize, usize, usize) {
+        let of = |v: Verdict| self.items.iter().filter(|c| task.is_none_or(|t| c.task == t) && c.verdict == v).count();
+        let (clean, dirty) = (of(Verdict::Clean), of(Verdict::Contaminated));
+        (clean + dirty, dirty, of(Verdict::Unchecked))
     }
 }
 
-fn hash(words: &[String]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for w in words {
-        h.update(w.as_bytes());
-        h.update(&[0x1f]);
-    }
-    h.digest()
+/// Checks every test item of `suite` against `index`.
+pub fn check_suite(index: &NgramIndex, suite: &Suite) -> Vec<ItemCheck> {
+    suite.tasks.iter().flat_map(|t| t.items.iter().map(move |item| check_item(index, &t.name, item))).collect()
 }
 
-impl NgramIndex {
-    /// An empty index of `n`-grams in a filter of `bytes` bytes.
-    pub fn new(n: usize, bytes: usize) -> Self {
-        Self { n: n.max(1), bloom: Bloom::new(bytes, PROBES) }
+fn check_item(index: &NgramIndex, task: &str, item: &Item) -> ItemCheck {
+    let text = item.full_text();
+    let overlap = index.check(&text);
+    let words = normalised_words(&text);
+    let verdict = match (overlap.checkable(), overlap.contaminated()) {
+        (false, _) => Verdict::Unchecked,
+        (true, true) => Verdict::Contaminated,
+        (true, false) => Verdict::Clean,
+    };
+    ItemCheck {
+        task: task.to_string(),
+        id: item.id().to_string(),
+        verdict,
+        matched: overlap.matched,
+        ngrams: overlap.ngrams,
+        spans: overlap.spans.iter().map(|r| words[r.clone()].join(" ")).collect(),
     }
+}
 
-    /// The n-gram length.
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Adds every n-gram of `text` (a document: n-grams never span two documents).
-    pub fn add_text(&mut self, text: &str) {
-        let words = normalised_words(text);
-        for gram in words.windows(self.n) {
-            self.bloom.insert(hash(gram));
-        }
-    }
-
-    /// N-grams added so far (with repeats).
-    pub fn added(&self) -> u64 {
-        self.bloom.inserted()
-    }
-
-    /// The chance that an n-gram never added is reported present, at the current fill.
-    pub fn false_positive_rate(&self) -> f64 {
-        self.bloom.false_positive_rate()
-    }
-
-    /// What `item` shares with the text added so far.
-    pub fn check(&self, item: &str) -> Overlap {
-        let words = normalised_words(item);
-        let mut spans: Vec<Range<usize>> = Vec::new();
-        let mut matched = 0;
-        for (i, gram) in words.windows(self.n).enumerate() {
-            if !self.bloom.contains(hash(gram)) {
-                continue;
+/// Streams the training data at `train` into an n-gram index of at most `max_bytes`; returns it
+/// with the number of documents read.
+pub fn index_training(train: &Path, n: usize, max_bytes: usize, progress: &dyn Progress) -> Result<(NgramIndex, u64)> {
+    // About one n-gram per word, and about five bytes per word of English-like text.
+    let expect = |bytes: u64| bytes / 5;
+    let artifact = Manifest::read(train).ok().map(|m| m.artifact);
+    let mut docs = 0u64;
+    let index = match artifact.as_deref() {
+        Some(tsukuru_data::prepare::ARTIFACT) => {
+            let manifest = Manifest::read(train)?;
+            let bytes = manifest.stats["counts"]["train_bytes"].as_u64().unwrap_or(1 << 30);
+            let mut index = NgramIndex::sized_for(n, expect(bytes), max_bytes);
+            progress.phase("index training text", Some(bytes), Unit::Bytes);
+            for record in tsukuru_data::shards::SplitReader::open(train, "train")? {
+                let record = record?;
+                index.add_text(&record.text);
+                progress.advance(record.text.len() as u64);
+                docs += 1;
             }
-            matched += 1;
-            match spans.last_mut() {
-                Some(last) if last.end >= i => last.end = i + self.n,
-                _ => spans.push(i..i + self.n),
-            }
+            index
         }
-        Overlap { words: words.len(), matched, ngrams: words.len().saturating_sub(self.n - 1), spans }
+        Some(tsukuru_tokens::tokenize::ARTIFACT) => {
+            let data = tsukuru_tokens::TokenDataset::open(train, "train")?;
+            let tok = tsukuru_tokenizer::Tok::from_file(&train.join("tokenizer.json"))?;
+            let bytes = data.text_bytes().unwrap_or(data.n_tokens() * 4);
+            let mut index = NgramIndex::sized_for(n, expect(bytes), max_bytes);
+            progress.phase("index training tokens", Some(data.n_docs()), Unit::Items);
+            let mut ids = Vec::new();
+            for d in 0..data.n_docs() {
+                ids.clear();
+                data.read_doc(d, u64::MAX, &mut ids);
+                let body: Vec<u32> = ids.iter().copied().filter(|&t| t != data.bos()).collect();
+                index.add_text(&tok.decode(&body)?);
+                progress.advance(1);
+                docs += 1;
+            }
+            index
+        }
+        Some(other) => {
+            return Err(EvalError::Config(format!(
+                "{} holds a `{other}` output; give prepared text, token shards or raw files as --train",
+                train.display()
+            )))
+        }
+        None => {
+            let files = tsukuru_data::input::discover(&[train.to_path_buf()])?;
+            let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+            let mut index = NgramIndex::sized_for(n, expect(bytes), max_bytes);
+            let defaults = tsukuru_data::PrepareConfig::default();
+            let opts = tsukuru_data::input::ReadOptions {
+                text_field: defaults.text_field,
+                txt_split: defaults.txt_split,
+                skip_invalid: true,
+                max_doc_bytes: u64::MAX,
+            };
+            progress.phase("index training files", Some(bytes), Unit::Bytes);
+            for file in &files {
+                tsukuru_data::input::read_docs(file, &opts, &mut |content, consumed| {
+                    if let tsukuru_data::input::Content::Text(text) = content {
+                        index.add_text(&text);
+                        docs += 1;
+                    }
+                    progress.advance(consumed);
+                    Ok(())
+                })?;
+            }
+            index
+        }
+    };
+    Ok((index, docs))
+}
+
+/// Checks `suite` against the training data at `train` with `n`-grams.
+pub fn check(
+    train: &Path,
+    suite: &Suite,
+    n: usize,
+    max_bytes: usize,
+    progress: &dyn Progress,
+) -> Result<ContaminationReport> {
+    if n == 0 {
+        return Err(EvalError::Config("--n must be at least 1".into()));
     }
+    let (index, documents) = index_training(train, n, max_bytes, progress)?;
+    let items = check_suite(&index, suite);
+    let dirty = items.iter().filter(|c| c.verdict == Verdict::Contaminated).count();
+    progress.finish(&format!("{documents} training documents; {dirty} of {} items contaminated", items.len()));
+    Ok(ContaminationReport {
+        n,
+        train: train.display().to_string(),
+        documents,
+        ngrams_added: index.added(),
+        filter_bytes: index.bytes(),
+        false_positive_rate: index.false_positive_rate(),
+        items,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::items::Domain;
 
-    #[test]
-    fn overlaps_are_found_with_their_spans_and_clean_items_stay_clean() {
-        let mut index = NgramIndex::new(5, 1 << 16);
-        index.add_text("The capital of Ostavia is Kelm, a city of bridges. Its people speak Ostavish.");
-        index.add_text("Unrelated text about tractors and kettles in a second document here.");
-        // Case and punctuation do not hide the overlap; the span covers the shared words.
-        let leaked = index.check("Question: THE capital of ostavia is -- kelm? Answer please");
-        assert!(leaked.contaminated() && leaked.checkable());
-        assert_eq!(leaked.spans, vec![1..7]);
-        assert_eq!((leaked.words, leaked.ngrams, leaked.matched), (9, 5, 2));
-        let clean = index.check("What is the largest city of a country that does not exist at all?");
-        assert!(!clean.contaminated() && clean.spans.is_empty());
-        let short = index.check("Kelm is big");
-        assert!(!short.checkable() && !short.contaminated());
-        assert!(index.false_positive_rate() < 1e-6, "{}", index.false_positive_rate());
+    fn text(id: &str, body: &str) -> Item {
+        Item::Text { id: id.into(), task: Some("t".into()), text: body.into(), domain: Domain::In }
     }
 
     #[test]
-    fn ngrams_never_span_two_documents() {
-        let mut index = NgramIndex::new(3, 1 << 12);
-        index.add_text("a b c d e");
-        index.add_text("f g h i j");
-        assert!(index.check("c d e").contaminated());
-        assert!(!index.check("d e f").contaminated() && !index.check("e f g").contaminated());
-    }
-
-    #[test]
-    fn the_false_positive_rate_follows_the_fill() {
-        let mut small = NgramIndex::new(3, 64);
-        for i in 0..200 {
-            small.add_text(&format!("word{i} other{i} more{i} tail{i}"));
-        }
-        let rate = small.false_positive_rate();
-        assert!(rate > 0.5, "a 64-byte filter holding 400 trigrams is nearly full: {rate}");
-        let hits = (0..200).filter(|i| small.check(&format!("never{i} seen{i} before{i}")).contaminated()).count();
-        let observed = hits as f64 / 200.0;
-        assert!((observed - rate).abs() < 0.2, "observed {observed} vs predicted {rate}");
+    fn leaked_items_are_found_in_raw_training_files_with_their_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaked = "the quick brown fox jumps over the lazy dog near the old mill by the river";
+        let train = format!("{{\"text\": \"Intro words here. {leaked}. More words.\"}}\n{{\"text\": \"other\"}}\n");
+        std::fs::write(dir.path().join("train.jsonl"), train).unwrap();
+        let suite = Suite::from_items(vec![
+            text("leak", &format!("Question: {}?", leaked.to_uppercase())),
+            text("clean", "a sentence of fourteen words that never appears in the training data at all"),
+            text("short", "too short"),
+        ])
+        .unwrap();
+        let report = check(dir.path(), &suite, 13, 1 << 20, &tsukuru_core::progress::NoProgress).unwrap();
+        assert_eq!(report.documents, 2);
+        let by_id = |id: &str| report.items.iter().find(|c| c.id == id).unwrap();
+        assert_eq!(by_id("leak").verdict, Verdict::Contaminated);
+        assert_eq!(by_id("leak").spans, vec![leaked.to_string()]);
+        assert_eq!(by_id("clean").verdict, Verdict::Clean);
+        assert_eq!(by_id("short").verdict, Verdict::Unchecked);
+        assert_eq!(report.counts(None), (2, 1, 1));
+        assert_eq!(report.verdict("t", "leak"), Some(Verdict::Contaminated));
+        assert!(report.false_positive_rate < 1e-6);
     }
 }

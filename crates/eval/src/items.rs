@@ -8,12 +8,18 @@
 //!
 //! `choice` items are scored by log-likelihood (`acc`, `acc_norm`, [`crate::loglik`]); the choices
 //! continue the context after a space unless `delimiter` says otherwise. `generate` items are
-//! answered by greedy decoding and scored by `scoring` (`contains`, `number`, `refusal`, `rouge`,
-//! as for the world's tasks; default `contains`). `text` items are scored by loss and bits per
-//! byte. Every item may carry `domain` (`in` or `out`: whether its task was in the training
-//! distribution; default `out`, the safe assumption for outside data) and `split` (`test`, the
-//! default, or `fewshot`: examples shown before test items, never scored). Unknown keys are
-//! refused, so a misspelt field is not silently ignored.
+//! answered by greedy decoding and scored by `scoring` (`exact`, `contains`, `number`, `refusal`,
+//! `rouge`; default `contains`, see [`crate::scoring`]); with `"chat": true` the prompt is put
+//! as a user message through the chat template (for instruction-tuned models), otherwise the model
+//! continues it as text and stops at the first of `until` (default a blank line, `"\n\n"`).
+//! `reference` is the full reply shown in few-shot examples and scored by ROUGE (default: the
+//! answer). `text` items are scored by loss and bits per byte.
+//!
+//! Every item may carry `task` (the name its scores are reported under; default the file's stem),
+//! `domain` (`in` or `out`: whether its task was in the training distribution; default `out`, the
+//! safe assumption for outside data) and, except text, `split` (`test`, the default, or `fewshot`:
+//! examples shown before test items of the same task, never scored). Unknown keys are refused, so
+//! a misspelt field is not silently ignored.
 //!
 //! Converting public sets: ARC and MMLU rows become `choice` items — context `"Question: {q}\n
 //! Answer:"`, `choices` the answer texts, `gold` the index of the key (MMLU's `answer`, ARC's
@@ -26,7 +32,7 @@ use std::path::Path;
 use tsukuru_world::tasks::Scoring;
 
 /// Whether an item's task was in the model's training distribution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Domain {
     /// In the training distribution.
@@ -55,6 +61,10 @@ fn contains() -> Scoring {
     Scoring::Contains
 }
 
+fn blank_line() -> Vec<String> {
+    vec!["\n\n".to_string()]
+}
+
 /// One evaluation item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -63,6 +73,9 @@ pub enum Item {
     Choice {
         /// Stable id.
         id: String,
+        /// The task it is reported under (default: the file's stem).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
         /// The text the choices continue.
         context: String,
         /// The options.
@@ -83,13 +96,25 @@ pub enum Item {
     Generate {
         /// Stable id.
         id: String,
+        /// The task it is reported under (default: the file's stem).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
         /// The prompt.
         prompt: String,
         /// What the reply is scored against.
         answer: String,
+        /// The whole reply shown in few-shot examples and scored by ROUGE (default: the answer).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
         /// How (default `contains`).
         #[serde(default = "contains")]
         scoring: Scoring,
+        /// Ask through the chat template (an instruction-tuned model) instead of continuing text.
+        #[serde(default)]
+        chat: bool,
+        /// Plain prompts: the reply ends before the first of these (default a blank line).
+        #[serde(default = "blank_line")]
+        until: Vec<String>,
         /// In or out of the training distribution.
         #[serde(default)]
         domain: Domain,
@@ -101,6 +126,9 @@ pub enum Item {
     Text {
         /// Stable id.
         id: String,
+        /// The task it is reported under (default: the file's stem).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
         /// The text.
         text: String,
         /// In or out of the training distribution.
@@ -114,6 +142,58 @@ impl Item {
     pub fn id(&self) -> &str {
         match self {
             Item::Choice { id, .. } | Item::Generate { id, .. } | Item::Text { id, .. } => id,
+        }
+    }
+
+    /// The task it is reported under, if it names one.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Item::Choice { task, .. } | Item::Generate { task, .. } | Item::Text { task, .. } => task.as_deref(),
+        }
+    }
+
+    /// Names the task when the item does not (a file's items default to the file's stem).
+    pub fn default_task(&mut self, name: &str) {
+        match self {
+            Item::Choice { task, .. } | Item::Generate { task, .. } | Item::Text { task, .. } => {
+                task.get_or_insert_with(|| name.to_string());
+            }
+        }
+    }
+
+    /// `choice`, `generate` or `text`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Item::Choice { .. } => "choice",
+            Item::Generate { .. } => "generate",
+            Item::Text { .. } => "text",
+        }
+    }
+
+    /// In or out of the training distribution.
+    pub fn domain(&self) -> Domain {
+        match self {
+            Item::Choice { domain, .. } | Item::Generate { domain, .. } | Item::Text { domain, .. } => *domain,
+        }
+    }
+
+    /// Test item or few-shot example (text items are always test items).
+    pub fn split(&self) -> ItemSplit {
+        match self {
+            Item::Choice { split, .. } | Item::Generate { split, .. } => *split,
+            Item::Text { .. } => ItemSplit::Test,
+        }
+    }
+
+    /// The item's whole text, question and answer together: what a contamination check looks for
+    /// in training data (a leaked item usually appears with its answer).
+    pub fn full_text(&self) -> String {
+        match self {
+            Item::Choice { context, choices, gold, delimiter, .. } => format!("{context}{delimiter}{}", choices[*gold]),
+            Item::Generate { prompt, answer, reference, .. } => {
+                format!("{prompt}\n{}", reference.as_deref().unwrap_or(answer))
+            }
+            Item::Text { text, .. } => text.clone(),
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod base;
 pub mod chat_tasks;
 pub mod contamination;
+pub mod harness;
 pub mod items;
 pub mod loglik;
 pub mod perplexity;
@@ -20,6 +21,7 @@ pub mod probe;
 pub mod report;
 pub mod samples;
 pub mod scoring;
+pub mod suite;
 
 /// Errors of evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,9 @@ pub enum EvalError {
     /// File system or manifest problem.
     #[error(transparent)]
     Core(#[from] tsukuru_core::Error),
+    /// Text could not be read.
+    #[error(transparent)]
+    Data(#[from] tsukuru_data::DataError),
     /// Token shards could not be read.
     #[error(transparent)]
     Tokens(#[from] tsukuru_tokens::TokensError),

@@ -49,8 +49,15 @@ fn text_bytes(data: &TokenDataset) -> Result<u64> {
 /// The model's loss over every token of `data`, `batch` windows of `seq_len` at a time.
 pub fn model_loss(model: &Transformer, data: &TokenDataset, seq_len: usize, batch: usize) -> Result<SplitLoss> {
     let ids = stream(data);
+    let total = stream_nats(model, &ids, seq_len, batch)?;
+    Ok(SplitLoss::new(total, ids.len() as u64 - 1, text_bytes(data)?))
+}
+
+/// Summed loss in nats of predicting every token of `ids` but the first, in windows of at most
+/// `seq_len` (and the model's context) overlapping by one token, `batch` windows per forward pass.
+pub fn stream_nats(model: &Transformer, ids: &[u32], seq_len: usize, batch: usize) -> Result<f64> {
     if ids.len() < 2 {
-        return Err(EvalError::Config("the split has fewer than two tokens".into()));
+        return Err(EvalError::Config("fewer than two tokens to score".into()));
     }
     let seq_len = seq_len.min(model.config().max_seq_len);
     let windows: Vec<&[u32]> =
@@ -70,7 +77,7 @@ pub fn model_loss(model: &Transformer, data: &TokenDataset, seq_len: usize, batc
             total -= picked.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
         }
     }
-    Ok(SplitLoss::new(total, ids.len() as u64 - 1, text_bytes(data)?))
+    Ok(total)
 }
 
 /// A unigram model of `train` (add-one smoothed counts) scored on the targets of `eval`.

@@ -83,14 +83,23 @@ fn template_for(all: &[Template], relation: Relation) -> Option<&Template> {
     all.iter().find(|t| t.relation == relation && !t.holdout && t.text.starts_with("{s}") && t.text.ends_with(" {o}."))
 }
 
-/// Probes up to `cfg.facts` stated and as many unstated direct facts of the world.
-pub fn fact_probe(
-    model: &Transformer,
-    tok: &Tok,
-    entities: &[Entity],
-    facts: &[Fact],
-    cfg: &ProbeConfig,
-) -> Result<ProbeResult> {
+/// A fact put as a completion with options: `prompt` continued by one of `options` (each with its
+/// leading space), `answer` the true one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactQuestion<'f> {
+    /// The fact asked.
+    pub fact: &'f Fact,
+    /// The text to continue ("Ana Kelm was born in").
+    pub prompt: String,
+    /// The true continuation, with its leading space.
+    pub answer: String,
+    /// All options, the true one among them.
+    pub options: Vec<String>,
+}
+
+/// Up to `cfg.facts` stated and as many never-stated direct facts of the world, as questions:
+/// `[stated, unstated]`, each a seeded sample.
+pub fn fact_questions<'f>(entities: &[Entity], facts: &'f [Fact], cfg: &ProbeConfig) -> [Vec<FactQuestion<'f>>; 2] {
     let all = templates::all();
     let mut rng = Rng::stream(cfg.seed, "fact-probe");
     let usable: Vec<&Fact> =
@@ -100,25 +109,41 @@ pub fn fact_probe(
     for f in facts {
         objects.entry(f.relation).or_default().insert(f.object_text.as_str());
     }
-    let mut items = Vec::new();
-    let mut scores = Vec::new();
-    for stated in [true, false] {
+    [true, false].map(|stated| {
         let mut group: Vec<&Fact> = usable.iter().copied().filter(|f| (f.mentions > 0) == stated).collect();
         rng.shuffle(&mut group);
         group.truncate(cfg.facts);
-        let mut built = Vec::with_capacity(group.len());
-        for f in group {
-            let t = template_for(&all, f.relation).expect("filtered above");
-            let prompt = t.text[..t.text.len() - " {o}.".len()].replace("{s}", &entities[f.subject as usize].name);
-            let mut pool: Vec<&str> = objects[&f.relation].iter().copied().filter(|o| *o != f.object_text).collect();
-            rng.shuffle(&mut pool);
-            let mut options: Vec<String> =
-                pool.iter().take(cfg.choices.saturating_sub(1)).map(|o| format!(" {o}")).collect();
-            let answer = format!(" {}", f.object_text);
-            options.insert(rng.below(options.len() as u64 + 1) as usize, answer.clone());
-            built.push((f, prompt, answer, options));
-        }
-        let group_items = score_group(model, tok, built)?;
+        group
+            .into_iter()
+            .map(|fact| {
+                let t = template_for(&all, fact.relation).expect("filtered above");
+                let prompt =
+                    t.text[..t.text.len() - " {o}.".len()].replace("{s}", &entities[fact.subject as usize].name);
+                let mut pool: Vec<&str> =
+                    objects[&fact.relation].iter().copied().filter(|o| *o != fact.object_text).collect();
+                rng.shuffle(&mut pool);
+                let mut options: Vec<String> =
+                    pool.iter().take(cfg.choices.saturating_sub(1)).map(|o| format!(" {o}")).collect();
+                let answer = format!(" {}", fact.object_text);
+                options.insert(rng.below(options.len() as u64 + 1) as usize, answer.clone());
+                FactQuestion { fact, prompt, answer, options }
+            })
+            .collect()
+    })
+}
+
+/// Probes up to `cfg.facts` stated and as many unstated direct facts of the world.
+pub fn fact_probe(
+    model: &Transformer,
+    tok: &Tok,
+    entities: &[Entity],
+    facts: &[Fact],
+    cfg: &ProbeConfig,
+) -> Result<ProbeResult> {
+    let mut items = Vec::new();
+    let mut scores = Vec::new();
+    for group in fact_questions(entities, facts, cfg) {
+        let group_items = score_group(model, tok, group)?;
         scores.push(summarise(&group_items));
         items.extend(group_items);
     }
@@ -136,11 +161,9 @@ fn summarise(items: &[ProbeItem]) -> GroupScore {
     }
 }
 
-type Built<'f> = (&'f Fact, String, String, Vec<String>);
-
-fn score_group(model: &Transformer, tok: &Tok, built: Vec<Built<'_>>) -> Result<Vec<ProbeItem>> {
-    let mut out = Vec::with_capacity(built.len());
-    for (f, prompt, answer, options) in built {
+fn score_group(model: &Transformer, tok: &Tok, questions: Vec<FactQuestion<'_>>) -> Result<Vec<ProbeItem>> {
+    let mut out = Vec::with_capacity(questions.len());
+    for FactQuestion { fact: f, prompt, answer, options } in questions {
         let mut context = vec![special::BOS];
         context.extend(tok.encode_text(&prompt)?);
         let max_len = model.config().max_seq_len;

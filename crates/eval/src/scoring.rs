@@ -1,4 +1,5 @@
-//! Scoring a reply against a task's answer: containment at word boundaries, a stated number, a
+//! Scoring a reply against a task's answer: exact match (lm-evaluation-harness's `exact_match` with
+//! case and punctuation ignored), containment at word boundaries, a stated number, a
 //! refusal, and ROUGE-L (the F-measure of the longest common subsequence of words, as in Lin 2004).
 //!
 //! Answers are looked for in the reply's last sentence, its conclusion: the world's reference
@@ -6,6 +7,7 @@
 //! 1950. B in 1962. So A is older."), so a reply naming the right entity only as a step, or naming
 //! both candidates of a comparison, is not counted right.
 
+pub use tsukuru_data::ngrams::normalised_words;
 use tsukuru_world::tasks::Scoring;
 
 /// Score of `reply` for an answer scored by `scoring`: 0 or 1, or ROUGE-L F1 in [0, 1] against
@@ -13,6 +15,7 @@ use tsukuru_world::tasks::Scoring;
 pub fn score(scoring: Scoring, reply: &str, answer: &str, reference: &str) -> f64 {
     let hit = |b: bool| if b { 1.0 } else { 0.0 };
     match scoring {
+        Scoring::Exact => hit(!answer.trim().is_empty() && normalised_words(reply) == normalised_words(answer)),
         Scoring::Contains => hit(contains_words(last_sentence(reply), answer)),
         Scoring::Number => hit(numbers(last_sentence(reply)).any(|n| n == answer)),
         Scoring::Refusal => hit(refuses(reply)),
@@ -31,12 +34,6 @@ pub fn last_sentence(text: &str) -> &str {
 pub fn refuses(text: &str) -> bool {
     let t = text.to_lowercase();
     t.contains("don't know") || t.contains("do not know") || t.contains("don’t know")
-}
-
-/// Lower-cased words (runs of letters and digits) of `text`: what ROUGE, containment and the
-/// contamination check compare.
-pub fn normalised_words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
 }
 
 /// Whether the words of `needle` occur consecutively among the words of `text`.
@@ -81,6 +78,8 @@ mod tests {
 
     #[test]
     fn each_scoring_accepts_the_right_reply_and_rejects_near_misses() {
+        assert_eq!(score(Scoring::Exact, " Zio  systems. ", "Zio Systems", ""), 1.0);
+        assert_eq!(score(Scoring::Exact, "By Zio Systems", "Zio Systems", ""), 0.0);
         assert_eq!(score(Scoring::Contains, "It is made by Zio Systems.", "Zio Systems", ""), 1.0);
         assert_eq!(score(Scoring::Contains, "It is made by Zion Systems.", "Zio Systems", ""), 0.0);
         assert_eq!(score(Scoring::Number, "79 + 28 = 107.", "107", ""), 1.0);

@@ -36,7 +36,7 @@ use tsukuru_core::progress::Unit;
 use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
 
 /// On-disk format version of a world directory (docs/ARTIFACTS.md).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Artifact name in the manifest.
 pub const ARTIFACT: &str = "world";
 

@@ -106,6 +106,9 @@ pub enum Split {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scoring {
+    /// The reply is the answer, up to case, punctuation and spacing (never used by the world's
+    /// own tasks, whose replies are sentences; for users' items).
+    Exact,
     /// The reply contains the answer text (case-insensitive, at word boundaries).
     Contains,
     /// The number the reply states is the answer.
@@ -381,13 +384,15 @@ impl<'w> Context<'w> {
             (Relation::Price, "Which costs more, {a} or {b}?", "{w} costs more", true),
         ];
         let mut rng = self.rng("compare");
+        // A pair drawn twice is asked once: ids (and so examples) stay unique.
+        let mut asked = std::collections::BTreeSet::new();
         for (relation, question, conclusion, larger_wins) in COMPARISONS {
             let subjects = &self.by_kind[&relation.subject()];
             for _ in 0..subjects.len() / 2 {
                 let (a, b) = (rng.pick(subjects), rng.pick(subjects));
                 let (Some(fa), Some(fb)) = (self.fact(a, relation), self.fact(b, relation)) else { continue };
                 let (Object::Number(va), Object::Number(vb)) = (&fa.object, &fb.object) else { continue };
-                if a == b || va == vb {
+                if a == b || va == vb || !asked.insert((fa.id, fb.id)) {
                     continue;
                 }
                 let winner = if (va > vb) == larger_wins { a } else { b };

@@ -137,3 +137,12 @@ fn same_seed_same_tasks() {
     assert_eq!(tiny().tasks, tiny().tasks);
     assert_ne!(World::generate(4, Scale::Tiny).tasks, tiny().tasks);
 }
+
+#[test]
+fn example_and_pair_ids_are_unique() {
+    let w = tiny();
+    let ids: std::collections::BTreeSet<&str> = w.tasks.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), w.tasks.len(), "two examples share an id");
+    let pairs: std::collections::BTreeSet<&str> = w.pairs.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(pairs.len(), w.pairs.len(), "two pairs share an id");
+}

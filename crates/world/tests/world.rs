@@ -131,6 +131,6 @@ fn generator_output_is_pinned() {
     assert_eq!(sums["corpus.jsonl"], "e23f524e3884e70b");
     assert_eq!(sums["facts.jsonl"], "a4a8864c206cd924");
     assert_eq!(sums["entities.jsonl"], "d9cd5e0086e20350");
-    assert_eq!(sums["tasks.jsonl"], "bbbe78a59cbc3c67");
+    assert_eq!(sums["tasks.jsonl"], "f59eaf7cbd33be4a");
     assert_eq!(sums["pairs.jsonl"], "1f60ac39ae1fcd16");
 }

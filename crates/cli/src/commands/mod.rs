@@ -4,6 +4,7 @@ pub mod align;
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod pretrain;
