@@ -388,4 +388,13 @@ fn a_deliberately_contaminated_task_is_detected_and_its_inflated_score_shown_apa
     .contains("skipped"));
     let err = fails(d, &["eval", "--model", "base", "--tasks", "leaks.jsonl", "--out", "ev"]);
     assert!(err.contains("--force"), "{err}");
+
+    // Decontaminated preparation drops exactly the planted documents.
+    let prep =
+        ["data", "prepare", "--quiet", "--input", "corpus.jsonl", "--out", "clean", "--decontaminate", "leaks.jsonl"];
+    let out = ok(d, &[&prep[..], &no_dedup[..]].concat());
+    assert!(out.contains("contaminated 600"), "{out}");
+    let out =
+        ok(d, &["eval", "contamination", "--quiet", "--train", "clean", "--tasks", "leaks.jsonl", "--out", "c2.json"]);
+    assert!(out.contains("0 of 40 checked items contaminated"), "{out}");
 }

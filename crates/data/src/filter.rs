@@ -32,11 +32,13 @@ pub enum Reason {
     ExactDuplicate,
     /// Near duplicate of an earlier document (MinHash LSH).
     NearDuplicate,
+    /// Shares an n-gram with an evaluation item (`--decontaminate`).
+    Contaminated,
 }
 
 impl Reason {
     /// Every reason, in report order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Null,
         Reason::InvalidUtf8,
         Reason::Empty,
@@ -47,6 +49,7 @@ impl Reason {
         Reason::NonText,
         Reason::ExactDuplicate,
         Reason::NearDuplicate,
+        Reason::Contaminated,
     ];
 
     /// snake_case name as in the manifest.
@@ -62,6 +65,7 @@ impl Reason {
             Reason::NonText => "non_text",
             Reason::ExactDuplicate => "exact_duplicate",
             Reason::NearDuplicate => "near_duplicate",
+            Reason::Contaminated => "contaminated",
         }
     }
 }

@@ -20,4 +20,4 @@ pub mod prepare;
 pub mod shards;
 
 pub use error::{DataError, Result};
-pub use prepare::{prepare, PrepareConfig};
+pub use prepare::{prepare, prepare_decontaminated, Decontaminate, PrepareConfig};

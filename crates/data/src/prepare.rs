@@ -5,11 +5,14 @@
 //! (first copy wins), so the output is identical for any number of threads.
 //! The train/val split hashes the normalised text with the seed: it does not
 //! depend on order, and two copies of a text can never land on both sides.
+//! With evaluation items given ([`prepare_decontaminated`]), documents sharing an n-gram with
+//! any of them are dropped too, so a benchmark cannot leak into training.
 
 use crate::dedup::{Dedup, DedupConfig};
 use crate::error::{DataError, Result};
 use crate::filter::{FilterConfig, Reason};
 use crate::input::{discover, read_docs, Content, ReadOptions, TxtSplit};
+use crate::ngrams::NgramIndex;
 use crate::normalize::normalize;
 use crate::shards::{Record, ShardInfo, ShardWriter};
 use rayon::prelude::*;
@@ -94,6 +97,15 @@ struct InputCounts {
     kept: u64,
 }
 
+/// Training documents to drop because they share an n-gram with evaluation items.
+#[derive(Debug, Clone)]
+pub struct Decontaminate {
+    /// Every n-gram of the items.
+    pub index: NgramIndex,
+    /// Identifies the items and n (part of the output's fingerprint).
+    pub fingerprint: String,
+}
+
 /// Runs the whole preparation into `out`. See the module header.
 pub fn prepare(
     inputs: &[PathBuf],
@@ -102,14 +114,31 @@ pub fn prepare(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
+    prepare_decontaminated(inputs, out, cfg, None, force, progress)
+}
+
+/// [`prepare`], also dropping every document that shares an n-gram with `decontaminate`'s items
+/// (counted as `contaminated`).
+pub fn prepare_decontaminated(
+    inputs: &[PathBuf],
+    out: &Path,
+    cfg: &PrepareConfig,
+    decontaminate: Option<&Decontaminate>,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<Outcome> {
     cfg.validate()?;
     let files = discover(inputs)?;
-    let params = serde_json::json!({
+    let mut params = serde_json::json!({
         "config": cfg,
         "inputs": files.iter().map(|f| serde_json::json!({
             "path": f.path.display().to_string(), "format": f.format, "bytes": f.bytes, "modified_ns": f.modified_ns.to_string(),
         })).collect::<Vec<_>>(),
     });
+    if let Some(d) = decontaminate {
+        // Only when given, so that earlier outputs keep their fingerprints.
+        params["decontaminate"] = d.fingerprint.clone().into();
+    }
     let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
     let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
         Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
@@ -120,6 +149,7 @@ pub fn prepare(
     progress.phase("prepare", Some(total), Unit::Bytes);
     let mut state = State {
         cfg,
+        decontaminate: decontaminate.map(|d| &d.index),
         dedup: Dedup::new(&cfg.dedup, cfg.seed, total),
         train: ShardWriter::new(dir.path(), "train", cfg.shard_mib << 20),
         val: ShardWriter::new(dir.path(), "val", cfg.shard_mib << 20),
@@ -185,6 +215,7 @@ pub fn drop_summary(dropped: &BTreeMap<&'static str, u64>) -> String {
 /// Streaming state: the batch being filled and everything decided so far.
 struct State<'a> {
     cfg: &'a PrepareConfig,
+    decontaminate: Option<&'a NgramIndex>,
     dedup: Dedup,
     train: ShardWriter,
     val: ShardWriter,
@@ -219,7 +250,7 @@ impl State<'_> {
     fn flush(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
-        let (cfg, dedup) = (self.cfg, &self.dedup);
+        let (cfg, dedup, decontaminate) = (self.cfg, &self.dedup, self.decontaminate);
         let processed: Vec<(u32, Verdict)> = batch
             .into_par_iter()
             .map(|(source, content)| {
@@ -231,6 +262,9 @@ impl State<'_> {
                 };
                 if let Some(reason) = cfg.filters.check(&text) {
                     return (source, Err(reason));
+                }
+                if decontaminate.is_some_and(|index| index.overlaps(&text)) {
+                    return (source, Err(Reason::Contaminated));
                 }
                 let keys = dedup.keys(&text);
                 let val = is_val(&text, cfg.seed, cfg.val_fraction);

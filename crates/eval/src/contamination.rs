@@ -95,6 +95,21 @@ impl ContaminationReport {
     }
 }
 
+/// What `tsukuru data prepare --decontaminate` drops: every document sharing an `n`-gram with any
+/// item of `suite` (test items and few-shot examples alike: both are shown to the model).
+pub fn decontamination(suite: &Suite, n: usize) -> Result<tsukuru_data::Decontaminate> {
+    if n == 0 {
+        return Err(EvalError::Config("the n-gram length must be at least 1".into()));
+    }
+    let items = || suite.tasks.iter().flat_map(|t| t.items.iter().chain(&t.fewshot));
+    let words: usize = items().map(|i| normalised_words(&i.full_text()).len()).sum();
+    // Items are few, so the filter can be generous: sized for four times their n-grams, a
+    // training n-gram is wrongly found with a chance near 3e-8.
+    let mut index = NgramIndex::sized_for(n, words as u64 * 4, 256 << 20);
+    items().for_each(|i| index.add_text(&i.full_text()));
+    Ok(tsukuru_data::Decontaminate { index, fingerprint: format!("{}/{n}", suite.fingerprint()) })
+}
+
 /// Checks every test item of `suite` against `index`.
 pub fn check_suite(index: &NgramIndex, suite: &Suite) -> Vec<ItemCheck> {
     suite.tasks.iter().flat_map(|t| t.items.iter().map(move |item| check_item(index, &t.name, item))).collect()

@@ -43,6 +43,12 @@ pub struct PrepareArgs {
     /// Override a config key, e.g. --set dedup.threshold=0.7 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Drop documents sharing an n-gram with these evaluation items (a --tasks SPEC of `tsukuru eval`).
+    #[arg(long, value_name = "TASKS")]
+    pub decontaminate: Option<String>,
+    /// N-gram length in words for --decontaminate.
+    #[arg(long, default_value_t = 13)]
+    pub decontaminate_n: usize,
     /// Replace a different tsukuru output in --out.
     #[arg(long)]
     pub force: bool,
@@ -90,7 +96,15 @@ pub fn run(cmd: DataCmd, progress: &dyn Progress) -> Result<()> {
                 };
             }
             cfg.skip_invalid |= a.skip_invalid;
-            prepare(&a.input, &a.out, &cfg, a.force, progress)
+            let decontaminate = match &a.decontaminate {
+                Some(spec) => {
+                    let suite = tsukuru_eval::suite::Suite::load(spec, &Default::default())
+                        .with_context(|| format!("reading --decontaminate {spec}"))?;
+                    Some(tsukuru_eval::contamination::decontamination(&suite, a.decontaminate_n)?)
+                }
+                None => None,
+            };
+            prepare(&a.input, &a.out, &cfg, decontaminate.as_ref(), a.force, progress)
         }
         DataCmd::Tokenize(a) => tokenize(&a.data, &a.tokenizer, &a.out, a.shard_tokens, a.force, progress),
     }
@@ -101,10 +115,11 @@ pub fn prepare(
     input: &[PathBuf],
     out: &std::path::Path,
     cfg: &PrepareConfig,
+    decontaminate: Option<&tsukuru_data::Decontaminate>,
     force: bool,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let o = tsukuru_data::prepare(input, out, cfg, force, progress)
+    let o = tsukuru_data::prepare_decontaminated(input, out, cfg, decontaminate, force, progress)
         .with_context(|| format!("data prepare into {}", out.display()))?;
     let c = &o.manifest.stats["counts"];
     let dropped: std::collections::BTreeMap<&'static str, u64> = tsukuru_data::filter::Reason::ALL

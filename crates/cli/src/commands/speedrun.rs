@@ -147,7 +147,7 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
 
     super::world::generate(&run.world(), cfg.world.seed, cfg.world.scale, a.force, progress)?;
     let corpus = run.world().join("corpus.jsonl");
-    super::data::prepare(&[corpus], &run.data(), &cfg.data, a.force, progress)?;
+    super::data::prepare(&[corpus], &run.data(), &cfg.data, None, a.force, progress)?;
     super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, a.force, progress)?;
     super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
     let device = super::pretrain::device(&a.device)?;
