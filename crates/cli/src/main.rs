@@ -53,6 +53,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
+    /// Write a run's report card: report.md with plots (cost, curves, per-stage tables, contamination).
+    Report(commands::report::ReportArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
     #[command(subcommand)]
     Export(commands::export::ExportCmd),
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),
+        Command::Report(a) => commands::report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

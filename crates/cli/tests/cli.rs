@@ -59,9 +59,27 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     for part in ["## Instruction tasks", "| base |", "| sft |", "hallucination", "**assistant:**"] {
         assert!(report.contains(part), "report.md lacks {part}:\n{report}");
     }
+    // The report card: cost, curves as SVG, the final model with clean and contaminated columns.
+    for part in ["## Cost", "| **total** |", "![Training loss](plots/loss.svg)", "## Final model on the test tasks"] {
+        assert!(report.contains(part), "report.md lacks {part}:\n{report}");
+    }
+    for part in ["| in-domain (n) | out-of-domain (n) | clean (n) | contaminated (n) |", "## Contamination", "| docs |"]
+    {
+        assert!(report.contains(part), "report.md lacks {part}:\n{report}");
+    }
+    for plot in ["loss", "lr", "grad_norm", "eval-base", "eval-sft", "eval-align"] {
+        let svg = std::fs::read_to_string(run.join(format!("plots/{plot}.svg"))).unwrap();
+        // The first series' colour: its line (and legend entry) are drawn.
+        assert!(svg.starts_with("<svg") && svg.matches("stroke=\"#0072B2\"").count() >= 2, "{plot}.svg has no curve");
+    }
+    // `tsukuru report` rebuilds the same card from the run directory alone.
+    ok(tmp.path(), &["report", "--run", "runs/speedrun-quick"]);
+    assert_eq!(std::fs::read_to_string(run.join("report.md")).unwrap(), report);
+    let err = fails(tmp.path(), &["report", "--run", "runs/nowhere"]);
+    assert!(err.contains("not a directory"), "{err}");
 
     let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 9, "{again}");
+    assert_eq!(again.matches("skipped").count(), 10, "{again}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);

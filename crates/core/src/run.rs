@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
-//!           sft/step-NNNNNNN/  align/step-NNNNNNN/  eval/  tasks-eval/  report.md
+//!           sft/step-NNNNNNN/  align/step-NNNNNNN/  eval/  tasks-eval/  contamination.json
+//!           final-eval/  report.md  plots/*.svg
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -62,8 +63,20 @@ impl RunDir {
     pub fn tasks_eval(&self) -> PathBuf {
         self.root.join("tasks-eval")
     }
-    /// The run's report.
+    /// Which test items occur in the training data (`tsukuru eval contamination`).
+    pub fn contamination(&self) -> PathBuf {
+        self.root.join("contamination.json")
+    }
+    /// The final model on the test tasks, with clean and contaminated columns.
+    pub fn final_eval(&self) -> PathBuf {
+        self.root.join("final-eval")
+    }
+    /// The run's report card.
     pub fn report(&self) -> PathBuf {
         self.root.join("report.md")
+    }
+    /// The report card's SVG plots.
+    pub fn plots(&self) -> PathBuf {
+        self.root.join("plots")
     }
 }

@@ -11,12 +11,14 @@
 //! users' evaluation items (multiple choice, generation, text) from JSONL.
 
 pub mod base;
+pub mod card;
 pub mod chat_tasks;
 pub mod contamination;
 pub mod harness;
 pub mod items;
 pub mod loglik;
 pub mod perplexity;
+pub mod plots;
 pub mod probe;
 pub mod report;
 pub mod samples;

@@ -1,5 +1,6 @@
-//! `report.md`: a base model's evaluation as a page a person reads, with each figure next to the
-//! baseline that gives it meaning (unigram bits per byte, chance accuracy).
+//! Sections of the report card ([`crate::card`]): the base model's evaluation, the instruction
+//! tasks per stage and the preference pairs, each figure next to the baseline that gives it
+//! meaning (unigram bits per byte, chance accuracy, the model before alignment).
 
 use crate::base::BaseEvalSummary;
 use crate::chat_tasks::{TaskRecord, TaskScores};
@@ -9,8 +10,6 @@ use std::fmt::Write;
 /// What the report shows besides the evaluation.
 #[derive(Debug, Clone, Copy)]
 pub struct ReportContext<'a> {
-    /// Page title.
-    pub title: &'a str,
     /// Pretraining figures (the base model's manifest stats: `final_step`, `params`, …).
     pub training: &'a serde_json::Value,
     /// Tokens seen in training.
@@ -45,10 +44,10 @@ fn probe_row(name: &str, g: &GroupScore) -> String {
     )
 }
 
-/// Renders the report.
-pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
+/// Renders the base model's section.
+pub fn render_base(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
     let mut r = String::new();
-    let _ = writeln!(r, "# {}\n", ctx.title);
+    let _ = writeln!(r, "## Base model\n");
     let _ = writeln!(
         r,
         "Base model `{}`: {} parameters, {} steps, {} tokens seen ({:.1} epochs of {} training tokens){}.\n",
@@ -60,7 +59,7 @@ pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
         ctx.train_tokens,
         ctx.train_seconds.map(|t| format!(", {t:.0} s of training")).unwrap_or_default(),
     );
-    let _ = writeln!(r, "## Validation\n");
+    let _ = writeln!(r, "### Validation\n");
     let _ = writeln!(r, "Every token of the validation split ({} predicted), scored by each model.\n", s.model.tokens);
     let _ = writeln!(r, "| model | nats/token | bits/byte |\n|---|---|---|");
     let _ = writeln!(
@@ -79,7 +78,7 @@ pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
     };
     let _ = writeln!(r, "\nThe model is {verdict} the unigram baseline: {:.1}% of its bits per byte.\n", 100.0 * ratio);
     if let (Some(st), Some(un)) = (&s.probe_stated, &s.probe_unstated) {
-        let _ = writeln!(r, "## Fact completion\n");
+        let _ = writeln!(r, "### Fact completion\n");
         let _ = writeln!(
             r,
             "Prompts such as \"X was born in\" from in-corpus phrasings. *Choice*: the true object against \
@@ -97,7 +96,7 @@ pub fn render(ctx: &ReportContext<'_>, s: &BaseEvalSummary) -> String {
         );
     }
     if !s.samples.is_empty() {
-        let _ = writeln!(r, "## Samples\n");
+        let _ = writeln!(r, "### Samples\n");
         for smp in &s.samples {
             // One quoted paragraph per sample: line breaks of the text would end the quote.
             let flat = |t: &str| t.replace("\n\n", " ¶ ").replace('\n', " ");

@@ -342,12 +342,14 @@ pub fn align(
         let chosen: Vec<&RenderedPair> = idx.iter().map(|&i| &set.train[i]).collect();
         let reference: Vec<(f32, f32)> = idx.iter().map(|&i| refs["train"][i]).collect();
         let mut batch = Some(pair_batch(&chosen, Some(&reference)));
+        // Every position is computed, padding included: the cost of the step.
+        let tokens = batch.as_ref().map_or(0, |b| b.inputs.len());
         let r = trainer.step(model, &objective, device, &mut || batch.take().expect("one micro-batch per step"))?;
         let stats = objective.last_stats();
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = serde_json::json!({
             "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
-            "accuracy": stats.map(|s| s.accuracy), "margin": stats.map(|s| s.margin), "seconds": secs,
+            "accuracy": stats.map(|s| s.accuracy), "margin": stats.map(|s| s.margin), "tokens": tokens, "seconds": secs,
         });
         writeln!(metrics, "{line}").at("writing", &metrics_path)?;
         progress.advance(1);

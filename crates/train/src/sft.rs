@@ -353,12 +353,14 @@ pub fn sft(
             break;
         };
         let trained = batch.targets.iter().filter(|&&t| t != tsukuru_tokens::sft::IGNORE).count();
+        // Every position is computed, padding included: the cost of the step.
+        let tokens = batch.inputs.len();
         let mut pending = Some(batch);
         let r = trainer.step(model, &NextToken, device, &mut || pending.take().expect("one micro-batch per step"))?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = serde_json::json!({
             "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm, "skipped": r.skipped,
-            "trained_tokens": trained, "seconds": secs,
+            "trained_tokens": trained, "tokens": tokens, "seconds": secs,
         });
         writeln!(metrics, "{line}").at("writing", &metrics_path)?;
         progress.advance(1);

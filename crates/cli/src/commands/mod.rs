@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod generate;
 pub mod pretrain;
+pub mod report;
 pub mod sft;
 pub mod speedrun;
 pub mod tokenizer;

@@ -3,7 +3,8 @@
 //! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
 //! against a unigram baseline, the world's fact probe, samples) → sft (on the world's instruction
 //! tasks unless the config lists sources) → align (DPO on the world's preference pairs) → the
-//! instruction tasks asked of base, sft and align → `report.md`. Each stage skips
+//! instruction tasks asked of base, sft and align → the aligned model on the test tasks, each item
+//! checked for contamination → the report card (`report.md`, `plots/`). Each stage skips
 //! when its output is complete with the same settings, and pretraining resumes from its latest
 //! checkpoint, so a rerun after a kill picks up where it stopped.
 
@@ -15,8 +16,9 @@ use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
 use tsukuru_eval::base::{evaluate_base, BaseEvalConfig, BaseEvalInputs, BaseEvalSummary};
-use tsukuru_eval::chat_tasks::{evaluate_stages, TaskEvalConfig, TaskRecord, TaskScores};
-use tsukuru_eval::report::{render, render_preferences, render_tasks, ReportContext};
+use tsukuru_eval::chat_tasks::{evaluate_stages, TaskEvalConfig};
+use tsukuru_eval::harness::HarnessConfig;
+use tsukuru_eval::suite::{Suite, SuiteOptions};
 use tsukuru_tokenizer::TokenizerConfig;
 use tsukuru_train::align::AlignConfig;
 use tsukuru_train::pretrain::PretrainConfig;
@@ -80,6 +82,27 @@ pub struct SpeedrunConfig {
     /// The instruction tasks asked of each stage's model.
     #[serde(default)]
     pub task_eval: TaskEvalConfig,
+    /// The final model on the test tasks, with contamination.
+    #[serde(default)]
+    pub final_eval: FinalEvalSection,
+}
+
+/// `[final_eval]` of a speedrun config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FinalEvalSection {
+    /// Items per task and domain (documents per split), at most.
+    pub per_group: usize,
+    /// Few-shot examples per item.
+    pub num_fewshot: usize,
+    /// N-gram length of the contamination check.
+    pub n: usize,
+}
+
+impl Default for FinalEvalSection {
+    fn default() -> Self {
+        Self { per_group: 40, num_fewshot: 0, n: 13 }
+    }
 }
 
 /// `[world]` of a speedrun config.
@@ -125,6 +148,7 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
             "align.max_train_pairs=64",
             "align.checkpoint_every=3",
             "task_eval.per_group=3",
+            "final_eval.per_group=3",
         ];
         sets.splice(0..0, quick.iter().map(|s| s.to_string()));
     }
@@ -187,54 +211,22 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     let tasks = evaluate_stages(&stages, &run.world(), &run.tasks_eval(), &cfg.task_eval, a.force, progress)
         .with_context(|| format!("evaluating the instruction tasks into {}", run.tasks_eval().display()))?;
     super::report("tasks-eval", &run.tasks_eval(), tasks.skipped, &task_detail(&tasks.manifest.stats));
-    write_report(&run, &name, &summary)?;
-    println!("speedrun: done; report in {}", run.report().display());
+    final_eval(&run, &cfg.final_eval, a.force, progress)?;
+    super::report::report(&run, &name)?;
+    println!("speedrun: done; report card in {}", run.report().display());
     Ok(())
 }
 
-/// Renders `report.md` from the evaluation's summary and the training stages' manifests.
-fn write_report(run: &RunDir, name: &str, summary: &BaseEvalSummary) -> Result<()> {
-    let read = |dir: PathBuf| tsukuru_core::Manifest::read(&dir).map(|m| m.stats);
-    let (base, tokens) = (read(run.base())?, read(run.tokens())?);
-    let ctx = ReportContext {
-        title: &format!("Speedrun report: {name}"),
-        training: &base,
-        tokens_trained: base["tokens_trained"].as_u64().unwrap_or(0),
-        train_tokens: tokens["train"]["tokens"].as_u64().unwrap_or(0),
-        train_seconds: base["train_seconds"].as_f64(),
-    };
-    let mut page = render(&ctx, summary);
-    page.push_str(&render_tasks(&task_stages(&read(run.tasks_eval())?)?, &task_samples(run, "align", 4)?));
-    page.push_str(&render_preferences(&read(run.align())?));
-    tsukuru_core::atomic::write_atomic(run.report(), page.as_bytes())?;
+/// The chosen model on the world's test tasks and the prepared documents (half of which were
+/// trained on: the deliberately contaminated task), with each item checked against the training data.
+fn final_eval(run: &RunDir, cfg: &FinalEvalSection, force: bool, progress: &dyn Progress) -> Result<()> {
+    let spec = format!("world:{},docs:{}", run.world().display(), run.data().display());
+    let opts = SuiteOptions { per_group: cfg.per_group, ..SuiteOptions::default() };
+    let suite = Suite::load(&spec, &opts).with_context(|| format!("reading the tasks {spec}"))?;
+    let report = super::eval::contamination(&run.data(), &suite, cfg.n, 1024, &run.contamination(), progress)?;
+    let hc = HarnessConfig { num_fewshot: cfg.num_fewshot, ..HarnessConfig::default() };
+    super::eval::eval(&run.align(), &suite, Some(&report), &run.final_eval(), &hc, force, progress)?;
     Ok(())
-}
-
-/// Each stage's task scores from the task evaluation's summary.
-fn task_stages(summary: &serde_json::Value) -> Result<Vec<(String, TaskScores)>> {
-    let stages = summary["stages"].as_array().context("the task evaluation's summary lists no stages")?;
-    stages
-        .iter()
-        .map(|s| {
-            let name = s["name"].as_str().unwrap_or_default().to_string();
-            Ok((name, serde_json::from_value(s["scores"].clone()).context("reading task scores")?))
-        })
-        .collect()
-}
-
-/// A few records of one stage, for the report: the first of each task.
-fn task_samples(run: &RunDir, stage: &str, n: usize) -> Result<Vec<TaskRecord>> {
-    let path = run.tasks_eval().join(format!("{stage}.jsonl"));
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let r: TaskRecord = serde_json::from_str(line).with_context(|| format!("reading {}", path.display()))?;
-        if r.in_domain && seen.insert(r.task) && out.len() < n {
-            out.push(r);
-        }
-    }
-    Ok(out)
 }
 
 /// One line per stage: in-domain / out-of-domain accuracy and hallucination rate.
