@@ -51,6 +51,8 @@ enum Command {
     /// Evaluate a model on tasks (multiple choice, generation, bits per byte; in- and out-of-domain);
     /// `eval contamination` finds items that occur in training data.
     Eval(commands::eval::EvalArgs),
+    /// Compare models two by two on the same prompts (both orders); Bradley–Terry ratings with intervals.
+    Arena(commands::arena::ArenaArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
     /// Write a run's report card: report.md with plots (cost, curves, per-stage tables, contamination).
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Sft(a) => commands::sft::run(a, &progress),
         Command::Align(a) => commands::align::run(a, &progress),
         Command::Eval(a) => commands::eval::run(a, &progress),
+        Command::Arena(a) => commands::arena::run(a, &progress),
         Command::Generate(a) => commands::generate::run(a, cli.quiet),
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),

@@ -72,6 +72,24 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
         // The first series' colour: its line (and legend entry) are drawn.
         assert!(svg.starts_with("<svg") && svg.matches("stroke=\"#0072B2\"").count() >= 2, "{plot}.svg has no curve");
     }
+    // Arena: ratings with intervals, by the ground truth and by a judge model whose position bias is measured.
+    let models = "runs/speedrun-quick/base,runs/speedrun-quick/sft,runs/speedrun-quick/align";
+    let arena =
+        ["arena", "--quiet", "--models", models, "--tasks", "world:runs/speedrun-quick/world", "--per-group", "2"];
+    let table = ok(tmp.path(), &[&arena[..], &["--out", "arena", "--bootstrap", "50"]].concat());
+    assert!(table.contains("| model | rating | 95% interval |") && table.contains("| align |"), "{table}");
+    let standings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("arena/standings.json")).unwrap()).unwrap();
+    for r in standings["ratings"].as_array().unwrap() {
+        let (lo, x, hi) = (r["low"].as_f64().unwrap(), r["rating"].as_f64().unwrap(), r["high"].as_f64().unwrap());
+        assert!(lo <= x && x <= hi, "{r}");
+    }
+    let judged =
+        ok(tmp.path(), &[&arena[..], &["--out", "arena-judged", "--judge", "runs/speedrun-quick/align"]].concat());
+    assert!(judged.contains("judge: model") && judged.contains("flipped with the order"), "{judged}");
+    let err = fails(tmp.path(), &["arena", "--models", "runs/speedrun-quick/base", "--tasks", "x.jsonl", "--out", "a"]);
+    assert!(err.contains("at least two"), "{err}");
+
     // `tsukuru report` rebuilds the same card from the run directory alone.
     ok(tmp.path(), &["report", "--run", "runs/speedrun-quick"]);
     assert_eq!(std::fs::read_to_string(run.join("report.md")).unwrap(), report);

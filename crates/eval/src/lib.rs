@@ -10,7 +10,9 @@
 //! answers log-likelihood requests and scores multiple choice (`acc`, `acc_norm`); [`items`] reads
 //! users' evaluation items (multiple choice, generation, text) from JSONL.
 
+pub mod arena;
 pub mod base;
+pub mod bradley_terry;
 pub mod card;
 pub mod chat_tasks;
 pub mod contamination;

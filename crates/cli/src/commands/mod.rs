@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod align;
+pub mod arena;
 pub mod bench;
 pub mod chat;
 pub mod data;
