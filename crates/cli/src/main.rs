@@ -55,6 +55,8 @@ enum Command {
     Arena(commands::arena::ArenaArgs),
     /// Continue a prompt with a trained model (KV cache; temperature, top-k, top-p, seed).
     Generate(commands::generate::GenerateArgs),
+    /// Choose a run's checkpoint on validation items by a metric, and write down why.
+    Select(commands::select::SelectArgs),
     /// Write a run's report card: report.md with plots (cost, curves, per-stage tables, contamination).
     Report(commands::report::ReportArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Report(a) => commands::report::run(a),
+        Command::Select(a) => commands::select::run(a, &progress),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -96,8 +96,20 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     let err = fails(tmp.path(), &["report", "--run", "runs/nowhere"]);
     assert!(err.contains("not a directory"), "{err}");
 
+    // Selection never looks at the test split; another metric makes another decision file.
+    let select = ["select", "--quiet", "--run", "runs/speedrun-quick"];
+    let err = fails(tmp.path(), &[&select[..], &["--tasks", "world:runs/speedrun-quick/world"]].concat());
+    assert!(err.contains("must not look at the test split"), "{err}");
+    let err = fails(tmp.path(), &[&select[..], &["--metric", "accuracy"]].concat());
+    assert!(err.contains("TASK/METRIC"), "{err}");
+    let chosen = ok(
+        tmp.path(),
+        &[&select[..], &["--metric", "world/facts/acc", "--per-group", "4", "--out", "sel-facts"]].concat(),
+    );
+    assert!(chosen.contains("**chosen**") && chosen.contains("highest world/facts/acc"), "{chosen}");
+
     let again = ok(tmp.path(), &["speedrun", "--quick", "--quiet"]);
-    assert_eq!(again.matches("skipped").count(), 10, "{again}");
+    assert_eq!(again.matches("skipped").count(), 11, "{again}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_size=1024"]);
     assert!(err.contains("different config") && err.contains("--force"), "{err}");
     let err = fails(tmp.path(), &["speedrun", "--quick", "--quiet", "--set", "tokenizer.vocab_sise=1024"]);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! runs/NAME/config.resolved.toml  world/  data/  tokenizer/tokenizer.json  tokens/  base/step-NNNNNNN/
-//!           sft/step-NNNNNNN/  align/step-NNNNNNN/  eval/  tasks-eval/  contamination.json
+//!           sft/step-NNNNNNN/  align/step-NNNNNNN/  eval/  tasks-eval/  selection/  contamination.json
 //!           final-eval/  report.md  plots/*.svg
 //! ```
 
@@ -62,6 +62,10 @@ impl RunDir {
     /// The world's instruction tasks asked of each stage's model (base, sft, …).
     pub fn tasks_eval(&self) -> PathBuf {
         self.root.join("tasks-eval")
+    }
+    /// The checkpoint chosen on validation items, and why (`tsukuru select`).
+    pub fn selection(&self) -> PathBuf {
+        self.root.join("selection")
     }
     /// Which test items occur in the training data (`tsukuru eval contamination`).
     pub fn contamination(&self) -> PathBuf {

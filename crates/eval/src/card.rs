@@ -6,8 +6,8 @@
 //! every stage on one step axis; each stage's evaluations over its steps); the base model's
 //! evaluation against its baselines; the instruction tasks per stage (base / sft / align) with
 //! in-domain and out-of-domain columns; the final model on the test tasks with clean and
-//! contaminated columns and the contamination summary; preference pairs; the checkpoint
-//! selection and its reasons.
+//! contaminated columns and the contamination summary; preference pairs. The checkpoint selection
+//! and its reasons come before the final model's section, which evaluates the chosen checkpoint.
 
 use crate::base::BaseEvalSummary;
 use crate::chat_tasks::{TaskRecord, TaskScores};
@@ -15,6 +15,7 @@ use crate::contamination::{ContaminationReport, Verdict};
 use crate::harness::Summary;
 use crate::plots::{line_chart, Series};
 use crate::report::{render_base, render_preferences, render_tasks, ReportContext};
+use crate::select::Selection;
 use crate::{EvalError, Result};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -296,6 +297,11 @@ pub fn write_card(run: &RunDir, title: &str) -> Result<String> {
         let scores = task_stages(&tasks.stats)?;
         let last = scores.last().map(|(n, _)| n.clone()).unwrap_or_default();
         page.push_str(&render_tasks(&scores, &task_samples(&run.tasks_eval(), &last, 4)?));
+    }
+    if let Some(selection) = read_json::<Selection>(&run.selection().join("selection.json"))? {
+        page.push_str("## Checkpoint selection\n\n");
+        page.push_str(&selection.to_markdown());
+        page.push('\n');
     }
     let contamination: Option<ContaminationReport> = read_json(&run.contamination())?;
     if let Some(summary) = read_json::<Summary>(&run.final_eval().join("summary.json"))? {

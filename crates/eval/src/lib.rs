@@ -25,6 +25,7 @@ pub mod probe;
 pub mod report;
 pub mod samples;
 pub mod scoring;
+pub mod select;
 pub mod suite;
 
 /// Errors of evaluation.

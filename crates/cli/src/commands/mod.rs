@@ -10,6 +10,7 @@ pub mod export;
 pub mod generate;
 pub mod pretrain;
 pub mod report;
+pub mod select;
 pub mod sft;
 pub mod speedrun;
 pub mod tokenizer;

@@ -3,15 +3,16 @@
 //! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
 //! against a unigram baseline, the world's fact probe, samples) → sft (on the world's instruction
 //! tasks unless the config lists sources) → align (DPO on the world's preference pairs) → the
-//! instruction tasks asked of base, sft and align → the aligned model on the test tasks, each item
-//! checked for contamination → the report card (`report.md`, `plots/`). Each stage skips
+//! instruction tasks asked of base, sft and align → the checkpoint chosen among sft's and align's
+//! on validation items → that model on the test tasks, each item checked for contamination → the
+//! report card (`report.md`, `plots/`). Each stage skips
 //! when its output is complete with the same settings, and pretraining resumes from its latest
 //! checkpoint, so a rerun after a kill picks up where it stopped.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tsukuru_core::run::RunDir;
 use tsukuru_core::Progress;
 use tsukuru_data::PrepareConfig;
@@ -87,10 +88,12 @@ pub struct SpeedrunConfig {
     pub final_eval: FinalEvalSection,
 }
 
-/// `[final_eval]` of a speedrun config.
+/// `[final_eval]` of a speedrun config: the checkpoint chosen on validation items, evaluated on test.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FinalEvalSection {
+    /// The metric the checkpoint is chosen by (see `tsukuru select`).
+    pub select_metric: String,
     /// Items per task and domain (documents per split), at most.
     pub per_group: usize,
     /// Few-shot examples per item.
@@ -101,7 +104,7 @@ pub struct FinalEvalSection {
 
 impl Default for FinalEvalSection {
     fn default() -> Self {
-        Self { per_group: 40, num_fewshot: 0, n: 13 }
+        Self { select_metric: "in_domain".into(), per_group: 40, num_fewshot: 0, n: 13 }
     }
 }
 
@@ -211,7 +214,11 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     let tasks = evaluate_stages(&stages, &run.world(), &run.tasks_eval(), &cfg.task_eval, a.force, progress)
         .with_context(|| format!("evaluating the instruction tasks into {}", run.tasks_eval().display()))?;
     super::report("tasks-eval", &run.tasks_eval(), tasks.skipped, &task_detail(&tasks.manifest.stats));
-    final_eval(&run, &cfg.final_eval, a.force, progress)?;
+    let metric = tsukuru_eval::select::Metric::parse(&cfg.final_eval.select_metric)?;
+    let spec = format!("world-val:{}", run.world().display());
+    let (stages, per_group) = (["sft", "align"], cfg.final_eval.per_group);
+    let chosen = super::select::select(&run, &stages, &spec, &metric, per_group, &run.selection(), a.force, progress)?;
+    final_eval(&run, chosen.chosen_path(), &cfg.final_eval, a.force, progress)?;
     super::report::report(&run, &name)?;
     println!("speedrun: done; report card in {}", run.report().display());
     Ok(())
@@ -219,13 +226,13 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
 
 /// The chosen model on the world's test tasks and the prepared documents (half of which were
 /// trained on: the deliberately contaminated task), with each item checked against the training data.
-fn final_eval(run: &RunDir, cfg: &FinalEvalSection, force: bool, progress: &dyn Progress) -> Result<()> {
+fn final_eval(run: &RunDir, model: &Path, cfg: &FinalEvalSection, force: bool, progress: &dyn Progress) -> Result<()> {
     let spec = format!("world:{},docs:{}", run.world().display(), run.data().display());
     let opts = SuiteOptions { per_group: cfg.per_group, ..SuiteOptions::default() };
     let suite = Suite::load(&spec, &opts).with_context(|| format!("reading the tasks {spec}"))?;
     let report = super::eval::contamination(&run.data(), &suite, cfg.n, 1024, &run.contamination(), progress)?;
     let hc = HarnessConfig { num_fewshot: cfg.num_fewshot, ..HarnessConfig::default() };
-    super::eval::eval(&run.align(), &suite, Some(&report), &run.final_eval(), &hc, force, progress)?;
+    super::eval::eval(model, &suite, Some(&report), &run.final_eval(), &hc, force, progress)?;
     Ok(())
 }
 
