@@ -276,8 +276,9 @@ pub fn arena_into(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<(tsukuru_core::Outcome, Standings)> {
+    use crate::output::{self, Claim};
     use tsukuru_core::manifest::FileEntry;
-    use tsukuru_core::{Manifest, OutputDir, Prepared};
+    use tsukuru_core::Manifest;
     let weights = |dir: &Path| -> Result<String> {
         Ok(FileEntry::of(&tsukuru_model::pretrained::resolve(dir)?, "model.safetensors")?.xxh3)
     };
@@ -291,26 +292,18 @@ pub fn arena_into(
     };
     let params =
         serde_json::json!({ "models": entrants, "prompts": prompts.fingerprint(), "judge": judge_id, "config": cfg });
-    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
-        Prepared::Done(manifest) => {
-            let standings = serde_json::from_value(manifest.stats.clone())
-                .map_err(|e| EvalError::Config(format!("reading the standings in {}: {e}", out.display())))?;
-            return Ok((tsukuru_core::Outcome { manifest, skipped: true }, standings));
-        }
-        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
+    let manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match output::claim(out, &manifest, force)? {
+        Claim::Done(outcome, standings) => return Ok((outcome, standings)),
+        Claim::Write(dir) => dir,
     };
     let (battles, standings) = run_arena(models, prompts, judge, cfg, progress)?;
-    let lines: String = battles.iter().map(|b| serde_json::to_string(b).expect("battles serialise") + "\n").collect();
-    tsukuru_core::atomic::write_atomic(dir.path().join("battles.jsonl"), lines.as_bytes())?;
-    let json = serde_json::to_string_pretty(&standings).expect("standings serialise");
-    tsukuru_core::atomic::write_atomic(dir.path().join("standings.json"), json.as_bytes())?;
-    tsukuru_core::atomic::write_atomic(dir.path().join("standings.md"), standings.to_markdown().as_bytes())?;
-    let files = ["battles.jsonl", "standings.json", "standings.md"];
-    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<std::result::Result<_, _>>()?;
-    manifest.stats = serde_json::to_value(&standings).expect("standings serialise");
-    dir.finish(&manifest)?;
-    Ok((tsukuru_core::Outcome { manifest, skipped: false }, standings))
+    let files = [
+        ("battles.jsonl", output::jsonl(&battles)),
+        ("standings.json", serde_json::to_vec_pretty(&standings).expect("standings serialise")),
+        ("standings.md", standings.to_markdown().into_bytes()),
+    ];
+    Ok((output::finish(dir, manifest, &files, &standings)?, standings))
 }
 
 /// 1 when a preference for the first-shown reply is above one half, 0 below, 0.5 at it.

@@ -10,9 +10,9 @@
 //! and its reasons come before the final model's section, which evaluates the chosen checkpoint.
 
 use crate::base::BaseEvalSummary;
-use crate::chat_tasks::{TaskRecord, TaskScores};
+use crate::chat_tasks::TaskScores;
 use crate::contamination::{ContaminationReport, Verdict};
-use crate::harness::Summary;
+use crate::harness::{Record, Summary};
 use crate::plots::{line_chart, Series};
 use crate::report::{render_base, render_preferences, render_tasks, ReportContext};
 use crate::select::Selection;
@@ -255,15 +255,15 @@ fn task_stages(summary: &serde_json::Value) -> Result<Vec<(String, TaskScores)>>
 }
 
 /// A few in-domain records of the last stage, the first of each task.
-fn task_samples(dir: &Path, stage: &str, n: usize) -> Result<Vec<TaskRecord>> {
+fn task_samples(dir: &Path, stage: &str, n: usize) -> Result<Vec<Record>> {
     let path = dir.join(format!("{stage}.jsonl"));
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for line in text.lines() {
-        let r: TaskRecord =
+        let r: Record =
             serde_json::from_str(line).map_err(|e| EvalError::Config(format!("reading {}: {e}", path.display())))?;
-        if r.in_domain && seen.insert(r.task) && out.len() < n {
+        if r.domain == crate::items::Domain::In && seen.insert(r.task.clone()) && out.len() < n {
             out.push(r);
         }
     }

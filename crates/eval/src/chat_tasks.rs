@@ -1,32 +1,33 @@
-//! The world's instruction tasks asked in the chat format: how often a model's greedy reply is
-//! right, in-domain and out-of-domain (separate columns, never averaged together), and how often it
-//! answers a question about something that does not exist instead of saying it does not know.
+//! The world's instruction tasks put to each stage's model (base, sft, align): how often the greedy
+//! reply is right, in-domain and out-of-domain (separate columns, never averaged together), and
+//! how often a question about something that does not exist is answered instead of declined.
 //!
-//! The same examples (a seeded sample of at most `per_group` per task and domain from one split,
-//! never `train`) are put to every model of a stage list — base, sft, align — so the columns
-//! compare. Replies are scored by each example's [`Scoring`] ([`crate::scoring`]); ROUGE-L counts
-//! as its F1. Invented-name questions are the hallucination measure and stay out of the accuracy.
+//! The items are the `world/<task>` generation items of the world's validation split
+//! ([`crate::suite`], never `train`), the same for every model so the columns compare, asked and
+//! scored by the harness ([`crate::harness`]); ROUGE-L counts as its F1. Invented-name questions
+//! (`world/unknown`) are the hallucination measure and stay out of the accuracy.
 
-use crate::harness::{greedy_reply, keep_end, STOP};
-use crate::scoring::score;
+use crate::harness::{run_suite, HarnessConfig, Record};
+use crate::items::{Domain, Item};
+use crate::output::{self, Claim};
+use crate::suite::{Suite, SuiteOptions, Task};
 use crate::{EvalError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use tsukuru_core::error::IoContext;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
-use tsukuru_model::Transformer;
-use tsukuru_tokenizer::chat::{render_prompt, Message, Role};
+use tsukuru_core::{Manifest, Outcome, Progress};
 use tsukuru_tokenizer::Tok;
-use tsukuru_world::tasks::{Example, Split, TaskKind};
+use tsukuru_world::tasks::Split;
 
 /// Artifact name of a task evaluation.
 pub const ARTIFACT: &str = "task-eval";
 /// Format version of its directory.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The task of invented-name questions.
+const UNKNOWN: &str = "world/unknown";
 
 /// Settings of the task evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,29 +49,10 @@ impl Default for TaskEvalConfig {
     }
 }
 
-/// One asked example.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskRecord {
-    /// Example id in the world's `tasks.jsonl`.
-    pub id: String,
-    /// Its task.
-    pub task: TaskKind,
-    /// In-domain for instruction tuning.
-    pub in_domain: bool,
-    /// The user's message.
-    pub prompt: String,
-    /// The reference reply.
-    pub reference: String,
-    /// The model's greedy reply.
-    pub reply: String,
-    /// Its score in [0, 1].
-    pub score: f64,
-}
-
 /// A model's scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskScores {
-    /// Mean score over in-domain examples (invented names excluded), and their count.
+    /// Mean score over in-domain examples (invented names excluded).
     pub in_domain: Option<f64>,
     /// Examples behind `in_domain`.
     pub n_in: usize,
@@ -82,85 +64,58 @@ pub struct TaskScores {
     pub hallucination_rate: Option<f64>,
     /// Invented-name questions asked.
     pub n_unknown: usize,
-    /// Mean score per task: (in-domain, out-of-domain).
+    /// Mean score per task (without the `world/` prefix): (in-domain, out-of-domain).
     pub by_task: BTreeMap<String, (Option<f64>, Option<f64>)>,
 }
 
-fn mean(xs: impl Iterator<Item = f64>) -> (Option<f64>, usize) {
-    let (sum, n) = xs.fold((0.0, 0), |(s, n), x| (s + x, n + 1));
+fn mean<'r>(records: impl Iterator<Item = &'r Record>) -> (Option<f64>, usize) {
+    let (sum, n) = records.fold((0.0, 0), |(s, n), r| (s + r.score, n + 1));
     ((n > 0).then(|| sum / n as f64), n)
 }
 
 impl TaskScores {
     /// Scores of a set of records.
-    pub fn of(records: &[TaskRecord]) -> Self {
-        let scored = |ind: bool| records.iter().filter(move |r| r.in_domain == ind && r.task != TaskKind::Unknown);
-        let (in_domain, n_in) = mean(scored(true).map(|r| r.score));
-        let (out_of_domain, n_out) = mean(scored(false).map(|r| r.score));
-        let (refused, n_unknown) = mean(records.iter().filter(|r| r.task == TaskKind::Unknown).map(|r| r.score));
+    pub fn of(records: &[Record]) -> Self {
+        let scored = |d: Domain| records.iter().filter(move |r| r.domain == d && r.task != UNKNOWN);
+        let (in_domain, n_in) = mean(scored(Domain::In));
+        let (out_of_domain, n_out) = mean(scored(Domain::Out));
+        let (refused, n_unknown) = mean(records.iter().filter(|r| r.task == UNKNOWN));
         let mut by_task = BTreeMap::new();
-        for task in TaskKind::ALL {
-            let of =
-                |ind: bool| mean(records.iter().filter(|r| r.task == task && r.in_domain == ind).map(|r| r.score)).0;
-            let pair = (of(true), of(false));
-            if pair != (None, None) {
-                by_task.insert(task.name().to_string(), pair);
-            }
+        for r in records {
+            let of = |d: Domain| mean(records.iter().filter(|x| x.task == r.task && x.domain == d)).0;
+            by_task
+                .entry(r.task.trim_start_matches("world/").to_string())
+                .or_insert_with(|| (of(Domain::In), of(Domain::Out)));
         }
         Self { in_domain, n_in, out_of_domain, n_out, hallucination_rate: refused.map(|r| 1.0 - r), n_unknown, by_task }
     }
 }
 
-/// The examples asked: up to `per_group` per (task, domain) of the split, a seeded sample.
-pub fn select<'e>(examples: &'e [Example], cfg: &TaskEvalConfig) -> Result<Vec<&'e Example>> {
-    if cfg.split == Split::Train {
-        return Err(EvalError::Config("evaluate on the validation or test split, never on training examples".into()));
-    }
-    let mut groups: BTreeMap<(TaskKind, bool), Vec<&Example>> = BTreeMap::new();
-    for e in examples.iter().filter(|e| e.split == cfg.split) {
-        groups.entry((e.task, e.in_domain())).or_default().push(e);
-    }
-    let mut out = Vec::new();
-    for ((task, ind), mut group) in groups {
-        Rng::stream(cfg.seed, &format!("task-eval/{}/{ind}", task.name())).shuffle(&mut group);
-        out.extend(group.into_iter().take(cfg.per_group));
-    }
-    Ok(out)
-}
-
-/// Asks `model` every example (greedy decoding through the chat template) and scores the replies.
-pub fn ask(
-    model: &Transformer,
-    tok: &Tok,
-    examples: &[&Example],
-    cfg: &TaskEvalConfig,
-    progress: &dyn Progress,
-) -> Result<Vec<TaskRecord>> {
-    let context = model.config().max_seq_len;
-    let mut out = Vec::with_capacity(examples.len());
-    for e in examples {
-        let mut prompt = render_prompt(tok, &[Message::new(Role::User, &e.prompt)])?;
-        // A prompt longer than the context keeps its end (the question), leaving room to reply.
-        keep_end(&mut prompt, context - cfg.max_new_tokens.min(context / 2));
-        let reply = greedy_reply(model, tok, &prompt, cfg.max_new_tokens, &STOP)?;
-        let s = score(e.scoring, &reply, &e.answer, &e.response);
-        out.push(TaskRecord {
-            id: e.id.clone(),
-            task: e.task,
-            in_domain: e.in_domain(),
-            prompt: e.prompt.clone(),
-            reference: e.response.clone(),
-            reply,
-            score: s,
-        });
-        progress.advance(1);
-    }
-    Ok(out)
+/// The world's instruction tasks on the configured split: its generation items only.
+pub fn suite(world: &Path, cfg: &TaskEvalConfig) -> Result<Suite> {
+    let source = match cfg.split {
+        Split::Validation => "world-val",
+        Split::Test => "world",
+        Split::Train => {
+            return Err(EvalError::Config(
+                "evaluate on the validation or test split, never on training examples".into(),
+            ))
+        }
+    };
+    let opts = SuiteOptions { per_group: cfg.per_group, seed: cfg.seed, ..SuiteOptions::default() };
+    let all = Suite::load(&format!("{source}:{}", world.display()), &opts)?;
+    let tasks = all
+        .tasks
+        .into_iter()
+        .map(|t| Task { items: t.items.into_iter().filter(|i| matches!(i, Item::Generate { .. })).collect(), ..t })
+        .filter(|t| !t.items.is_empty())
+        .collect();
+    Ok(Suite { tasks })
 }
 
 /// Evaluates each `(name, model directory)` on the world's tasks into `out`: `NAME.jsonl` per model
-/// (one record per example) and `summary.json` (every model's [`TaskScores`], in the given order).
-/// Skips when the same models, world and settings are complete there.
+/// (one harness record per example) and `summary.json` (every model's [`TaskScores`], in the given
+/// order). Skips when the same models, world and settings are complete there.
 pub fn evaluate_stages(
     models: &[(&str, &Path)],
     world: &Path,
@@ -169,7 +124,7 @@ pub fn evaluate_stages(
     force: bool,
     progress: &dyn Progress,
 ) -> Result<Outcome> {
-    let tasks_file = FileEntry::of(world, "tasks.jsonl")?;
+    let suite = suite(world, cfg)?;
     // Each model's checkpoint, resolved once: the one fingerprinted is the one evaluated.
     let resolved: Vec<(&str, std::path::PathBuf)> = models
         .iter()
@@ -179,21 +134,20 @@ pub fn evaluate_stages(
     for (name, dir) in &resolved {
         weights.push((name.to_string(), FileEntry::of(dir, "model.safetensors")?.xxh3));
     }
-    let params = serde_json::json!({ "config": cfg, "tasks": tasks_file.xxh3, "models": weights });
-    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
-        Prepared::Done(manifest) => return Ok(Outcome { manifest, skipped: true }),
-        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
+    let params = serde_json::json!({ "config": cfg, "suite": suite.fingerprint(), "models": weights });
+    let manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match output::claim::<serde_json::Value>(out, &manifest, force)? {
+        Claim::Done(outcome, _) => return Ok(outcome),
+        Claim::Write(dir) => dir,
     };
-    let examples: Vec<Example> = tsukuru_world::read_jsonl(&world.join("tasks.jsonl"))?;
-    let chosen = select(&examples, cfg)?;
-    let mut summary = Vec::new();
+    let hc = HarnessConfig { max_new_tokens: cfg.max_new_tokens, ..HarnessConfig::default() };
+    let mut stages = Vec::new();
     let mut files = Vec::new();
     for (name, dir_m) in &resolved {
         let model = tsukuru_model::pretrained::load(dir_m, candle_core::DType::F32, &candle_core::Device::Cpu)?;
         let tok = Tok::from_file(&dir_m.join("tokenizer.json"))?;
-        progress.phase(&format!("tasks {name}"), Some(chosen.len() as u64), Unit::Items);
-        let records = ask(&model, &tok, &chosen, cfg, progress)?;
+        progress.phase(&format!("tasks {name}"), Some(suite.len() as u64), Unit::Items);
+        let records = run_suite(&model, &tok, &suite, None, &hc, progress)?;
         let scores = TaskScores::of(&records);
         progress.finish(&format!(
             "{name}: in-domain {}, out-of-domain {}, hallucination {}",
@@ -201,24 +155,12 @@ pub fn evaluate_stages(
             show(scores.out_of_domain),
             show(scores.hallucination_rate)
         ));
-        let file = format!("{name}.jsonl");
-        let path = dir.path().join(&file);
-        let mut f = tsukuru_core::atomic::AtomicFile::create(&path)?;
-        for r in &records {
-            writeln!(f, "{}", serde_json::to_string(r).expect("records serialise")).at("writing", &path)?;
-        }
-        f.commit()?;
-        files.push(file);
-        summary.push(serde_json::json!({ "name": name, "scores": scores }));
+        files.push((format!("{name}.jsonl"), output::jsonl(&records)));
+        stages.push(serde_json::json!({ "name": name, "scores": scores }));
     }
-    let summary = serde_json::json!({ "split": cfg.split, "examples": chosen.len(), "stages": summary });
-    let text = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    tsukuru_core::atomic::write_atomic(dir.path().join("summary.json"), text.as_bytes())?;
-    files.push("summary.json".into());
-    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<std::result::Result<_, _>>()?;
-    manifest.stats = summary;
-    dir.finish(&manifest)?;
-    Ok(Outcome { manifest, skipped: false })
+    let summary = serde_json::json!({ "split": cfg.split, "examples": suite.len(), "stages": stages });
+    files.push(("summary.json".into(), serde_json::to_vec_pretty(&summary).expect("summary serialises")));
+    output::finish(dir, manifest, &files, &summary)
 }
 
 fn show(x: Option<f64>) -> String {
@@ -229,21 +171,35 @@ fn show(x: Option<f64>) -> String {
 mod tests {
     use super::*;
 
-    fn record(task: TaskKind, in_domain: bool, score: f64) -> TaskRecord {
+    fn record(task: &str, domain: Domain, score: f64) -> Record {
         let s = String::new();
-        TaskRecord { id: s.clone(), task, in_domain, prompt: s.clone(), reference: s.clone(), reply: s, score }
+        Record {
+            task: format!("world/{task}"),
+            id: s.clone(),
+            kind: "generate".into(),
+            domain,
+            shots: 0,
+            prompt: s.clone(),
+            target: s.clone(),
+            output: s,
+            score,
+            metrics: BTreeMap::new(),
+            bytes: None,
+            truncated: false,
+            contamination: None,
+        }
     }
 
     #[test]
     fn columns_stay_apart_and_invented_names_measure_hallucination() {
         let records = [
-            record(TaskKind::Fact, true, 1.0),
-            record(TaskKind::Fact, true, 0.0),
-            record(TaskKind::Summary, true, 0.5),
-            record(TaskKind::Reverse, false, 0.0),
-            record(TaskKind::Unknown, true, 1.0),
-            record(TaskKind::Unknown, false, 0.0),
-            record(TaskKind::Unknown, false, 0.0),
+            record("fact", Domain::In, 1.0),
+            record("fact", Domain::In, 0.0),
+            record("summary", Domain::In, 0.5),
+            record("reverse", Domain::Out, 0.0),
+            record("unknown", Domain::In, 1.0),
+            record("unknown", Domain::Out, 0.0),
+            record("unknown", Domain::Out, 0.0),
         ];
         let s = TaskScores::of(&records);
         assert_eq!((s.in_domain, s.n_in), (Some(0.5), 3));
@@ -255,18 +211,16 @@ mod tests {
     }
 
     #[test]
-    fn selection_samples_each_group_and_refuses_the_train_split() {
-        let world = tsukuru_world::World::generate(2, tsukuru_world::Scale::Tiny);
+    fn the_suite_is_the_split_s_generation_items_and_never_training() {
+        let dir = tempfile::tempdir().unwrap();
+        tsukuru_world::generate_into(dir.path(), 2, tsukuru_world::Scale::Tiny, false, &tsukuru_core::NoProgress)
+            .unwrap();
         let cfg = TaskEvalConfig { per_group: 4, ..TaskEvalConfig::default() };
-        let chosen = select(&world.tasks, &cfg).unwrap();
-        assert!(chosen.iter().all(|e| e.split == Split::Validation));
-        let mut groups: BTreeMap<(TaskKind, bool), usize> = BTreeMap::new();
-        for e in &chosen {
-            *groups.entry((e.task, e.in_domain())).or_default() += 1;
-        }
-        assert!(groups.values().all(|&n| n <= 4) && groups.len() >= 15, "{groups:?}");
-        assert_eq!(select(&world.tasks, &cfg).unwrap(), chosen, "the sample is seeded");
+        let s = suite(dir.path(), &cfg).unwrap();
+        assert!(s.tasks.len() >= 8 && s.tasks.iter().all(|t| t.name != "world/facts"));
+        assert!(s.tasks.iter().flat_map(|t| &t.items).all(|i| i.kind() == "generate"));
+        assert_eq!(suite(dir.path(), &cfg).unwrap(), s, "the sample is seeded");
         let train = TaskEvalConfig { split: Split::Train, ..cfg };
-        assert!(select(&world.tasks, &train).unwrap_err().to_string().contains("never on training"));
+        assert!(suite(dir.path(), &train).unwrap_err().to_string().contains("never on training"));
     }
 }

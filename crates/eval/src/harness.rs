@@ -18,6 +18,7 @@
 use crate::contamination::{ContaminationReport, Verdict};
 use crate::items::{Domain, Item};
 use crate::loglik::{pick, score, tail};
+use crate::output::{self, Claim};
 use crate::perplexity::stream_nats;
 use crate::scoring;
 use crate::suite::{Suite, Task};
@@ -27,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress, Rng};
+use tsukuru_core::{Manifest, Outcome, Progress, Rng};
 use tsukuru_infer::{generate, Sampler, SamplingParams};
 use tsukuru_model::Transformer;
 use tsukuru_tokenizer::chat::{render_prompt, Message, Role};
@@ -431,14 +432,10 @@ pub fn evaluate(
     let params = serde_json::json!({
         "config": cfg, "weights": weights.xxh3, "suite": suite.fingerprint(), "contamination": report_hash,
     });
-    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
-        Prepared::Done(manifest) => {
-            let summary = serde_json::from_value(manifest.stats.clone())
-                .map_err(|e| EvalError::Config(format!("reading the summary in {}: {e}", out.display())))?;
-            return Ok((Outcome { manifest, skipped: true }, summary));
-        }
-        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
+    let manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match output::claim(out, &manifest, force)? {
+        Claim::Done(outcome, summary) => return Ok((outcome, summary)),
+        Claim::Write(dir) => dir,
     };
     let model = tsukuru_model::pretrained::load(&ckpt, candle_core::DType::F32, &candle_core::Device::Cpu)?;
     let tok = Tok::from_file(&ckpt.join("tokenizer.json"))?;
@@ -447,16 +444,12 @@ pub fn evaluate(
     let name = ckpt.display().to_string();
     let summary = Summary::of(&name, cfg.num_fewshot, &records, report);
     progress.finish(&format!("{} items of {} tasks", records.len(), suite.tasks.len()));
-    let lines: String = records.iter().map(|r| serde_json::to_string(r).expect("records serialise") + "\n").collect();
-    tsukuru_core::atomic::write_atomic(dir.path().join("results.jsonl"), lines.as_bytes())?;
-    let json = serde_json::to_string_pretty(&summary).expect("summary serialises");
-    tsukuru_core::atomic::write_atomic(dir.path().join("summary.json"), json.as_bytes())?;
-    tsukuru_core::atomic::write_atomic(dir.path().join("summary.md"), summary.to_markdown().as_bytes())?;
-    let files = ["results.jsonl", "summary.json", "summary.md"];
-    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<std::result::Result<_, _>>()?;
-    manifest.stats = serde_json::to_value(&summary).expect("summary serialises");
-    dir.finish(&manifest)?;
-    Ok((Outcome { manifest, skipped: false }, summary))
+    let files = [
+        ("results.jsonl", output::jsonl(&records)),
+        ("summary.json", serde_json::to_vec_pretty(&summary).expect("summary serialises")),
+        ("summary.md", summary.to_markdown().into_bytes()),
+    ];
+    Ok((output::finish(dir, manifest, &files, &summary)?, summary))
 }
 
 #[cfg(test)]

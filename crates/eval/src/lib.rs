@@ -19,6 +19,7 @@ pub mod contamination;
 pub mod harness;
 pub mod items;
 pub mod loglik;
+mod output;
 pub mod perplexity;
 pub mod plots;
 pub mod probe;

@@ -3,7 +3,8 @@
 //! meaning (unigram bits per byte, chance accuracy, the model before alignment).
 
 use crate::base::BaseEvalSummary;
-use crate::chat_tasks::{TaskRecord, TaskScores};
+use crate::chat_tasks::TaskScores;
+use crate::harness::Record;
 use crate::probe::GroupScore;
 use std::fmt::Write;
 
@@ -113,7 +114,7 @@ fn opt_pct(x: Option<f64>) -> String {
 /// The instruction-task section: per stage (base, sft, …) the in-domain and out-of-domain
 /// accuracy and the hallucination rate, a per-task breakdown, and a few conversations of the last
 /// stage.
-pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[TaskRecord]) -> String {
+pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[Record]) -> String {
     let mut r = String::new();
     let _ = writeln!(
         r,
@@ -159,10 +160,10 @@ pub fn render_tasks(stages: &[(String, TaskScores)], samples: &[TaskRecord]) -> 
             let flat = |t: &str| t.replace('\n', " ");
             let _ = writeln!(
                 r,
-                "> **user:** {}  \n> **assistant:** {}  \n> *reference:* {} — score {:.2}\n",
+                "> **user:** {}  \n> **assistant:** {}  \n> *expected:* {} — score {:.2}\n",
                 flat(&s.prompt),
-                flat(&s.reply),
-                flat(&s.reference),
+                flat(&s.output),
+                flat(&s.target),
                 s.score
             );
         }

@@ -13,6 +13,7 @@
 
 use crate::harness::{run_suite, HarnessConfig, Record};
 use crate::items::Domain;
+use crate::output::{self, Claim};
 use crate::suite::{parse_spec, Source, Suite};
 use crate::{EvalError, Result};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tsukuru_core::manifest::FileEntry;
 use tsukuru_core::progress::Unit;
-use tsukuru_core::{Manifest, Outcome, OutputDir, Prepared, Progress};
+use tsukuru_core::{Manifest, Outcome, Progress};
 use tsukuru_world::tasks::Split;
 
 /// Artifact name of a selection.
@@ -281,14 +282,10 @@ pub fn select(
     }
     let params =
         serde_json::json!({ "metric": metric, "suite": suite.fingerprint(), "weights": weights, "config": cfg });
-    let mut manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
-    let dir = match OutputDir::prepare(out, ARTIFACT, &manifest.fingerprint, force)? {
-        Prepared::Done(manifest) => {
-            let s = serde_json::from_value(manifest.stats.clone())
-                .map_err(|e| EvalError::Config(format!("reading the selection in {}: {e}", out.display())))?;
-            return Ok((Outcome { manifest, skipped: true }, s));
-        }
-        Prepared::Fresh(dir) | Prepared::Resume(dir) => dir,
+    let manifest = Manifest::new(ARTIFACT, FORMAT_VERSION, params);
+    let dir = match output::claim(out, &manifest, force)? {
+        Claim::Done(outcome, selection) => return Ok((outcome, selection)),
+        Claim::Write(dir) => dir,
     };
     let mut scored = Vec::new();
     for c in candidates {
@@ -300,14 +297,11 @@ pub fn select(
     }
     let selection = decide(metric, tasks, scored)?;
     progress.finish(&selection.reasons[0]);
-    let json = serde_json::to_string_pretty(&selection).expect("selection serialises");
-    tsukuru_core::atomic::write_atomic(dir.path().join("selection.json"), json.as_bytes())?;
-    tsukuru_core::atomic::write_atomic(dir.path().join("selection.md"), selection.to_markdown().as_bytes())?;
-    let files = ["selection.json", "selection.md"];
-    manifest.files = files.iter().map(|f| FileEntry::of(dir.path(), f)).collect::<std::result::Result<_, _>>()?;
-    manifest.stats = serde_json::to_value(&selection).expect("selection serialises");
-    dir.finish(&manifest)?;
-    Ok((Outcome { manifest, skipped: false }, selection))
+    let files = [
+        ("selection.json", serde_json::to_vec_pretty(&selection).expect("selection serialises")),
+        ("selection.md", selection.to_markdown().into_bytes()),
+    ];
+    Ok((output::finish(dir, manifest, &files, &selection)?, selection))
 }
 
 #[cfg(test)]
