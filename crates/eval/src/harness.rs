@@ -270,8 +270,6 @@ pub(crate) fn keep_end(ids: &mut Vec<u32>, keep: usize) -> bool {
 
 /// Evaluates one item.
 fn evaluate_item(model: &Transformer, tok: &Tok, task: &Task, item: &Item, cfg: &HarnessConfig) -> Result<Record> {
-    let context = model.config().max_seq_len;
-    let examples = shots(task, item, cfg.num_fewshot, cfg.seed);
     let mut record = Record {
         task: task.name.clone(),
         id: item.id().to_string(),
@@ -287,83 +285,10 @@ fn evaluate_item(model: &Transformer, tok: &Tok, task: &Task, item: &Item, cfg: 
         truncated: false,
         contamination: None,
     };
+    let examples = shots(task, item, cfg.num_fewshot, cfg.seed);
     match item {
-        Item::Choice { context: ctx, choices, gold, delimiter, .. } => {
-            let conts: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
-            // The most examples that leave room for the longest choice.
-            let (mut text, mut ids, mut cont_ids) = (String::new(), Vec::new(), Vec::new());
-            for k in (0..=examples.len()).rev() {
-                text = examples[..k]
-                    .iter()
-                    .filter_map(|s| match s {
-                        Item::Choice { context, choices, gold, delimiter, .. } => {
-                            Some(format!("{context}{delimiter}{}\n\n", choices[*gold]))
-                        }
-                        _ => None,
-                    })
-                    .collect::<String>()
-                    + ctx;
-                ids = tok.encode_text(&text)?;
-                cont_ids = conts.iter().map(|c| tail(tok, &text, c, &ids)).collect::<Result<Vec<_>>>()?;
-                record.shots = k;
-                let longest = cont_ids.iter().map(Vec::len).max().unwrap_or(0);
-                if 1 + ids.len() + longest <= context || k == 0 {
-                    record.truncated = keep_end(&mut ids, context.saturating_sub(1 + longest));
-                    break;
-                }
-            }
-            let mut ctx_ids = vec![special::BOS];
-            ctx_ids.extend(ids);
-            let lls = score(model, &ctx_ids, &cont_ids)?;
-            let logprobs: Vec<f64> = lls.iter().map(|l| l.logprob).collect();
-            let s = pick(&logprobs, choices, *gold);
-            record.metrics.insert("acc".into(), f64::from(u8::from(s.acc)));
-            record.metrics.insert("acc_norm".into(), f64::from(u8::from(s.acc_norm)));
-            (record.prompt, record.target, record.output) = (text, choices[*gold].clone(), choices[s.pred].clone());
-            record.score = f64::from(u8::from(s.acc));
-        }
-        Item::Generate { prompt, answer, reference, scoring, chat, until, .. } => {
-            let reserve = cfg.max_new_tokens.min(context / 2);
-            let shown = |s: &Item| match s {
-                Item::Generate { prompt, answer, reference, .. } => {
-                    Some((prompt.clone(), reference.clone().unwrap_or_else(|| answer.clone())))
-                }
-                _ => None,
-            };
-            let mut ids = Vec::new();
-            for k in (0..=examples.len()).rev() {
-                let pairs: Vec<(String, String)> = examples[..k].iter().filter_map(|s| shown(s)).collect();
-                if *chat {
-                    let mut messages = Vec::new();
-                    for (q, a) in &pairs {
-                        messages.push(Message::new(Role::User, q));
-                        messages.push(Message::new(Role::Assistant, a));
-                    }
-                    messages.push(Message::new(Role::User, prompt));
-                    ids = render_prompt(tok, &messages)?;
-                    record.prompt = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n");
-                } else {
-                    record.prompt = pairs.iter().map(|(q, a)| format!("{q} {a}\n\n")).collect::<String>() + prompt;
-                    ids = vec![special::BOS];
-                    ids.extend(tok.encode_text(&record.prompt)?);
-                }
-                record.shots = k;
-                if ids.len() + reserve <= context || k == 0 {
-                    record.truncated = keep_end(&mut ids, context - reserve);
-                    break;
-                }
-            }
-            let mut reply = greedy_reply(model, tok, &ids, cfg.max_new_tokens, &STOP)?;
-            if !chat {
-                if let Some(cut) = until.iter().filter_map(|u| reply.find(u.as_str())).min() {
-                    reply.truncate(cut);
-                }
-            }
-            let reference = reference.as_deref().unwrap_or(answer);
-            record.score = scoring::score(*scoring, &reply, answer, reference);
-            record.metrics.insert(metric_name(*scoring).into(), record.score);
-            (record.target, record.output) = (answer.clone(), reply);
-        }
+        Item::Choice { .. } => choice(model, tok, item, &examples, &mut record)?,
+        Item::Generate { .. } => generation(model, tok, item, &examples, cfg, &mut record)?,
         Item::Text { text, .. } => {
             let mut ids = vec![special::BOS];
             ids.extend(tok.encode_text(text)?);
@@ -375,6 +300,100 @@ fn evaluate_item(model: &Transformer, tok: &Tok, task: &Task, item: &Item, cfg: 
         }
     }
     Ok(record)
+}
+
+/// A multiple-choice item: the choices' log-likelihoods after as many examples as leave room for
+/// the longest choice.
+fn choice(model: &Transformer, tok: &Tok, item: &Item, examples: &[&Item], record: &mut Record) -> Result<()> {
+    let Item::Choice { context: ctx, choices, gold, delimiter, .. } = item else { unreachable!("a choice item") };
+    let context = model.config().max_seq_len;
+    let conts: Vec<String> = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
+    let (mut text, mut ids, mut cont_ids) = (String::new(), Vec::new(), Vec::new());
+    for k in (0..=examples.len()).rev() {
+        let shown: String = examples[..k]
+            .iter()
+            .filter_map(|s| match s {
+                Item::Choice { context, choices, gold, delimiter, .. } => {
+                    Some(format!("{context}{delimiter}{}\n\n", choices[*gold]))
+                }
+                _ => None,
+            })
+            .collect();
+        text = shown + ctx;
+        ids = tok.encode_text(&text)?;
+        cont_ids = conts.iter().map(|c| tail(tok, &text, c, &ids)).collect::<Result<Vec<_>>>()?;
+        record.shots = k;
+        let longest = cont_ids.iter().map(Vec::len).max().unwrap_or(0);
+        if 1 + ids.len() + longest <= context || k == 0 {
+            record.truncated = keep_end(&mut ids, context.saturating_sub(1 + longest));
+            break;
+        }
+    }
+    let mut ctx_ids = vec![special::BOS];
+    ctx_ids.extend(ids);
+    let logprobs: Vec<f64> = score(model, &ctx_ids, &cont_ids)?.iter().map(|l| l.logprob).collect();
+    let s = pick(&logprobs, choices, *gold);
+    record.metrics.insert("acc".into(), f64::from(u8::from(s.acc)));
+    record.metrics.insert("acc_norm".into(), f64::from(u8::from(s.acc_norm)));
+    (record.prompt, record.target, record.output) = (text, choices[*gold].clone(), choices[s.pred].clone());
+    record.score = f64::from(u8::from(s.acc));
+    Ok(())
+}
+
+/// A generation item: greedy decoding after as many examples as leave room for the reply, scored
+/// by the item's rule.
+fn generation(
+    model: &Transformer,
+    tok: &Tok,
+    item: &Item,
+    examples: &[&Item],
+    cfg: &HarnessConfig,
+    record: &mut Record,
+) -> Result<()> {
+    let Item::Generate { prompt, answer, reference, scoring, chat, until, .. } = item else {
+        unreachable!("a generation item")
+    };
+    let context = model.config().max_seq_len;
+    let reserve = cfg.max_new_tokens.min(context / 2);
+    let shown = |s: &Item| match s {
+        Item::Generate { prompt, answer, reference, .. } => {
+            Some((prompt.clone(), reference.clone().unwrap_or_else(|| answer.clone())))
+        }
+        _ => None,
+    };
+    let mut ids = Vec::new();
+    for k in (0..=examples.len()).rev() {
+        let pairs: Vec<(String, String)> = examples[..k].iter().filter_map(|s| shown(s)).collect();
+        if *chat {
+            let mut messages = Vec::new();
+            for (q, a) in &pairs {
+                messages.push(Message::new(Role::User, q));
+                messages.push(Message::new(Role::Assistant, a));
+            }
+            messages.push(Message::new(Role::User, prompt));
+            ids = render_prompt(tok, &messages)?;
+            record.prompt = messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n");
+        } else {
+            record.prompt = pairs.iter().map(|(q, a)| format!("{q} {a}\n\n")).collect::<String>() + prompt;
+            ids = vec![special::BOS];
+            ids.extend(tok.encode_text(&record.prompt)?);
+        }
+        record.shots = k;
+        if ids.len() + reserve <= context || k == 0 {
+            record.truncated = keep_end(&mut ids, context - reserve);
+            break;
+        }
+    }
+    let mut reply = greedy_reply(model, tok, &ids, cfg.max_new_tokens, &STOP)?;
+    if !chat {
+        if let Some(cut) = until.iter().filter_map(|u| reply.find(u.as_str())).min() {
+            reply.truncate(cut);
+        }
+    }
+    record.score = scoring::score(*scoring, &reply, answer, reference.as_deref().unwrap_or(answer));
+    record.metrics.insert(metric_name(*scoring).into(), record.score);
+    (record.target, record.output) = (answer.clone(), reply);
+    Ok(())
 }
 
 /// Evaluates every test item of `suite` with `model`, in suite order; attaches each item's verdict
