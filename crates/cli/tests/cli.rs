@@ -415,6 +415,10 @@ fn a_deliberately_contaminated_task_is_detected_and_its_inflated_score_shown_apa
         let want = if i.is_multiple_of(2) { "contaminated" } else { "clean" };
         assert_eq!(item["verdict"], want, "{item}");
     }
+    // The token shards, decoded, tell the same.
+    let out =
+        ok(d, &["eval", "contamination", "--quiet", "--train", "tokens", "--tasks", "leaks.jsonl", "--out", "t.json"]);
+    assert!(out.contains("20 of 40 checked items contaminated"), "{out}");
     let table = ok(
         d,
         &["eval", "--quiet", "--model", "base", "--tasks", "leaks.jsonl", "--contamination", "c.json", "--out", "ev"],
