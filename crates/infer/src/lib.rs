@@ -2,10 +2,14 @@
 //!
 //! [`Sampler`] picks the next token from logits (greedy, temperature, top-k, top-p, seeded);
 //! [`generate`] runs prefill and decoding over the model's KV cache; [`TextStream`] turns a
-//! growing list of token ids into text pieces that never split a UTF-8 character.
+//! growing list of token ids into text pieces that never split a UTF-8 character. [`engine`]
+//! serves many requests at once on one thread, joining and leaving at token boundaries, with
+//! [`stop`] sequences held back until certain.
 
+pub mod engine;
 pub mod generate;
 pub mod sampler;
+pub mod stop;
 pub mod stream;
 
 pub use generate::{generate, FinishReason, Generation};

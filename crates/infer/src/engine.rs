@@ -1,0 +1,407 @@
+//! The serving engine: one thread owns the model and advances every running request by one step
+//! per round, so requests join and leave at token boundaries and a long prompt is prefilled in
+//! chunks between other requests' tokens instead of stalling them.
+//!
+//! A request waits in a bounded queue (full: [`SubmitError::Busy`], for a 429), is admitted when
+//! fewer than `max_running` run, then alternates: prompt chunks of `prefill_chunk` tokens into its
+//! KV cache, then one sampled token per round, streamed as [`Event`]s over its own channel. It ends
+//! at a stop token, a stop sequence (held back until it is certain, never sent), `max_tokens`, the
+//! context's end, its deadline, or when its receiver is dropped (the client went away): the slot is
+//! freed at once. Each sequence keeps its own cache and sampler, so its tokens never depend on what
+//! else runs (tests hold concurrent greedy outputs equal to sequential ones).
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stop::{Released, StopText};
+use crate::stream::TextStream;
+use crate::{InferError, Result};
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+use tsukuru_model::{KvCache, Transformer};
+use tsukuru_tokenizer::Tok;
+
+/// Limits of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Requests advanced together.
+    pub max_running: usize,
+    /// Requests waiting for a slot; more are refused.
+    pub max_queued: usize,
+    /// Prompt tokens prefilled per round.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { max_running: 8, max_queued: 64, prefill_chunk: 64 }
+    }
+}
+
+/// One generation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Prompt tokens (with BOS or the chat template already applied).
+    pub prompt: Vec<u32>,
+    /// Temperature, top-k, top-p, seed.
+    pub sampling: SamplingParams,
+    /// Most new tokens (0: only score the prompt).
+    pub max_tokens: usize,
+    /// Text that ends generation (not sent).
+    pub stop: Vec<String>,
+    /// Tokens that end generation (not sent).
+    pub stop_tokens: Vec<u32>,
+    /// Alternatives reported with each token's log-probability (0: only the chosen one's).
+    pub top_logprobs: usize,
+    /// Report the log-probability of every prompt token (for `echo` with `logprobs`).
+    pub prompt_logprobs: bool,
+    /// Give up at this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// A token's log-probability and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token.
+    pub id: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The `top_logprobs` most likely tokens there, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// A stop token or stop sequence.
+    Stop,
+    /// `max_tokens` or the end of the context.
+    Length,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// What a request's channel carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Log-probabilities of the prompt's tokens (none for the first), when asked for.
+    Prompt(Vec<Option<TokenLogprob>>),
+    /// A new token and the text it releases (empty while a character or a possible stop sequence
+    /// is incomplete).
+    Token {
+        /// The token and its log-probability.
+        logprob: TokenLogprob,
+        /// Text released.
+        text: String,
+    },
+    /// The end: the last held text, why, and the token counts.
+    Done {
+        /// Text still held at the end.
+        text: String,
+        /// Why it ended.
+        finish: Finish,
+        /// Prompt tokens.
+        prompt_tokens: usize,
+        /// Generated tokens.
+        completion_tokens: usize,
+    },
+    /// The request failed inside the engine.
+    Failed(String),
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full; retry later.
+    #[error("the server is busy: {0} requests are waiting; retry shortly")]
+    Busy(usize),
+    /// The request cannot be run.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
+/// Counts for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// Requests waiting.
+    pub queued: usize,
+    /// Requests running.
+    pub running: usize,
+    /// Tokens held in running requests' KV caches.
+    pub cached_tokens: usize,
+    /// Tokens generated since the start.
+    pub generated_tokens: usize,
+    /// Prompt tokens prefilled since the start.
+    pub prompt_tokens: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    cached_tokens: AtomicUsize,
+    generated_tokens: AtomicUsize,
+    prompt_tokens: AtomicUsize,
+}
+
+/// A handle to the engine thread; cloning shares it. The thread ends when every handle is dropped
+/// and the running requests are done.
+#[derive(Clone)]
+pub struct Engine {
+    tx: SyncSender<(Request, Sender<Event>)>,
+    shared: Arc<Shared>,
+    context: usize,
+    vocab: usize,
+    max_queued: usize,
+}
+
+impl Engine {
+    /// Starts the engine thread over `model` and `tok`.
+    pub fn start(model: Transformer, tok: Tok, cfg: EngineConfig) -> Self {
+        let (tx, rx) = mpsc::sync_channel(cfg.max_queued.max(1));
+        let shared = Arc::new(Shared::default());
+        let (context, vocab) = (model.config().max_seq_len, model.config().vocab_size);
+        let worker = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("tsukuru-engine".into())
+            .spawn(move || run(&model, &tok, cfg, &rx, &worker))
+            .expect("the engine thread starts");
+        Self { tx, shared, context, vocab, max_queued: cfg.max_queued }
+    }
+
+    /// The model's context in tokens.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// Queues `req`; its events arrive on the returned channel. Dropping the receiver cancels it.
+    pub fn submit(&self, req: Request) -> std::result::Result<Receiver<Event>, SubmitError> {
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        if req.prompt.len() >= self.context {
+            return Err(SubmitError::Invalid(format!(
+                "the prompt has {} tokens but the model's context is {}; shorten it",
+                req.prompt.len(),
+                self.context
+            )));
+        }
+        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(SubmitError::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.vocab)));
+        }
+        req.sampling.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let (tx, rx) = mpsc::channel();
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send((req, tx)) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::Busy(self.max_queued),
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    /// Current counts.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            queued: self.shared.queued.load(Ordering::SeqCst),
+            running: self.shared.running.load(Ordering::SeqCst),
+            cached_tokens: self.shared.cached_tokens.load(Ordering::SeqCst),
+            generated_tokens: self.shared.generated_tokens.load(Ordering::SeqCst),
+            prompt_tokens: self.shared.prompt_tokens.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// One running request.
+struct Seq<'t> {
+    req: Request,
+    events: Sender<Event>,
+    cache: KvCache,
+    sampler: Sampler,
+    stream: TextStream<'t>,
+    stop: StopText,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// Logits for the next token, once the prompt is in.
+    next: Option<Vec<f32>>,
+    generated: usize,
+    /// Set when finished or abandoned.
+    done: bool,
+}
+
+impl<'t> Seq<'t> {
+    fn new(req: Request, events: Sender<Event>, model: &Transformer, tok: &'t Tok) -> Result<Self> {
+        let sampler = Sampler::new(req.sampling)?;
+        let stop = StopText::new(&req.stop);
+        let cache = KvCache::new(model.config().n_layers);
+        Ok(Self {
+            req,
+            events,
+            cache,
+            sampler,
+            stream: TextStream::new(tok),
+            stop,
+            prefilled: 0,
+            next: None,
+            generated: 0,
+            done: false,
+        })
+    }
+
+    /// Sends `event`; a dropped receiver abandons the request.
+    fn send(&mut self, event: Event) {
+        if self.events.send(event).is_err() {
+            self.done = true;
+        }
+    }
+
+    fn finish(&mut self, finish: Finish) -> Result<()> {
+        let tail = self.stream.finish()?;
+        let text = match self.stop.push(&tail) {
+            Released::Text(t) => t + &self.stop.finish(),
+            Released::Stopped(t) => t,
+        };
+        let (prompt_tokens, completion_tokens) = (self.req.prompt.len(), self.generated);
+        self.send(Event::Done { text, finish, prompt_tokens, completion_tokens });
+        self.done = true;
+        Ok(())
+    }
+
+    /// One round: a prompt chunk, or one new token.
+    fn step(&mut self, model: &Transformer, chunk: usize, shared: &Shared) -> Result<()> {
+        if self.req.deadline.is_some_and(|d| Instant::now() >= d) {
+            return self.finish(Finish::Deadline);
+        }
+        let device = model.device();
+        if self.next.is_none() {
+            if self.prefilled == 0 && self.req.prompt_logprobs {
+                let scored = prompt_logprobs(model, &self.req.prompt, self.req.top_logprobs)?;
+                self.send(Event::Prompt(scored));
+            }
+            let end = (self.prefilled + chunk.max(1)).min(self.req.prompt.len());
+            let ids = Tensor::new(&self.req.prompt[self.prefilled..end], device)?.unsqueeze(0)?;
+            let logits = model.forward_last(&ids, Some(&mut self.cache))?;
+            shared.prompt_tokens.fetch_add(end - self.prefilled, Ordering::SeqCst);
+            self.prefilled = end;
+            if end < self.req.prompt.len() {
+                return Ok(());
+            }
+            self.next = Some(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?);
+            if self.req.max_tokens == 0 {
+                return self.finish(Finish::Length);
+            }
+            // The first token comes in the next round, like every other.
+            return Ok(());
+        }
+        let logits = self.next.take().expect("checked above");
+        let id = self.sampler.sample(&logits);
+        if self.req.stop_tokens.contains(&id) {
+            return self.finish(Finish::Stop);
+        }
+        self.generated += 1;
+        shared.generated_tokens.fetch_add(1, Ordering::SeqCst);
+        let logprob = describe(&logits, id, self.req.top_logprobs);
+        let piece = self.stream.push(id)?;
+        match self.stop.push(&piece) {
+            Released::Stopped(text) => {
+                self.send(Event::Token { logprob, text });
+                let (prompt_tokens, completion_tokens) = (self.req.prompt.len(), self.generated);
+                self.send(Event::Done { text: String::new(), finish: Finish::Stop, prompt_tokens, completion_tokens });
+                self.done = true;
+                return Ok(());
+            }
+            Released::Text(text) => self.send(Event::Token { logprob, text }),
+        }
+        if self.done {
+            return Ok(());
+        }
+        if self.generated >= self.req.max_tokens || self.cache.len() + 1 >= model.config().max_seq_len {
+            return self.finish(Finish::Length);
+        }
+        let ids = Tensor::new(&[id], device)?.unsqueeze(0)?;
+        self.next = Some(model.forward_last(&ids, Some(&mut self.cache))?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?);
+        Ok(())
+    }
+}
+
+/// Natural-log softmax of `logits` at `id`, with the `top` most likely alternatives.
+fn describe(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top.min(order.len());
+        order.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        order.truncate(k);
+        order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
+        best = order.into_iter().map(|t| (t, logits[t as usize] - log_z)).collect();
+    }
+    TokenLogprob { id, logprob: logits[id as usize] - log_z, top: best }
+}
+
+/// Log-probabilities of every prompt token after the first, from one forward pass.
+fn prompt_logprobs(model: &Transformer, prompt: &[u32], top: usize) -> Result<Vec<Option<TokenLogprob>>> {
+    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
+    let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;
+    let rows = logits.to_vec2::<f32>()?;
+    Ok(std::iter::once(None).chain((1..prompt.len()).map(|i| Some(describe(&rows[i - 1], prompt[i], top)))).collect())
+}
+
+fn run(model: &Transformer, tok: &Tok, cfg: EngineConfig, rx: &Receiver<(Request, Sender<Event>)>, shared: &Shared) {
+    let mut running: Vec<Seq> = Vec::new();
+    let mut open = true;
+    while open || !running.is_empty() {
+        // Admit waiting requests at this token boundary; block only when there is nothing to do.
+        while open && running.len() < cfg.max_running.max(1) {
+            let next =
+                if running.is_empty() { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() };
+            match next {
+                Ok((req, events)) => {
+                    shared.queued.fetch_sub(1, Ordering::SeqCst);
+                    match Seq::new(req, events.clone(), model, tok) {
+                        Ok(seq) => running.push(seq),
+                        Err(e) => {
+                            let _ = events.send(Event::Failed(e.to_string()));
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        for seq in running.iter_mut() {
+            if let Err(e) = seq.step(model, cfg.prefill_chunk, shared) {
+                seq.send(Event::Failed(format!("generation failed: {e}")));
+                seq.done = true;
+            }
+        }
+        running.retain(|s| !s.done);
+        shared.running.store(running.len(), Ordering::SeqCst);
+        shared.cached_tokens.store(running.iter().map(|s| s.cache.len()).sum(), Ordering::SeqCst);
+    }
+}
+
+/// Runs `req` alone to the end and collects its events (for tests and one-off use).
+pub fn collect(engine: &Engine, req: Request) -> std::result::Result<Vec<Event>, InferError> {
+    let rx = engine.submit(req).map_err(|e| InferError::Request(e.to_string()))?;
+    let mut out = Vec::new();
+    for event in rx {
+        let last = matches!(event, Event::Done { .. } | Event::Failed(_));
+        out.push(event);
+        if last {
+            break;
+        }
+    }
+    Ok(out)
+}
