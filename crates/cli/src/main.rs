@@ -59,6 +59,8 @@ enum Command {
     Select(commands::select::SelectArgs),
     /// Write a run's report card: report.md with plots (cost, curves, per-stage tables, contamination).
     Report(commands::report::ReportArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (chat, completions, streaming).
+    Serve(commands::serve::ServeArgs),
     /// Write a trained model in another format (GGUF for llama.cpp).
     #[command(subcommand)]
     Export(commands::export::ExportCmd),
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Export(c) => commands::export::run(c),
         Command::Report(a) => commands::report::run(a),
+        Command::Serve(a) => commands::serve::run(a),
         Command::Select(a) => commands::select::run(a, &progress),
     };
     match result {

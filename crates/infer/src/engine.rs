@@ -53,6 +53,10 @@ pub struct Request {
     pub stop: Vec<String>,
     /// Tokens that end generation (not sent).
     pub stop_tokens: Vec<u32>,
+    /// Subtracted from the logit of every token already generated (OpenAI's presence penalty).
+    pub presence_penalty: f32,
+    /// Subtracted once per earlier occurrence (OpenAI's frequency penalty).
+    pub frequency_penalty: f32,
     /// Alternatives reported with each token's log-probability (0: only the chosen one's).
     pub top_logprobs: usize,
     /// Report the log-probability of every prompt token (for `echo` with `logprobs`).
@@ -235,6 +239,8 @@ struct Seq<'t> {
     /// Logits for the next token, once the prompt is in.
     next: Option<Vec<f32>>,
     generated: usize,
+    /// Occurrences of each generated token, for the penalties.
+    counts: std::collections::BTreeMap<u32, u32>,
     /// Set when finished or abandoned.
     done: bool,
 }
@@ -254,6 +260,7 @@ impl<'t> Seq<'t> {
             prefilled: 0,
             next: None,
             generated: 0,
+            counts: Default::default(),
             done: false,
         })
     }
@@ -303,8 +310,12 @@ impl<'t> Seq<'t> {
             // The first token comes in the next round, like every other.
             return Ok(());
         }
-        let logits = self.next.take().expect("checked above");
+        let mut logits = self.next.take().expect("checked above");
+        for (&t, &n) in &self.counts {
+            logits[t as usize] -= self.req.presence_penalty + self.req.frequency_penalty * n as f32;
+        }
         let id = self.sampler.sample(&logits);
+        *self.counts.entry(id).or_default() += 1;
         if self.req.stop_tokens.contains(&id) {
             return self.finish(Finish::Stop);
         }

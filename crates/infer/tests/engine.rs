@@ -43,6 +43,8 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         max_tokens,
         stop: Vec::new(),
         stop_tokens: Vec::new(),
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
         top_logprobs: 0,
         prompt_logprobs: false,
         deadline: None,
@@ -167,6 +169,13 @@ fn stop_sequences_deadlines_and_prompt_logprobs() {
         .collect();
     assert_eq!(got, before, "stop {stop:?}");
     assert!(matches!(stopped.last(), Some(Event::Done { finish: Finish::Stop, .. })));
+    // A presence penalty past every logit gap forbids repeating a generated token.
+    let fresh = collect(&engine, Request { presence_penalty: 1e4, ..request(prompt.clone(), 24) }).unwrap();
+    let ids = tokens(&fresh);
+    let distinct: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    let unpenalised: std::collections::BTreeSet<u32> = tokens(&free).into_iter().collect();
+    assert!(unpenalised.len() < tokens(&free).len(), "without the penalty this model repeats itself");
     // A deadline in the past ends the request at once.
     let late = Request { deadline: Some(Instant::now()), ..request(prompt.clone(), 24) };
     assert!(matches!(collect(&engine, late).unwrap().last(), Some(Event::Done { finish: Finish::Deadline, .. })));

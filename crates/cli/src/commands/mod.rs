@@ -11,6 +11,7 @@ pub mod generate;
 pub mod pretrain;
 pub mod report;
 pub mod select;
+pub mod serve;
 pub mod sft;
 pub mod speedrun;
 pub mod tokenizer;

@@ -1,0 +1,136 @@
+//! tsukuru-serve: an OpenAI-compatible HTTP API over the inference engine ([`tsukuru_infer::engine`]).
+//!
+//! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
+//! (with `logprobs` and `echo`, so log-likelihood clients such as lm-evaluation-harness's
+//! `local-completions` work), streaming as Server-Sent Events in OpenAI's chunk format.
+//! Limits: with API keys set every route but `/health` needs `Authorization: Bearer KEY`; bodies
+//! over 2 MB, malformed JSON and prompts longer than the context get a 4xx in OpenAI's error format;
+//! a full queue answers 429 with `Retry-After`; a client that disconnects cancels its request.
+
+pub mod openai;
+mod routes;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use std::time::Duration;
+use tsukuru_infer::engine::Engine;
+use tsukuru_tokenizer::Tok;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// What the server needs besides the engine.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The name `/v1/models` lists and responses carry.
+    pub model_name: String,
+    /// Accepted API keys; empty: no authentication.
+    pub api_keys: Vec<String>,
+    /// A request still running after this long ends with what it has.
+    pub request_timeout: Duration,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// The model's tokenizer (prompts are encoded in the handlers).
+    pub tok: Tok,
+    /// Settings.
+    pub cfg: ServeConfig,
+}
+
+/// An error response in OpenAI's format.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// A 400 naming the bad field.
+    pub fn invalid(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param,
+            retry_after: None,
+        }
+    }
+
+    /// An error with its own status.
+    pub fn status(status: StatusCode, message: impl Into<String>, kind: &'static str) -> Self {
+        Self { status, message: message.into(), kind, param: None, retry_after: None }
+    }
+
+    /// A 429 asking the client to come back after `seconds`.
+    pub fn busy(message: impl Into<String>, seconds: u64) -> Self {
+        Self { retry_after: Some(seconds), ..Self::status(StatusCode::TOO_MANY_REQUESTS, message, "rate_limit_error") }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(openai::error_body(&self.message, self.kind, self.param));
+        let mut response = (self.status, body).into_response();
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, s.into());
+        }
+        response
+    }
+}
+
+/// Refuses requests without one of the API keys (when keys are set).
+async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if state.cfg.api_keys.is_empty() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(key) if state.cfg.api_keys.iter().any(|k| k == key) => next.run(request).await,
+        _ => ApiError::status(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key: send `Authorization: Bearer KEY`",
+            "authentication_error",
+        )
+        .into_response(),
+    }
+}
+
+/// The application: every route, authentication where keys are set, the body limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(routes::models))
+        .route("/v1/chat/completions", post(routes::chat))
+        .route("/v1/completions", post(routes::completions))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
+    Router::new()
+        .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .merge(api)
+        .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such route", "invalid_request_error") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; requests in flight then finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
