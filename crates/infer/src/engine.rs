@@ -163,6 +163,7 @@ pub struct Engine {
     context: usize,
     vocab: usize,
     max_queued: usize,
+    max_running: usize,
 }
 
 impl Engine {
@@ -176,12 +177,17 @@ impl Engine {
             .name("tsukuru-engine".into())
             .spawn(move || run(&model, &tok, cfg, &rx, &worker))
             .expect("the engine thread starts");
-        Self { tx, shared, context, vocab, max_queued: cfg.max_queued }
+        Self { tx, shared, context, vocab, max_queued: cfg.max_queued, max_running: cfg.max_running }
     }
 
     /// The model's context in tokens.
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// Tokens the running requests' caches can hold at most (running slots × context).
+    pub fn cache_capacity(&self) -> usize {
+        self.max_running * self.context
     }
 
     /// Queues `req`; its events arrive on the returned channel. Dropping the receiver cancels it.

@@ -2,11 +2,14 @@
 //!
 //! Routes: `GET /health`, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`
 //! (with `logprobs` and `echo`, so log-likelihood clients such as lm-evaluation-harness's
-//! `local-completions` work), streaming as Server-Sent Events in OpenAI's chunk format.
+//! `local-completions` work), streaming as Server-Sent Events in OpenAI's chunk format;
+//! `GET /metrics` ([`metrics`], Prometheus text); `GET /` a web chat page (streaming, multi-turn,
+//! no external assets; with API keys set it is opened as `/?key=KEY`).
 //! Limits: with API keys set every route but `/health` needs `Authorization: Bearer KEY`; bodies
 //! over 2 MB, malformed JSON and prompts longer than the context get a 4xx in OpenAI's error format;
 //! a full queue answers 429 with `Retry-After`; a client that disconnects cancels its request.
 
+pub mod metrics;
 pub mod openai;
 mod routes;
 
@@ -20,6 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tsukuru_infer::engine::Engine;
 use tsukuru_tokenizer::Tok;
+
+/// The web chat page served at `/`: multi-turn, streaming, no external assets.
+pub const CHAT_PAGE: &str = include_str!("chat.html");
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
@@ -43,6 +49,15 @@ pub struct AppState {
     pub tok: Tok,
     /// Settings.
     pub cfg: ServeConfig,
+    /// Measurements for `/metrics`.
+    pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    /// The state of a server over `engine`.
+    pub fn new(engine: Engine, tok: Tok, cfg: ServeConfig) -> Self {
+        Self { engine, tok, cfg, metrics: metrics::Metrics::default() }
+    }
 }
 
 /// An error response in OpenAI's format.
@@ -94,14 +109,20 @@ async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next
     if state.cfg.api_keys.is_empty() {
         return next.run(request).await;
     }
-    let given = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(|k| k.trim().to_string());
+    // A browser opening the chat page cannot send a header: the page takes `?key=` instead.
+    let page_key = (request.uri().path() == "/")
+        .then(|| request.uri().query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("key=")))
+        .flatten()
+        .map(str::to_string);
+    let given = bearer.or(page_key);
     match given {
-        Some(key) if state.cfg.api_keys.iter().any(|k| k == key) => next.run(request).await,
+        Some(key) if state.cfg.api_keys.contains(&key) => next.run(request).await,
         _ => ApiError::status(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API key: send `Authorization: Bearer KEY`",
@@ -111,12 +132,29 @@ async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next
     }
 }
 
+/// Counts each answered request by route and status.
+async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_string();
+    let response = next.run(request).await;
+    state.metrics.request(&route, response.status().as_u16());
+    response
+}
+
+/// `GET /metrics`.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(state.engine.stats(), state.engine.cache_capacity());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 /// The application: every route, authentication where keys are set, the body limit.
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(routes::chat))
         .route("/v1/completions", post(routes::completions))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), count))
+        .route("/metrics", get(metrics))
+        .route("/", get(|| async { axum::response::Html(CHAT_PAGE) }))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&state), authenticate));
     Router::new()
         .route("/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))

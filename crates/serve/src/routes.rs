@@ -5,6 +5,7 @@
 //! stops when the client's connection is gone, which drops the engine's receiver and cancels the
 //! request.
 
+use crate::metrics::{Metrics, TokenClock};
 use crate::openai::{ChatRequest, CompletionRequest, Prompt, Sampling, Usage};
 use crate::{ApiError, AppState};
 use axum::body::Bytes;
@@ -117,12 +118,14 @@ struct Choice {
     failed: Option<String>,
 }
 
-fn drain(rx: Receiver<Event>) -> Choice {
+fn drain(rx: Receiver<Event>, metrics: &Metrics) -> Choice {
     let mut c = Choice::default();
+    let mut clock = TokenClock::start();
     for event in rx {
         match event {
             Event::Prompt(p) => c.prompt = p,
             Event::Token { logprob, text } => {
+                metrics.token(&mut clock);
                 c.tokens.push(logprob);
                 c.text.push_str(&text);
             }
@@ -158,10 +161,12 @@ fn created() -> u64 {
 }
 
 /// Collects every choice on a blocking task.
-async fn gather(receivers: Vec<Receiver<Event>>) -> Result<Vec<Choice>, ApiError> {
-    let choices = tokio::task::spawn_blocking(move || receivers.into_iter().map(drain).collect::<Vec<_>>())
-        .await
-        .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "server_error"))?;
+async fn gather(state: &Arc<AppState>, receivers: Vec<Receiver<Event>>) -> Result<Vec<Choice>, ApiError> {
+    let st = Arc::clone(state);
+    let choices =
+        tokio::task::spawn_blocking(move || receivers.into_iter().map(|rx| drain(rx, &st.metrics)).collect::<Vec<_>>())
+            .await
+            .map_err(|e| ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "server_error"))?;
     if let Some(m) = choices.iter().find_map(|c| c.failed.clone()) {
         return Err(ApiError::status(StatusCode::INTERNAL_SERVER_ERROR, m, "server_error"));
     }
@@ -176,11 +181,13 @@ fn total_usage(choices: &[Choice]) -> Usage {
 /// Streams each choice's events as chunks made by `chunk(index, event)`, then a usage chunk when
 /// asked for and `[DONE]`.
 fn stream(
+    state: &Arc<AppState>,
     receivers: Vec<Receiver<Event>>,
     usage_chunk: Option<Value>,
     chunk: impl Fn(usize, &Event) -> Option<Value> + Send + 'static,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Sse, Infallible>>(64);
+    let st = Arc::clone(state);
     tokio::task::spawn_blocking(move || {
         let send = |v: Value| tx.blocking_send(Ok(Sse::default().data(v.to_string()))).is_ok();
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
@@ -190,8 +197,12 @@ fn stream(
                     return;
                 }
             }
+            let mut clock = TokenClock::start();
             for event in events {
                 let last = matches!(event, Event::Done { .. } | Event::Failed(_));
+                if matches!(event, Event::Token { .. }) {
+                    st.metrics.token(&mut clock);
+                }
                 if let Event::Done { prompt_tokens: p, completion_tokens: c, .. } = &event {
                     (prompt_tokens, completion_tokens) = (*p, completion_tokens + c);
                 }
@@ -289,7 +300,7 @@ pub async fn chat(
             u
         });
         let st = Arc::clone(&state);
-        return Ok(stream(receivers, usage, move |i, event| {
+        return Ok(stream(&state, receivers, usage, move |i, event| {
             let (delta, finish, logprobs) = match event {
                 Event::Prompt(_) => (json!({ "role": "assistant", "content": "" }), Value::Null, Value::Null),
                 Event::Token { text, logprob } => {
@@ -307,7 +318,7 @@ pub async fn chat(
             Some(c)
         }));
     }
-    let choices = gather(receivers).await?;
+    let choices = gather(&state, receivers).await?;
     let usage = total_usage(&choices);
     let out: Vec<Value> = choices
         .iter()
@@ -406,7 +417,7 @@ pub async fn completions(
             u
         });
         let echoed = echo.then(|| prompts[0].1.clone());
-        return Ok(stream(receivers, usage, move |i, event| {
+        return Ok(stream(&state, receivers, usage, move |i, event| {
             let (text, finish) = match event {
                 Event::Prompt(_) => (echoed.clone()?, Value::Null),
                 Event::Token { text, .. } => (text.clone(), Value::Null),
@@ -418,7 +429,7 @@ pub async fn completions(
             Some(c)
         }));
     }
-    let choices = gather(receivers).await?;
+    let choices = gather(&state, receivers).await?;
     let mut usage = Usage::default();
     let mut out = Vec::new();
     for (i, c) in choices.iter().enumerate() {

@@ -41,7 +41,7 @@ fn start(keys: &[&str], engine_cfg: EngineConfig) -> String {
         api_keys: keys.iter().map(|k| k.to_string()).collect(),
         request_timeout: Duration::from_secs(60),
     };
-    let state = Arc::new(AppState { engine, tok, cfg });
+    let state = Arc::new(AppState::new(engine, tok, cfg));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -144,6 +144,20 @@ fn chat_streaming_and_completions_speak_openai() {
     let many = json!({"prompt": "A", "max_tokens": 4, "n": 3, "seed": 1});
     let c = json_of(&call(&format!("{base}/v1/completions"), Some(&many.to_string()), None).1);
     assert_eq!(c["choices"].as_array().unwrap().len(), 3);
+
+    // Prometheus metrics account for what was served.
+    let (status, text, _) = call(&format!("{base}/metrics"), None, None);
+    assert_eq!(status, 200);
+    assert!(text.contains("tsukuru_requests_total{route=\"/v1/chat/completions\",status=\"200\"} 2"), "{text}");
+    let value = |name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("tsukuru_time_to_first_token_seconds_count") >= 2.0);
+    assert!(value("tsukuru_inter_token_latency_seconds_count") >= 1.0);
+    assert!(value("tsukuru_generation_tokens_total") >= c["usage"]["completion_tokens"].as_f64().unwrap());
+    assert_eq!(value("tsukuru_queue_depth"), 0.0);
 }
 
 #[test]
@@ -159,6 +173,10 @@ fn bad_requests_get_openai_errors_and_keys_are_enforced() {
     assert_eq!(call(&chat, Some(&ok), Some("wrong")).0, 401);
     assert_eq!(call(&chat, Some(&ok), Some("sekret")).0, 200);
     assert_eq!(call(&format!("{base}/v1/models"), None, None).0, 401);
+    assert_eq!(call(&format!("{base}/metrics"), None, None).0, 401);
+    assert_eq!(call(&format!("{base}/"), None, None).0, 401);
+    let (status, page, _) = call(&format!("{base}/?key=sekret"), None, None);
+    assert!(status == 200 && page.contains("tsukuru chat") && !page.contains("https://"), "{status}");
     let key = Some("sekret");
     let user = |extra: Value| {
         let mut v = json!({"messages": [{"role": "user", "content": "x"}]});

@@ -64,7 +64,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         api_keys: a.api_keys.clone(),
         request_timeout: Duration::from_secs(a.request_timeout),
     };
-    let state = Arc::new(AppState { engine, tok, cfg });
+    let state = Arc::new(AppState::new(engine, tok, cfg));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
