@@ -11,7 +11,9 @@ source scripts/lib/serve.sh
 if ! command -v chromium > /dev/null; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium > /dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  # Stale package lists on a fresh machine: refresh them once and try again.
+  $sudo apt-get install -y -q chromium > /dev/null || { $sudo apt-get update -q > /dev/null && $sudo apt-get install -y -q chromium > /dev/null; }
 fi
 node_dir="${TSUKURU_NODE_CACHE:-$HOME/.cache/tsukuru/node-browser}"
 if [ ! -d "$node_dir/node_modules/playwright-core" ]; then
