@@ -57,6 +57,8 @@ pub struct Request {
     pub presence_penalty: f32,
     /// Subtracted once per earlier occurrence (OpenAI's frequency penalty).
     pub frequency_penalty: f32,
+    /// Added to the logits of these tokens at every step (OpenAI's `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     /// Alternatives reported with each token's log-probability (0: only the chosen one's).
     pub top_logprobs: usize,
     /// Report the log-probability of every prompt token (for `echo` with `logprobs`).
@@ -202,7 +204,9 @@ impl Engine {
                 self.context
             )));
         }
-        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
+        if let Some(bad) =
+            req.prompt.iter().chain(req.logit_bias.iter().map(|(t, _)| t)).find(|&&t| t as usize >= self.vocab)
+        {
             return Err(SubmitError::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.vocab)));
         }
         req.sampling.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
@@ -319,6 +323,9 @@ impl<'t> Seq<'t> {
         let mut logits = self.next.take().expect("checked above");
         for (&t, &n) in &self.counts {
             logits[t as usize] -= self.req.presence_penalty + self.req.frequency_penalty * n as f32;
+        }
+        for &(t, bias) in &self.req.logit_bias {
+            logits[t as usize] += bias;
         }
         let id = self.sampler.sample(&logits);
         *self.counts.entry(id).or_default() += 1;

@@ -45,6 +45,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         stop_tokens: Vec::new(),
         presence_penalty: 0.0,
         frequency_penalty: 0.0,
+        logit_bias: Vec::new(),
         top_logprobs: 0,
         prompt_logprobs: false,
         deadline: None,
@@ -176,6 +177,9 @@ fn stop_sequences_deadlines_and_prompt_logprobs() {
     assert_eq!(distinct.len(), ids.len(), "{ids:?}");
     let unpenalised: std::collections::BTreeSet<u32> = tokens(&free).into_iter().collect();
     assert!(unpenalised.len() < tokens(&free).len(), "without the penalty this model repeats itself");
+    // A logit bias forces a token.
+    let forced = collect(&engine, Request { logit_bias: vec![(7, 1e4)], ..request(prompt.clone(), 5) }).unwrap();
+    assert_eq!(tokens(&forced), vec![7; 5]);
     // A deadline in the past ends the request at once.
     let late = Request { deadline: Some(Instant::now()), ..request(prompt.clone(), 24) };
     assert!(matches!(collect(&engine, late).unwrap().last(), Some(Event::Done { finish: Finish::Deadline, .. })));

@@ -50,6 +50,8 @@ pub struct Sampling {
     pub frequency_penalty: Option<f32>,
     /// `{"include_usage": true}` adds a usage chunk to a stream.
     pub stream_options: Option<Value>,
+    /// Token id (as a string) → bias added to its logit (−100 to 100).
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
 }
 
 /// One chat message.

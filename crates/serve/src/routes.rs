@@ -57,6 +57,7 @@ struct Plan {
     usage_chunk: bool,
     presence: f32,
     frequency: f32,
+    logit_bias: Vec<(u32, f32)>,
 }
 
 fn plan(s: &Sampling) -> Result<Plan, ApiError> {
@@ -85,7 +86,20 @@ fn plan(s: &Sampling) -> Result<Plan, ApiError> {
     };
     sampling.validate().map_err(|e| ApiError::invalid(e.to_string(), None))?;
     let usage_chunk = s.stream_options.as_ref().and_then(|o| o["include_usage"].as_bool()).unwrap_or(false);
-    Ok(Plan { sampling, stop, n, stream: s.stream.unwrap_or(false), usage_chunk, presence, frequency })
+    let mut logit_bias = Vec::new();
+    for (token, &bias) in s.logit_bias.iter().flatten() {
+        let id = token.parse::<u32>().map_err(|_| {
+            ApiError::invalid(format!("logit_bias key `{token}` is not a token id"), Some("logit_bias"))
+        })?;
+        if !(-100.0..=100.0).contains(&bias) {
+            return Err(ApiError::invalid(
+                format!("logit_bias values must be between -100 and 100, got {bias}"),
+                Some("logit_bias"),
+            ));
+        }
+        logit_bias.push((id, bias));
+    }
+    Ok(Plan { sampling, stop, n, stream: s.stream.unwrap_or(false), usage_chunk, presence, frequency, logit_bias })
 }
 
 /// Submits one engine request per choice (seed + index), refusing all if any is refused.
@@ -286,6 +300,7 @@ pub async fn chat(
         stop_tokens: vec![special::END, special::EOS, special::BOS],
         presence_penalty: p.presence,
         frequency_penalty: p.frequency,
+        logit_bias: p.logit_bias.clone(),
         top_logprobs: top,
         prompt_logprobs: false,
         deadline: None,
@@ -399,9 +414,11 @@ pub async fn completions(
             sampling: p.sampling,
             max_tokens,
             stop: p.stop.clone(),
-            stop_tokens: vec![special::EOS, special::BOS],
+            // Special tokens are never text: a document's end, the next one's start, a turn's end.
+            stop_tokens: vec![special::EOS, special::BOS, special::END],
             presence_penalty: p.presence,
             frequency_penalty: p.frequency,
+            logit_bias: p.logit_bias.clone(),
             top_logprobs: top.unwrap_or(0),
             prompt_logprobs: echo && top.is_some(),
             deadline: None,
