@@ -246,6 +246,8 @@ struct Seq<'t> {
     stop: StopText,
     /// Prompt tokens already in the cache.
     prefilled: usize,
+    /// Log-probabilities of the prompt's tokens so far (when asked for), sent once it is all in.
+    scored: Vec<Option<TokenLogprob>>,
     /// Logits for the next token, once the prompt is in.
     next: Option<Vec<f32>>,
     generated: usize,
@@ -268,6 +270,7 @@ impl<'t> Seq<'t> {
             stream: TextStream::new(tok),
             stop,
             prefilled: 0,
+            scored: Vec::new(),
             next: None,
             generated: 0,
             counts: Default::default(),
@@ -288,10 +291,15 @@ impl<'t> Seq<'t> {
             Released::Text(t) => t + &self.stop.finish(),
             Released::Stopped(t) => t,
         };
+        self.end(text, finish);
+        Ok(())
+    }
+
+    /// Sends the last event and marks the request finished.
+    fn end(&mut self, text: String, finish: Finish) {
         let (prompt_tokens, completion_tokens) = (self.req.prompt.len(), self.generated);
         self.send(Event::Done { text, finish, prompt_tokens, completion_tokens });
         self.done = true;
-        Ok(())
     }
 
     /// One round: a prompt chunk, or one new token.
@@ -301,19 +309,32 @@ impl<'t> Seq<'t> {
         }
         let device = model.device();
         if self.next.is_none() {
-            if self.prefilled == 0 && self.req.prompt_logprobs {
-                let scored = prompt_logprobs(model, &self.req.prompt, self.req.top_logprobs)?;
-                self.send(Event::Prompt(scored));
-            }
             let end = (self.prefilled + chunk.max(1)).min(self.req.prompt.len());
             let ids = Tensor::new(&self.req.prompt[self.prefilled..end], device)?.unsqueeze(0)?;
-            let logits = model.forward_last(&ids, Some(&mut self.cache))?;
+            // Every position's logits: the last one predicts the first new token, the others
+            // score the prompt's own next tokens when those are asked for.
+            let logits = model.forward(&ids, Some(&mut self.cache))?.squeeze(0)?.to_dtype(DType::F32)?;
+            if self.req.prompt_logprobs {
+                if self.prefilled == 0 {
+                    self.scored.push(None);
+                }
+                for (j, row) in logits.to_vec2::<f32>()?.iter().enumerate() {
+                    if let Some(&next) = self.req.prompt.get(self.prefilled + j + 1) {
+                        self.scored.push(Some(describe(row, next, self.req.top_logprobs)));
+                    }
+                }
+            }
             shared.prompt_tokens.fetch_add(end - self.prefilled, Ordering::SeqCst);
+            let last = logits.get(end - self.prefilled - 1)?.to_vec1()?;
             self.prefilled = end;
             if end < self.req.prompt.len() {
                 return Ok(());
             }
-            self.next = Some(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?);
+            self.next = Some(last);
+            if self.req.prompt_logprobs {
+                let scored = std::mem::take(&mut self.scored);
+                self.send(Event::Prompt(scored));
+            }
             if self.req.max_tokens == 0 {
                 return self.finish(Finish::Length);
             }
@@ -339,9 +360,7 @@ impl<'t> Seq<'t> {
         match self.stop.push(&piece) {
             Released::Stopped(text) => {
                 self.send(Event::Token { logprob, text });
-                let (prompt_tokens, completion_tokens) = (self.req.prompt.len(), self.generated);
-                self.send(Event::Done { text: String::new(), finish: Finish::Stop, prompt_tokens, completion_tokens });
-                self.done = true;
+                self.end(String::new(), Finish::Stop);
                 return Ok(());
             }
             Released::Text(text) => self.send(Event::Token { logprob, text }),
@@ -372,14 +391,6 @@ fn describe(logits: &[f32], id: u32, top: usize) -> TokenLogprob {
         best = order.into_iter().map(|t| (t, logits[t as usize] - log_z)).collect();
     }
     TokenLogprob { id, logprob: logits[id as usize] - log_z, top: best }
-}
-
-/// Log-probabilities of every prompt token after the first, from one forward pass.
-fn prompt_logprobs(model: &Transformer, prompt: &[u32], top: usize) -> Result<Vec<Option<TokenLogprob>>> {
-    let ids = Tensor::new(prompt, model.device())?.unsqueeze(0)?;
-    let logits = model.forward(&ids, None)?.squeeze(0)?.to_dtype(DType::F32)?;
-    let rows = logits.to_vec2::<f32>()?;
-    Ok(std::iter::once(None).chain((1..prompt.len()).map(|i| Some(describe(&rows[i - 1], prompt[i], top)))).collect())
 }
 
 fn run(model: &Transformer, tok: &Tok, cfg: EngineConfig, rx: &Receiver<(Request, Sender<Event>)>, shared: &Shared) {

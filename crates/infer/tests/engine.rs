@@ -195,4 +195,14 @@ fn stop_sequences_deadlines_and_prompt_logprobs() {
         assert!(lp.logprob < 0.0 && lp.top.len() == 3 && lp.top[0].1 >= lp.logprob && lp.top[0].1 >= lp.top[2].1);
     }
     assert!(matches!(events.last(), Some(Event::Done { completion_tokens: 0, .. })));
+    // Scored while prefilling in chunks of 3, the prompt gets the same log-probabilities.
+    let chunked = Engine::start(model(vocab, 128), tok, EngineConfig { prefill_chunk: 3, ..EngineConfig::default() });
+    let again =
+        collect(&chunked, Request { prompt_logprobs: true, top_logprobs: 3, ..request(prompt.clone(), 0) }).unwrap();
+    let Event::Prompt(chunked_lps) = &again[0] else { panic!("{again:?}") };
+    for (a, b) in lps.iter().zip(chunked_lps).skip(1) {
+        let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+        assert_eq!((a.id, a.top.iter().map(|t| t.0).collect::<Vec<_>>()), (b.id, b.top.iter().map(|t| t.0).collect()));
+        assert!((a.logprob - b.logprob).abs() < 1e-4, "{} vs {}", a.logprob, b.logprob);
+    }
 }

@@ -224,6 +224,10 @@ fn stream(
                     let _ = send(crate::openai::error_body(m, "server_error", None));
                     return;
                 }
+                // The opening chunk above stands for the prompt; its log-probabilities are not streamed.
+                if matches!(event, Event::Prompt(_)) {
+                    continue;
+                }
                 // A client that went away ends the task, which cancels the request in the engine.
                 if chunk(i, &event).is_some_and(|v| !send(v)) {
                     return;
@@ -350,9 +354,9 @@ pub async fn chat(
 }
 
 /// OpenAI's completion `logprobs`: tokens, their log-probabilities, the alternatives, offsets.
-fn completion_logprobs(state: &AppState, scored: &[Option<TokenLogprob>], start_offset: usize) -> Value {
+fn completion_logprobs(state: &AppState, scored: &[Option<TokenLogprob>]) -> Value {
     let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut offset = start_offset;
+    let mut offset = 0;
     for t in scored {
         let id = t.as_ref().map(|t| t.id);
         let text = id.map(|id| state.tok.decode(&[id]).unwrap_or_default()).unwrap_or_default();
@@ -459,7 +463,7 @@ pub async fn completions(
                 let mut scored: Vec<Option<TokenLogprob>> =
                     if echo { c.prompt.iter().skip(skip).cloned().collect() } else { Vec::new() };
                 scored.extend(c.tokens.iter().cloned().map(Some));
-                completion_logprobs(&state, &scored, 0)
+                completion_logprobs(&state, &scored)
             }
             None => Value::Null,
         };

@@ -135,6 +135,17 @@ fn chat_streaming_and_completions_speak_openai() {
         let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
         assert!(x < 0.0 && best >= x - 1e-6, "{x} vs best {best}");
     }
+    // Streamed with echo, the prompt comes once, then the new text.
+    let mut echoed = req.clone();
+    echoed["stream"] = json!(true);
+    echoed["max_tokens"] = json!(3);
+    let (_, body, _) = call(&format!("{base}/v1/completions"), Some(&echoed.to_string()), None);
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").filter(|d| *d != "[DONE]"))
+        .filter_map(|d| json_of(d)["choices"][0]["text"].as_str().map(str::to_string))
+        .collect();
+    assert!(text.starts_with(prompt) && !text[prompt.len()..].contains(prompt), "{text:?}");
     // Token-id prompts are used as given: the first token has no log-probability.
     let ids = json!({"prompt": [[0, 40, 41, 42]], "max_tokens": 2, "echo": true, "logprobs": 0, "temperature": 0});
     let c = json_of(&call(&format!("{base}/v1/completions"), Some(&ids.to_string()), None).1);
