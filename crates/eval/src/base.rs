@@ -167,7 +167,6 @@ pub fn evaluate_base(
 }
 
 fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let text: String = rows.iter().map(|r| serde_json::to_string(r).expect("rows serialise") + "\n").collect();
-    tsukuru_core::atomic::write_atomic(path, text.as_bytes())?;
+    tsukuru_core::atomic::write_atomic(path, &crate::output::jsonl(rows))?;
     Ok(())
 }

@@ -3,10 +3,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use tsukuru_core::NoProgress;
 use tsukuru_infer::{generate, FinishReason, Sampler, SamplingParams, TextStream};
 use tsukuru_model::init::init_params;
 use tsukuru_model::{ModelConfig, Transformer};
+
+mod common;
 
 fn model(max_seq_len: usize) -> Transformer {
     let mut cfg = ModelConfig::from_depth(1, 97, max_seq_len);
@@ -64,16 +65,7 @@ fn the_context_limits_the_output_and_a_full_prompt_is_refused() {
 
 #[test]
 fn streamed_pieces_concatenate_to_the_decoded_text() {
-    let tmp = tempfile::tempdir().unwrap();
-    let world = tmp.path().join("world");
-    tsukuru_world::generate_into(&world, 2, tsukuru_world::Scale::Tiny, false, &NoProgress).unwrap();
-    let data = tmp.path().join("data");
-    let cfg = tsukuru_data::PrepareConfig::default();
-    tsukuru_data::prepare(&[world.join("corpus.jsonl")], &data, &cfg, false, &NoProgress).unwrap();
-    let tok_dir = tmp.path().join("tok");
-    let tcfg = tsukuru_tokenizer::TokenizerConfig { vocab_size: 600, ..Default::default() };
-    tsukuru_tokenizer::train(&data, &tok_dir, &tcfg, false, &NoProgress).unwrap();
-    let tok = tsukuru_tokenizer::Tok::load(&tok_dir).unwrap();
+    let tok = common::tok();
     let text = "Zürich — 東京 🚲 was founded in 1201.";
     let ids = tok.encode_text(text).unwrap();
     let mut stream = TextStream::new(&tok);
