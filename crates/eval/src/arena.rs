@@ -130,21 +130,12 @@ impl Default for ArenaConfig {
 }
 
 /// The generation items of `suite` (the arena compares replies, so other kinds are left out).
-pub fn prompts_of(suite: &Suite) -> Result<Suite> {
-    let tasks: Vec<Task> = suite
-        .tasks
-        .iter()
-        .map(|t| Task {
-            name: t.name.clone(),
-            items: t.items.iter().filter(|i| matches!(i, Item::Generate { .. })).cloned().collect(),
-            fewshot: Vec::new(),
-        })
-        .filter(|t| !t.items.is_empty())
-        .collect();
-    if tasks.is_empty() {
+pub fn prompts_of(suite: Suite) -> Result<Suite> {
+    let prompts = suite.generation_only();
+    if prompts.is_empty() {
         return Err(EvalError::Config("the prompts hold no `generate` items; the arena compares replies".into()));
     }
-    Ok(Suite { tasks })
+    Ok(prompts)
 }
 
 /// Preference of `judge` for the reply shown first, in [0, 1]: the softmax of its log-probabilities
@@ -337,6 +328,6 @@ mod tests {
         use crate::items::Domain;
         let text = Item::Text { id: "t".into(), task: Some("x".into()), text: "words".into(), domain: Domain::In };
         let suite = Suite::from_items(vec![text]).unwrap();
-        assert!(prompts_of(&suite).unwrap_err().to_string().contains("no `generate` items"));
+        assert!(prompts_of(suite).unwrap_err().to_string().contains("no `generate` items"));
     }
 }

@@ -8,9 +8,9 @@
 //! (`world/unknown`) are the hallucination measure and stay out of the accuracy.
 
 use crate::harness::{run_suite, HarnessConfig, Record};
-use crate::items::{Domain, Item};
+use crate::items::Domain;
 use crate::output::{self, Claim};
-use crate::suite::{Suite, SuiteOptions, Task};
+use crate::suite::{Suite, SuiteOptions};
 use crate::{EvalError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,14 +103,7 @@ pub fn suite(world: &Path, cfg: &TaskEvalConfig) -> Result<Suite> {
         }
     };
     let opts = SuiteOptions { per_group: cfg.per_group, seed: cfg.seed, ..SuiteOptions::default() };
-    let all = Suite::load(&format!("{source}:{}", world.display()), &opts)?;
-    let tasks = all
-        .tasks
-        .into_iter()
-        .map(|t| Task { items: t.items.into_iter().filter(|i| matches!(i, Item::Generate { .. })).collect(), ..t })
-        .filter(|t| !t.items.is_empty())
-        .collect();
-    Ok(Suite { tasks })
+    Ok(Suite::load(&format!("{source}:{}", world.display()), &opts)?.generation_only())
 }
 
 /// Evaluates each `(name, model directory)` on the world's tasks into `out`: `NAME.jsonl` per model

@@ -163,6 +163,17 @@ impl Suite {
         self.len() == 0
     }
 
+    /// The generation items only (tasks left without any are dropped; few-shot examples stay).
+    pub fn generation_only(self) -> Self {
+        let tasks = self
+            .tasks
+            .into_iter()
+            .map(|t| Task { items: t.items.into_iter().filter(|i| matches!(i, Item::Generate { .. })).collect(), ..t })
+            .filter(|t| !t.items.is_empty())
+            .collect();
+        Self { tasks }
+    }
+
     /// A hash of every item and example: equal suites, equal fingerprints.
     pub fn fingerprint(&self) -> String {
         let text = serde_json::to_string(self).expect("items serialise");

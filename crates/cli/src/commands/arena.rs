@@ -52,7 +52,7 @@ pub fn run(a: ArenaArgs, progress: &dyn Progress) -> Result<()> {
         .zip(short)
         .map(|(p, s)| (if unique { s } else { p.display().to_string() }, p.clone()))
         .collect();
-    let prompts = prompts_of(&a.prompts.suite()?)?;
+    let prompts = prompts_of(a.prompts.suite()?)?;
     let cfg = ArenaConfig { max_new_tokens: a.max_new_tokens, bootstrap: a.bootstrap, seed: a.prompts.seed };
     let judge = Judge::parse(&a.judge);
     let (o, standings) = arena_into(&models, &prompts, &judge, &a.out, &cfg, a.force, progress)
