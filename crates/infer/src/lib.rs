@@ -3,9 +3,11 @@
 //! [`Sampler`] picks the next token from logits (greedy, temperature, top-k, top-p, seeded);
 //! [`generate`] runs prefill and decoding over the model's KV cache; [`TextStream`] turns a
 //! growing list of token ids into text pieces that never split a UTF-8 character. [`engine`]
-//! serves many requests at once on one thread, joining and leaving at token boundaries, with
-//! [`stop`] sequences held back until certain.
+//! serves many requests at once on one thread in batched steps over a paged key–value cache
+//! whose blocks and prefix cache [`blocks`] manages, with [`stop`] sequences held back until
+//! certain.
 
+pub mod blocks;
 pub mod engine;
 pub mod generate;
 pub mod sampler;

@@ -32,6 +32,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         top_logprobs: 0,
         prompt_logprobs: false,
         deadline: None,
+        tenant: "".into(),
     }
 }
 
@@ -51,18 +52,10 @@ fn concurrent_greedy_requests_equal_sequential_runs() {
     let vocab = tok.vocab_size();
     let prompts: Vec<Vec<u32>> =
         (0..12).map(|i| (0..(3 + 7 * i) as u32).map(|j| (j * 31 + i as u32 * 7) % vocab as u32).collect()).collect();
-    // Alone, through plain generation.
-    let m = model(vocab, 128);
-    let alone: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
-            generate(&m, p, 20, &mut s, &[], &mut |_| {}).unwrap().tokens
-        })
-        .collect();
+    let alone = alone(&model(vocab, 128), &prompts, 20);
     // Together: twelve streams over four slots, prompts prefilled five tokens at a time.
-    let cfg = EngineConfig { max_running: 4, max_queued: 16, prefill_chunk: 5 };
-    let engine = Engine::start(model(vocab, 128), tok, cfg);
+    let cfg = EngineConfig { max_running: 4, max_queued: 16, prefill_chunk: 5, ..EngineConfig::default() };
+    let engine = Engine::start(model(vocab, 128), tok, cfg).unwrap();
     let receivers: Vec<_> = prompts.iter().map(|p| engine.submit(request(p.clone(), 20)).unwrap()).collect();
     for (i, rx) in receivers.into_iter().enumerate() {
         let events: Vec<Event> = rx.iter().collect();
@@ -74,22 +67,93 @@ fn concurrent_greedy_requests_equal_sequential_runs() {
             other => panic!("{other:?}"),
         }
     }
-    // The counts catch up at the end of the round that finished the last stream.
+    let stats = settle(&engine);
+    assert_eq!((stats.running, stats.queued, stats.generated_tokens), (0, 0, 12 * 20));
+    assert_eq!(stats.prompt_tokens, prompts.iter().map(Vec::len).sum::<usize>());
+}
+
+/// Greedy continuations of `prompts` by plain generation, one at a time.
+fn alone(m: &Transformer, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
+    prompts
+        .iter()
+        .map(|p| {
+            let mut s = Sampler::new(SamplingParams::greedy()).unwrap();
+            generate(m, p, n, &mut s, &[], &mut |_| {}).unwrap().tokens
+        })
+        .collect()
+}
+
+/// Waits until the engine has no running request (its counts are updated at the end of a round).
+fn settle(engine: &Engine) -> tsukuru_infer::engine::EngineStats {
     let start = Instant::now();
     while engine.stats().running > 0 && start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    let stats = engine.stats();
-    assert_eq!((stats.running, stats.queued, stats.generated_tokens), (0, 0, 12 * 20));
-    assert_eq!(stats.prompt_tokens, prompts.iter().map(Vec::len).sum::<usize>());
+    engine.stats()
+}
+
+#[test]
+fn a_small_cache_preempts_and_recomputes_without_changing_outputs() {
+    let tok = tok();
+    let vocab = tok.vocab_size();
+    let prompts: Vec<Vec<u32>> =
+        (0..8).map(|i| (0..(30 + 4 * i) as u32).map(|j| (j * 13 + i as u32 * 29) % vocab as u32).collect()).collect();
+    let expected = alone(&model(vocab, 128), &prompts, 40);
+    // Eight streams wanting up to 98 positions each over a cache of 128 tokens in blocks of 4:
+    // they cannot all fit, so the newest are preempted, wait, and are recomputed.
+    let cfg = EngineConfig { max_running: 8, max_queued: 8, prefill_chunk: 16, block_size: 4, cache_tokens: 128 };
+    let engine = Engine::start(model(vocab, 128), tok, cfg).unwrap();
+    let receivers: Vec<_> = prompts.iter().map(|p| engine.submit(request(p.clone(), 40)).unwrap()).collect();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let events: Vec<Event> = rx.iter().collect();
+        assert_eq!(tokens(&events), expected[i], "stream {i} changed by preemption");
+    }
+    let stats = settle(&engine);
+    assert!(stats.preemptions > 0, "the cache was never short: {stats:?}");
+    assert_eq!((stats.cache_blocks, stats.cache_blocks_used, stats.queued), (32, 0, 0));
+    // A cache smaller than one context is refused at the start.
+    let small = EngineConfig { cache_tokens: 100, ..cfg };
+    let err = Engine::start(model(vocab, 128), common::tok(), small).err().unwrap().to_string();
+    assert!(err.contains("cannot hold one full context of 128"), "{err}");
+}
+
+#[test]
+fn prompt_blocks_are_reused_within_a_tenant_and_never_across() {
+    let tok = tok();
+    let vocab = tok.vocab_size();
+    let engine =
+        Engine::start(model(vocab, 128), tok, EngineConfig { block_size: 4, ..EngineConfig::default() }).unwrap();
+    let prompt: Vec<u32> = (0..23).map(|j| (j * 7 + 3) % vocab as u32).collect();
+    let ask = |prompt: &[u32], tenant: &str, logprobs: bool| {
+        let req = Request { tenant: tenant.into(), prompt_logprobs: logprobs, ..request(prompt.to_vec(), 12) };
+        let out = tokens(&collect(&engine, req).unwrap());
+        (out, settle(&engine).prefix_hit_tokens)
+    };
+    let (first, hits) = ask(&prompt, "a", false);
+    assert_eq!((first.clone(), hits), (alone(&model(vocab, 128), std::slice::from_ref(&prompt), 12).remove(0), 0));
+    // The same prompt again: its five full blocks before the last token come from the cache.
+    assert_eq!(ask(&prompt, "a", false), (first.clone(), 20));
+    // Another tenant computes everything; so does a request that scores its prompt.
+    assert_eq!(ask(&prompt, "b", false), (first.clone(), 20));
+    assert_eq!(ask(&prompt, "a", true).1, 20);
+    // The same start then something else: the two matching blocks.
+    let mut forked = prompt[..9].to_vec();
+    forked.extend([1, 2, 3, 4, 5, 6]);
+    assert_eq!(ask(&forked, "a", false).1, 28);
+    // The next turn of a conversation (prompt, reply, more) finds the reply's blocks too: all the
+    // full blocks of what was fed (the reply's last token was sampled, never fed).
+    let mut next_turn = prompt.clone();
+    next_turn.extend(&first);
+    next_turn.extend([9, 9, 9]);
+    assert_eq!(ask(&next_turn, "a", false).1, 28 + (prompt.len() + first.len() - 1) / 4 * 4);
 }
 
 #[test]
 fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
     let tok = tok();
     let vocab = tok.vocab_size();
-    let cfg = EngineConfig { max_running: 1, max_queued: 2, prefill_chunk: 64 };
-    let engine = Engine::start(model(vocab, 256), tok, cfg);
+    let cfg = EngineConfig { max_running: 1, max_queued: 2, prefill_chunk: 64, ..EngineConfig::default() };
+    let engine = Engine::start(model(vocab, 256), tok, cfg).unwrap();
     let long = request(vec![1; 8], 200);
     let first = engine.submit(long.clone()).unwrap();
     // Wait until the first runs, then fill the queue.
@@ -128,7 +192,7 @@ fn a_full_queue_refuses_and_a_dropped_receiver_frees_the_slot() {
 fn stop_sequences_deadlines_and_prompt_logprobs() {
     let tok = tok();
     let vocab = tok.vocab_size();
-    let engine = Engine::start(model(vocab, 128), tok.clone(), EngineConfig::default());
+    let engine = Engine::start(model(vocab, 128), tok.clone(), EngineConfig::default()).unwrap();
     let prompt: Vec<u32> = (5..15).collect();
     let free = collect(&engine, request(prompt.clone(), 24)).unwrap();
     let text: String = free
@@ -179,13 +243,14 @@ fn stop_sequences_deadlines_and_prompt_logprobs() {
     }
     assert!(matches!(events.last(), Some(Event::Done { completion_tokens: 0, .. })));
     // Scored while prefilling in chunks of 3, the prompt gets the same log-probabilities.
-    let chunked = Engine::start(model(vocab, 128), tok, EngineConfig { prefill_chunk: 3, ..EngineConfig::default() });
+    let chunked =
+        Engine::start(model(vocab, 128), tok, EngineConfig { prefill_chunk: 3, ..EngineConfig::default() }).unwrap();
     let again =
         collect(&chunked, Request { prompt_logprobs: true, top_logprobs: 3, ..request(prompt.clone(), 0) }).unwrap();
     let Event::Prompt(chunked_lps) = &again[0] else { panic!("{again:?}") };
     for (a, b) in lps.iter().zip(chunked_lps).skip(1) {
         let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
         assert_eq!((a.id, a.top.iter().map(|t| t.0).collect::<Vec<_>>()), (b.id, b.top.iter().map(|t| t.0).collect()));
-        assert!((a.logprob - b.logprob).abs() < 1e-4, "{} vs {}", a.logprob, b.logprob);
+        assert_eq!(a.logprob, b.logprob, "chunking changed a prompt log-probability");
     }
 }

@@ -7,17 +7,18 @@
 //! building blocks it is built from: fused CPU [`kernels`], or composites for other devices.
 
 pub mod config;
-mod decode;
 pub mod gguf;
 pub mod init;
 pub mod kernels;
 pub mod lora;
 pub mod ops;
 pub mod packing;
+pub mod paged;
 pub mod pretrained;
 pub mod transformer;
 
 pub use config::{Activation, ConfigError, ModelConfig};
 pub use lora::LoraSpec;
 pub use packing::Packing;
+pub use paged::{Chunk, KvBlocks};
 pub use transformer::{KvCache, Transformer};

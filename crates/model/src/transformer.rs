@@ -3,48 +3,33 @@
 //! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
 
 use crate::config::{Activation, ModelConfig};
-use crate::decode::{self, HostKv};
 use crate::lora::{LoraSpec, Proj};
 use crate::ops::{
     attention, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu, swiglu_down,
 };
 use crate::packing::Packing;
+use crate::paged::{Chunk, KvBlocks};
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
-/// One layer's cached keys and values.
-#[derive(Debug, Clone, Default)]
-pub(crate) enum LayerKv {
-    /// Nothing cached yet.
-    #[default]
-    Empty,
-    /// `(B, KV, len, head_dim)` tensors on the model's device (the general path).
-    Tensors(Tensor, Tensor),
-    /// Buffers written in place by batch-1 CPU decoding ([`crate::decode`]).
-    Host(HostKv),
-}
-
-impl LayerKv {
-    pub(crate) fn insert_host(&mut self, kv: HostKv) -> &mut HostKv {
-        *self = LayerKv::Host(kv);
-        match self {
-            LayerKv::Host(kv) => kv,
-            _ => unreachable!("just stored"),
-        }
-    }
-}
-
-/// Keys and values of earlier positions, per layer, for incremental decoding.
+/// Keys and values of earlier positions of one sequence (or one batch), for incremental decoding.
+///
+/// On the CPU in f32 a single sequence is cached in blocks of its own ([`KvBlocks`]) and decoded
+/// by the paged pass; otherwise each layer keeps `(B, KV, len, head_dim)` tensors.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub(crate) layers: Vec<LayerKv>,
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    paged: Option<KvBlocks>,
     len: usize,
 }
+
+/// Positions per block of a single sequence's paged cache.
+const OWN_BLOCK: usize = 64;
 
 impl KvCache {
     /// An empty cache for `n_layers` layers.
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![LayerKv::Empty; n_layers], len: 0 }
+        Self { layers: vec![None; n_layers], paged: None, len: 0 }
     }
 
     /// Positions already cached.
@@ -55,10 +40,6 @@ impl KvCache {
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    pub(crate) fn advance(&mut self, t: usize) {
-        self.len += t;
     }
 }
 
@@ -99,7 +80,7 @@ impl Attention {
         x: &Tensor,
         rope_t: &(Tensor, Tensor),
         start: usize,
-        cache: Option<&mut LayerKv>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
         packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -116,15 +97,11 @@ impl Attention {
         let k = rope(&k, &rope_t.0, &rope_t.1, start)?;
         let (k, v) = match cache {
             Some(slot) => {
-                let (k, v) = match std::mem::take(slot) {
-                    LayerKv::Tensors(pk, pv) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    LayerKv::Host(kv) => {
-                        let (pk, pv) = kv.to_tensors(start, x.device())?;
-                        (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
-                    }
-                    LayerKv::Empty => (k, v),
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
                 };
-                *slot = LayerKv::Tensors(k.clone(), v.clone());
+                *slot = Some((k.clone(), v.clone()));
                 (k, v)
             }
             None => (k, v),
@@ -270,15 +247,54 @@ impl Transformer {
 
     /// Logits `(B, T, V)` for token ids `(B, T)` at positions `cache.len()..` (or `0..` without a cache).
     /// With a cache, the new keys and values are appended to it.
-    pub fn forward(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if let (1, 1, Some(cache)) = (b, t, cache.as_deref_mut()) {
-            if decode::eligible(self) && cache.len() < self.cfg.max_seq_len {
-                let token = ids.flatten_all()?.to_vec1::<u32>()?[0];
-                return decode::step(self, token, cache);
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        self.forward_cached(ids, cache, true)
+    }
+
+    /// Logits of the last position only, `(B, V)`: what decoding needs.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let logits = self.forward_cached(ids, cache, false)?;
+        let t = logits.dim(1)?;
+        logits.narrow(1, t - 1, 1)?.squeeze(1)
+    }
+
+    /// Logits `(B, T, V)`, or `(B, 1, V)` for the last position only unless `all` (the paged
+    /// path then projects only that row; the tensor path computes every row either way).
+    fn forward_cached(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, all: bool) -> Result<Tensor> {
+        let (b, _) = ids.dims2()?;
+        if let (1, Some(cache)) = (b, cache.as_deref_mut()) {
+            if self.supports_paged() && cache.layers.iter().all(Option::is_none) {
+                return self.forward_own_blocks(&ids.to_vec2::<u32>()?[0], cache, all);
             }
         }
+        if cache.as_ref().is_some_and(|c| c.paged.is_some()) {
+            candle_core::bail!("this cache holds one sequence decoded on the CPU path; start a new cache");
+        }
         linear(&self.hidden(ids, cache, None)?, self.lm_head.weight())
+    }
+
+    /// One sequence through the paged pass over blocks only its cache uses.
+    fn forward_own_blocks(&self, tokens: &[u32], cache: &mut KvCache, all: bool) -> Result<Tensor> {
+        let end = cache.len + tokens.len();
+        self.check_length(end)?;
+        let kv = cache.paged.get_or_insert_with(|| KvBlocks::new(&self.cfg, OWN_BLOCK, 0));
+        kv.grow(end.div_ceil(OWN_BLOCK));
+        let blocks: Vec<u32> = (0..kv.n_blocks() as u32).collect();
+        let chunk = Chunk { tokens, start: cache.len, blocks: &blocks, all_logits: all };
+        let logits = self.forward_paged(kv, &[chunk])?.remove(0);
+        cache.len = end;
+        let rows = logits.len() / self.cfg.vocab_size;
+        Tensor::from_vec(logits, (1, rows, self.cfg.vocab_size), &self.device)
+    }
+
+    fn check_length(&self, positions: usize) -> Result<()> {
+        if positions > self.cfg.max_seq_len {
+            candle_core::bail!(
+                "sequence of {positions} positions exceeds max_seq_len = {}; shorten the input or raise max_seq_len",
+                self.cfg.max_seq_len
+            );
+        }
+        Ok(())
     }
 
     /// Mean cross-entropy of the predictions for `ids (B, T)` against u32 `targets (B · T)`, the
@@ -304,13 +320,7 @@ impl Transformer {
     fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, packing: Option<&Packing>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
-        if start + t > self.cfg.max_seq_len {
-            candle_core::bail!(
-                "sequence of {} positions exceeds max_seq_len = {}; shorten the input or raise max_seq_len",
-                start + t,
-                self.cfg.max_seq_len
-            );
-        }
+        self.check_length(start + t)?;
         let mut x = self.embed.forward(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -321,15 +331,8 @@ impl Transformer {
             x = (x + h)?;
         }
         if let Some(cache) = cache {
-            cache.advance(t);
+            cache.len += t;
         }
         rms_norm(&x, &self.norm, self.cfg.norm_eps)
-    }
-
-    /// Logits of the last position only, `(B, V)`: what decoding needs.
-    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let logits = self.forward(ids, cache)?;
-        let t = logits.dim(1)?;
-        logits.narrow(1, t - 1, 1)?.squeeze(1)
     }
 }

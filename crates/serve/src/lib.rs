@@ -104,8 +104,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The API key a request came with, attached by authentication: requests share cached prompt
+/// blocks only with requests of the same key.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub Arc<str>);
+
 /// Refuses requests without one of the API keys (when keys are set).
-async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     if state.cfg.api_keys.is_empty() {
         return next.run(request).await;
     }
@@ -122,7 +127,10 @@ async fn authenticate(State(state): State<Arc<AppState>>, request: Request, next
         .map(str::to_string);
     let given = bearer.or(page_key);
     match given {
-        Some(key) if state.cfg.api_keys.contains(&key) => next.run(request).await,
+        Some(key) if state.cfg.api_keys.contains(&key) => {
+            request.extensions_mut().insert(Tenant(Arc::from(key)));
+            next.run(request).await
+        }
         _ => ApiError::status(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API key: send `Authorization: Bearer KEY`",
@@ -142,7 +150,7 @@ async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next)
 
 /// `GET /metrics`.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(state.engine.stats(), state.engine.cache_capacity());
+    let text = state.metrics.render(state.engine.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

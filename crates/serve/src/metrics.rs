@@ -93,9 +93,8 @@ impl Metrics {
         clock.last = Some(now);
     }
 
-    /// The text exposition, with the engine's current counts; `capacity` is the tokens the
-    /// running requests' caches can hold at most (running slots × context).
-    pub fn render(&self, engine: EngineStats, capacity: usize) -> String {
+    /// The text exposition, with the engine's current counts.
+    pub fn render(&self, engine: EngineStats) -> String {
         let mut out = String::new();
         self.with(|m| {
             let _ = writeln!(out, "# HELP tsukuru_requests_total Requests answered, by route and HTTP status.");
@@ -111,24 +110,47 @@ impl Metrics {
             ("tsukuru_generation_tokens_total", "counter", "Tokens generated.", engine.generated_tokens as f64),
             ("tsukuru_queue_depth", "gauge", "Requests waiting for a slot.", engine.queued as f64),
             ("tsukuru_running_requests", "gauge", "Requests being generated.", engine.running as f64),
+            ("tsukuru_kv_cache_tokens", "gauge", "Tokens held for the running requests.", engine.cached_tokens as f64),
+            ("tsukuru_kv_cache_blocks", "gauge", "Blocks of the key-value cache.", engine.cache_blocks as f64),
             (
-                "tsukuru_kv_cache_tokens",
+                "tsukuru_kv_cache_blocks_used",
                 "gauge",
-                "Tokens held in the running requests' KV caches.",
-                engine.cached_tokens as f64,
+                "Blocks held by running requests.",
+                engine.cache_blocks_used as f64,
             ),
             (
                 "tsukuru_kv_cache_usage_ratio",
                 "gauge",
-                "KV-cache tokens over what the running slots can hold.",
-                engine.cached_tokens as f64 / capacity.max(1) as f64,
+                "Blocks held by running requests over all blocks.",
+                engine.cache_blocks_used as f64 / engine.cache_blocks.max(1) as f64,
+            ),
+            (
+                "tsukuru_prefix_cache_hit_tokens_total",
+                "counter",
+                "Prompt tokens taken from the prefix cache instead of computed.",
+                engine.prefix_hit_tokens as f64,
+            ),
+            (
+                "tsukuru_preemptions_total",
+                "counter",
+                "Requests preempted for lack of cache blocks, to be recomputed.",
+                engine.preemptions as f64,
             ),
         ];
-        for (name, kind, help, v) in gauges {
+        let rss = resident_bytes().map(|b| ("process_resident_memory_bytes", "gauge", "Resident memory.", b as f64));
+        for (name, kind, help, v) in gauges.into_iter().chain(rss) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
         out
     }
+}
+
+/// This process's resident memory (Linux: from /proc), or `None` where that is not available.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -145,13 +167,24 @@ mod tests {
             i.ttft.observe(0.003);
             i.ttft.observe(0.2);
         });
-        let stats = EngineStats { queued: 2, running: 1, cached_tokens: 30, generated_tokens: 7, prompt_tokens: 9 };
-        let text = m.render(stats, 120);
+        let stats = EngineStats {
+            queued: 2,
+            running: 1,
+            cached_tokens: 30,
+            cache_blocks: 12,
+            cache_blocks_used: 3,
+            generated_tokens: 7,
+            prompt_tokens: 9,
+            prefix_hit_tokens: 16,
+            preemptions: 1,
+        };
+        let text = m.render(stats);
         assert!(text.contains("tsukuru_requests_total{route=\"/v1/completions\",status=\"200\"} 2"));
         assert!(text.contains("tsukuru_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("tsukuru_time_to_first_token_seconds_bucket{le=\"0.25\"} 2"));
         assert!(text.contains("tsukuru_time_to_first_token_seconds_count 2"));
         assert!(text.contains("tsukuru_kv_cache_usage_ratio 0.25") && text.contains("tsukuru_queue_depth 2"));
+        assert!(text.contains("tsukuru_prefix_cache_hit_tokens_total 16"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

@@ -7,10 +7,10 @@
 
 use crate::metrics::{Metrics, TokenClock};
 use crate::openai::{ChatRequest, CompletionRequest, Prompt, Sampling, Usage};
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, Tenant};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,11 @@ use tsukuru_infer::engine::{Event, Finish, Request, SubmitError, TokenLogprob};
 use tsukuru_infer::SamplingParams;
 use tsukuru_tokenizer::chat::{render_prompt, Message, Role};
 use tsukuru_tokenizer::special;
+
+/// The prefix-cache namespace of a request: its API key, or one shared namespace without keys.
+fn tenant_of(tenant: Option<Extension<Tenant>>) -> Arc<str> {
+    tenant.map_or_else(|| Arc::from(""), |Extension(Tenant(key))| key)
+}
 
 /// `GET /v1/models`.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -269,6 +274,7 @@ fn chat_logprobs(state: &AppState, tokens: &[TokenLogprob]) -> Value {
 /// `POST /v1/chat/completions`.
 pub async fn chat(
     State(state): State<Arc<AppState>>,
+    tenant: Option<Extension<Tenant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = parse(body)?;
@@ -308,6 +314,7 @@ pub async fn chat(
         top_logprobs: top,
         prompt_logprobs: false,
         deadline: None,
+        tenant: tenant_of(tenant),
     };
     let receivers = submit(&state, base, p.n)?;
     let (id, model, created) = (id("chatcmpl"), state.cfg.model_name.clone(), created());
@@ -382,6 +389,7 @@ fn completion_logprobs(state: &AppState, scored: &[Option<TokenLogprob>]) -> Val
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    tenant: Option<Extension<Tenant>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse(body)?;
@@ -426,6 +434,7 @@ pub async fn completions(
             top_logprobs: top.unwrap_or(0),
             prompt_logprobs: echo && top.is_some(),
             deadline: None,
+            tenant: tenant_of(tenant.clone()),
         };
         receivers.extend(submit(&state, base, p.n)?);
     }

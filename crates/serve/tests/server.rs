@@ -35,7 +35,7 @@ fn start(keys: &[&str], engine_cfg: EngineConfig) -> String {
     let cfg = ModelConfig::from_depth(1, tok.vocab_size(), 96);
     let map = init_params(&cfg, 9, DType::F32, &Device::Cpu).unwrap();
     let model = Transformer::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
-    let engine = Engine::start(model, tok.clone(), engine_cfg);
+    let engine = Engine::start(model, tok.clone(), engine_cfg).unwrap();
     let cfg = ServeConfig {
         model_name: "tiny".into(),
         api_keys: keys.iter().map(|k| k.to_string()).collect(),
@@ -213,7 +213,7 @@ fn bad_requests_get_openai_errors_and_keys_are_enforced() {
 
 #[test]
 fn overload_gets_429s_with_retry_after_and_the_server_stays_up() {
-    let base = start(&[], EngineConfig { max_running: 1, max_queued: 1, prefill_chunk: 16 });
+    let base = start(&[], EngineConfig { max_running: 1, max_queued: 1, prefill_chunk: 16, ..EngineConfig::default() });
     let url = format!("{base}/v1/completions");
     let body = json!({"prompt": "The", "max_tokens": 80, "temperature": 0}).to_string();
     let threads: Vec<_> = (0..16)

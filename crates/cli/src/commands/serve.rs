@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// Prompt tokens prefilled per round (a long prompt never stalls the others longer than this).
     #[arg(long, default_value_t = 64)]
     pub prefill_chunk: usize,
+    /// Positions per block of the key-value cache.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Tokens the key-value cache holds over all requests (0: --max-running full contexts); its
+    /// memory is the bound on what serving uses beyond the weights.
+    #[arg(long, default_value_t = 0)]
+    pub cache_tokens: usize,
     /// A request still running after this many seconds ends with what it has.
     #[arg(long, default_value_t = 600)]
     pub request_timeout: u64,
@@ -42,8 +49,8 @@ pub struct ServeArgs {
 
 /// Runs `serve` until SIGINT or SIGTERM, then lets requests in flight finish.
 pub fn run(a: ServeArgs) -> Result<()> {
-    if a.max_running == 0 || a.max_queued == 0 || a.prefill_chunk == 0 {
-        bail!("--max-running, --max-queued and --prefill-chunk must be at least 1");
+    if a.max_running == 0 || a.max_queued == 0 || a.prefill_chunk == 0 || a.block_size == 0 {
+        bail!("--max-running, --max-queued, --prefill-chunk and --block-size must be at least 1");
     }
     let ckpt =
         tsukuru_model::pretrained::resolve(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
@@ -56,9 +63,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "tsukuru".into())
     });
-    let engine_cfg =
-        EngineConfig { max_running: a.max_running, max_queued: a.max_queued, prefill_chunk: a.prefill_chunk };
-    let engine = Engine::start(model, tok.clone(), engine_cfg);
+    let engine_cfg = EngineConfig {
+        max_running: a.max_running,
+        max_queued: a.max_queued,
+        prefill_chunk: a.prefill_chunk,
+        block_size: a.block_size,
+        cache_tokens: a.cache_tokens,
+    };
+    let engine = Engine::start(model, tok.clone(), engine_cfg).context("starting the engine")?;
     let cfg = ServeConfig {
         model_name: name.clone(),
         api_keys: a.api_keys.clone(),

@@ -1,25 +1,40 @@
-//! Matrix–vector products for decoding one token: `out = W · x` with `W` row-major `(rows, cols)`.
+//! Matrix products for decoding: `out[b] = W · x[b]` for a few inputs `x[b]` at once, `W`
+//! row-major `(rows, cols)`.
 //!
-//! At batch 1 every weight is read once per token and used for one multiply-add, so decoding is
-//! bound by memory bandwidth. Several products that read the same input (q, k, v; gate, up) are
-//! cut into row blocks of similar size and run as one parallel call, so the threads stream
-//! weights continuously instead of meeting at a barrier after each matrix.
+//! Decoding reads every weight once per step and uses it for one multiply-add per input, so it is
+//! bound by memory bandwidth: a batch of inputs is served by one pass over the weights, each group
+//! of four weight rows staying in L1 while every input is multiplied by it. Several products that
+//! read the same inputs (q, k, v; gate, up) are cut into row blocks of similar size and run as one
+//! parallel call, so the threads stream weights continuously instead of meeting at a barrier after
+//! each matrix.
+//!
+//! Every output element is summed in the same order whatever the number of inputs, so a row's
+//! result does not depend on what else is in the batch: batched serving gives the tokens of
+//! one-at-a-time decoding exactly.
 
+use super::SharedOut;
 use rayon::prelude::*;
 
 /// Bytes of weights per rayon task: enough to hide the scheduling, small enough to balance.
 const TASK_BYTES: usize = 96 * 1024;
 
-/// `out[r] = w[r, :] · x` for the `out.len()` rows of `w`.
-pub fn rows(w: &[f32], x: &[f32], out: &mut [f32]) {
-    assert!(w.len() >= out.len() * x.len(), "gemv: {} weights for {} rows of {}", w.len(), out.len(), x.len());
+/// Writes `out[b · stride + r] = w[r, :] · xs[b, :]` for the `rows` rows of `w` and every input.
+///
+/// # Safety
+/// `out` must be valid for writes at every `b · stride + r` with `b < xs.len() / cols`, `r < rows`.
+unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, rows: usize, out: *mut f32, stride: usize) {
+    assert!(w.len() >= rows * cols && xs.len().is_multiple_of(cols.max(1)), "gemv: operand sizes");
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU features were detected just above; the bounds were checked by the assert.
-        return unsafe { avx2::rows(w, x, out) };
+        // SAFETY: the CPU features were detected just above; the bounds were checked by the assert
+        // and the caller.
+        return unsafe { avx2::rows(w, xs, cols, rows, out, stride) };
     }
-    for (r, o) in out.iter_mut().enumerate() {
-        *o = super::simd::dot(&w[r * x.len()..(r + 1) * x.len()], x);
+    for (b, x) in xs.chunks_exact(cols.max(1)).enumerate() {
+        for r in 0..rows {
+            // SAFETY: in bounds by the caller's contract.
+            unsafe { *out.add(b * stride + r) = super::simd::dot(&w[r * cols..(r + 1) * cols], x) };
+        }
     }
 }
 
@@ -36,63 +51,80 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
-    /// Four rows at a time, each with two accumulators, sharing every load of `x`.
+    /// Four weight rows at a time, each with two accumulators, sharing every load of an input;
+    /// the four rows are reused from L1 by every input in turn.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows(w: &[f32], x: &[f32], out: &mut [f32]) {
-        let cols = x.len();
+    pub unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, n_rows: usize, out: *mut f32, stride: usize) {
         let n16 = cols / 16 * 16;
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        let tail = |row: *const f32| (n16..cols).map(|j| *row.add(j) * x[j]).sum::<f32>();
+        let inputs = xs.len().checked_div(cols).unwrap_or(0);
+        let wp = w.as_ptr();
+        let tail = |row: *const f32, x: *const f32| (n16..cols).map(|j| *row.add(j) * *x.add(j)).sum::<f32>();
         let mut r = 0;
-        while r + 4 <= out.len() {
+        while r + 4 <= n_rows {
             let rows = [wp.add(r * cols), wp.add((r + 1) * cols), wp.add((r + 2) * cols), wp.add((r + 3) * cols)];
-            let mut acc = [_mm256_setzero_ps(); 8];
-            let mut j = 0;
-            while j < n16 {
-                let (x0, x1) = (_mm256_loadu_ps(xp.add(j)), _mm256_loadu_ps(xp.add(j + 8)));
-                for k in 0..4 {
-                    acc[2 * k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j)), x0, acc[2 * k]);
-                    acc[2 * k + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j + 8)), x1, acc[2 * k + 1]);
+            for b in 0..inputs {
+                let xp = xs.as_ptr().add(b * cols);
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut j = 0;
+                while j < n16 {
+                    let (x0, x1) = (_mm256_loadu_ps(xp.add(j)), _mm256_loadu_ps(xp.add(j + 8)));
+                    for k in 0..4 {
+                        acc[2 * k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j)), x0, acc[2 * k]);
+                        acc[2 * k + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j + 8)), x1, acc[2 * k + 1]);
+                    }
+                    j += 16;
                 }
-                j += 16;
-            }
-            for k in 0..4 {
-                out[r + k] = hsum(_mm256_add_ps(acc[2 * k], acc[2 * k + 1])) + tail(rows[k]);
+                for k in 0..4 {
+                    *out.add(b * stride + r + k) = hsum(_mm256_add_ps(acc[2 * k], acc[2 * k + 1])) + tail(rows[k], xp);
+                }
             }
             r += 4;
         }
-        while r < out.len() {
+        while r < n_rows {
             let row = wp.add(r * cols);
-            let mut acc = _mm256_setzero_ps();
-            let mut j = 0;
-            while j < n16 {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j)), _mm256_loadu_ps(xp.add(j)), acc);
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j + 8)), _mm256_loadu_ps(xp.add(j + 8)), acc);
-                j += 16;
+            for b in 0..inputs {
+                let xp = xs.as_ptr().add(b * cols);
+                let mut acc = _mm256_setzero_ps();
+                let mut j = 0;
+                while j < n16 {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j)), _mm256_loadu_ps(xp.add(j)), acc);
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j + 8)), _mm256_loadu_ps(xp.add(j + 8)), acc);
+                    j += 16;
+                }
+                *out.add(b * stride + r) = hsum(acc) + tail(row, xp);
             }
-            out[r] = hsum(acc) + tail(row);
             r += 1;
         }
     }
 }
 
-/// `out_i = W_i · x` for every pair `(W_i, out_i)`, all rows of all matrices shared over the
-/// threads in one parallel call. Each `W_i` holds `out_i.len() × x.len()` values.
-pub fn gemv_many(pairs: Vec<(&[f32], &mut [f32])>, x: &[f32]) {
-    let cols = x.len().max(1);
+/// `out_i[b, :] = W_i · xs[b, :]` for every pair `(W_i, out_i)` and every input row of `xs`
+/// (row-major, `cols` wide), all rows of all matrices shared over the threads in one parallel
+/// call. Each `W_i` holds `rows_i × cols` values and each `out_i` is `inputs × rows_i`.
+pub fn gemv_many(pairs: Vec<(&[f32], &mut [f32])>, xs: &[f32], cols: usize) {
+    let cols = cols.max(1);
+    let inputs = xs.len() / cols;
+    assert_eq!(inputs * cols, xs.len(), "gemv: inputs of {cols} values expected");
+    // Multiples of four rows per task, so each row is summed the same way however it is split.
     let per_task = (TASK_BYTES / (4 * cols)).max(4) / 4 * 4;
-    let mut tasks: Vec<(&[f32], &mut [f32])> = Vec::new();
+    let mut tasks: Vec<(&[f32], usize, SharedOut, usize)> = Vec::new();
     for (w, out) in pairs {
-        debug_assert_eq!(w.len(), out.len() * x.len());
-        for (i, o) in out.chunks_mut(per_task).enumerate() {
-            let start = i * per_task * cols;
-            tasks.push((&w[start..start + o.len() * cols], o));
+        let n_rows = out.len() / inputs.max(1);
+        assert!(out.len() == n_rows * inputs && w.len() == n_rows * cols, "gemv: operand sizes");
+        let base = SharedOut::new(out.as_mut_ptr());
+        for start in (0..n_rows).step_by(per_task) {
+            let take = per_task.min(n_rows - start);
+            // SAFETY: `start < n_rows`, inside `out`.
+            let at = SharedOut::new(unsafe { base.ptr().add(start) });
+            tasks.push((&w[start * cols..(start + take) * cols], take, at, n_rows));
         }
     }
-    tasks.into_par_iter().for_each(|(w, o)| rows(w, x, o));
+    // SAFETY: each task writes rows `start..start + take` of every input's output, disjoint from
+    // the other tasks' and inside `out` (checked above); the buffers outlive the parallel call.
+    tasks.into_par_iter().for_each(|(w, take, at, stride)| unsafe { rows(w, xs, cols, take, at.ptr(), stride) });
 }
 
-/// `out = W · x` over the threads.
-pub fn gemv(w: &[f32], x: &[f32], out: &mut [f32]) {
-    gemv_many(vec![(w, out)], x);
+/// `out[b, :] = W · xs[b, :]` over the threads.
+pub fn gemv(w: &[f32], xs: &[f32], cols: usize, out: &mut [f32]) {
+    gemv_many(vec![(w, out)], xs, cols);
 }
