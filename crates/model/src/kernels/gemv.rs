@@ -38,7 +38,7 @@ unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, rows: usize, out: *mut f32, s
     }
 }
 
-/// Explicit AVX2 + FMA: LLVM's own vectorisation of the four-row loop interleaves the rows
+/// Explicit AVX2 + FMA: LLVM's own vectorisation of a several-row loop interleaves the rows
 /// through shuffles and runs at a fraction of memory speed (measured).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -51,48 +51,91 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
     }
 
-    /// Four weight rows at a time, each with two accumulators, sharing every load of an input;
-    /// the four rows are reused from L1 by every input in turn.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, n_rows: usize, out: *mut f32, stride: usize) {
-        let n16 = cols / 16 * 16;
-        let inputs = xs.len().checked_div(cols).unwrap_or(0);
-        let wp = w.as_ptr();
-        let tail = |row: *const f32, x: *const f32| (n16..cols).map(|j| *row.add(j) * *x.add(j)).sum::<f32>();
-        let mut r = 0;
-        while r + 4 <= n_rows {
-            let rows = [wp.add(r * cols), wp.add((r + 1) * cols), wp.add((r + 2) * cols), wp.add((r + 3) * cols)];
-            for b in 0..inputs {
-                let xp = xs.as_ptr().add(b * cols);
-                let mut acc = [_mm256_setzero_ps(); 8];
-                let mut j = 0;
-                while j < n16 {
-                    let (x0, x1) = (_mm256_loadu_ps(xp.add(j)), _mm256_loadu_ps(xp.add(j + 8)));
-                    for k in 0..4 {
-                        acc[2 * k] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j)), x0, acc[2 * k]);
-                        acc[2 * k + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(rows[k].add(j + 8)), x1, acc[2 * k + 1]);
-                    }
-                    j += 16;
-                }
-                for k in 0..4 {
-                    *out.add(b * stride + r + k) = hsum(_mm256_add_ps(acc[2 * k], acc[2 * k + 1])) + tail(rows[k], xp);
+    /// Rows `r..r + R` of `w` times inputs `b..b + C`: `R × C` accumulators of eight lanes, each
+    /// weight load shared by `C` inputs and each input load by `R` rows. Every output is summed in
+    /// the same order (eight lanes over the columns, then across the lanes, then the scalar tail)
+    /// whatever the tile, so the result of a row never depends on its neighbours in the batch.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: *const f32,
+        xs: *const f32,
+        cols: usize,
+        r: usize,
+        b: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let n8 = cols / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); C]; R];
+        let mut j = 0;
+        while j < n8 {
+            let mut x = [_mm256_setzero_ps(); C];
+            for (c, x) in x.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(xs.add((b + c) * cols + j));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let wv = _mm256_loadu_ps(w.add((r + i) * cols + j));
+                for (a, &x) in acc.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(wv, x, *a);
                 }
             }
+            j += 8;
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            let row = w.add((r + i) * cols);
+            for (c, &a) in acc.iter().enumerate() {
+                let x = xs.add((b + c) * cols);
+                let tail = (n8..cols).map(|k| *row.add(k) * *x.add(k)).sum::<f32>();
+                *out.add((b + c) * stride + r + i) = hsum(a) + tail;
+            }
+        }
+    }
+
+    /// Every input against rows `r..r + R`, three inputs at a time.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows_of<const R: usize>(
+        w: *const f32,
+        xs: *const f32,
+        cols: usize,
+        inputs: usize,
+        r: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut b = 0;
+        while b + 3 <= inputs {
+            tile::<R, 3>(w, xs, cols, r, b, out, stride);
+            b += 3;
+        }
+        match inputs - b {
+            2 => tile::<R, 2>(w, xs, cols, r, b, out, stride),
+            1 => tile::<R, 1>(w, xs, cols, r, b, out, stride),
+            _ => {}
+        }
+    }
+
+    /// Four weight rows at a time against every input (eight for a single input): the rows stay
+    /// in L1 while the inputs stream past them.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, n_rows: usize, out: *mut f32, stride: usize) {
+        let inputs = xs.len().checked_div(cols).unwrap_or(0);
+        let (wp, xp) = (w.as_ptr(), xs.as_ptr());
+        let mut r = 0;
+        // Alone, an input needs more rows in flight to hide the multiply-add latency.
+        if inputs == 1 {
+            while r + 8 <= n_rows {
+                rows_of::<8>(wp, xp, cols, inputs, r, out, stride);
+                r += 8;
+            }
+        }
+        while r + 4 <= n_rows {
+            rows_of::<4>(wp, xp, cols, inputs, r, out, stride);
             r += 4;
         }
         while r < n_rows {
-            let row = wp.add(r * cols);
-            for b in 0..inputs {
-                let xp = xs.as_ptr().add(b * cols);
-                let mut acc = _mm256_setzero_ps();
-                let mut j = 0;
-                while j < n16 {
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j)), _mm256_loadu_ps(xp.add(j)), acc);
-                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(j + 8)), _mm256_loadu_ps(xp.add(j + 8)), acc);
-                    j += 16;
-                }
-                *out.add(b * stride + r) = hsum(acc) + tail(row, xp);
-            }
+            rows_of::<1>(wp, xp, cols, inputs, r, out, stride);
             r += 1;
         }
     }
