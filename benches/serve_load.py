@@ -1,6 +1,7 @@
 """Load generator for OpenAI-compatible servers: C concurrent clients stream /v1/completions
 (greedy, fixed prompt and length) and the script reports throughput, time to first token and
 inter-token latency (p50 / p99) per server and concurrency, as JSON lines and a table.
+The first server is compared with each of the others.
 Usage: serve_load.py NAME=URL [NAME=URL ...] --concurrency 1,8,32 --requests-per-client 4"""
 import argparse
 import http.client
@@ -89,8 +90,8 @@ def main():
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", default="The city of Bramford is known for its old bridges and")
-    ap.add_argument("--ban", default="", help="token ids LO-HI never generated (special tokens), so both servers "
-                    "write exactly --max-tokens tokens")
+    ap.add_argument("--ban", default="", help="token ids LO-HI never generated (special tokens), so every server "
+                    "writes exactly --max-tokens tokens")
     a = ap.parse_args()
     if a.ban:
         lo, hi = (int(x) for x in a.ban.split("-"))
@@ -110,11 +111,13 @@ def main():
               f"| {r['itl_p50_ms']:.2f} / {r['itl_p99_ms']:.2f} | {r['tokens']} | {r['errors']} |")
     if not all(r["complete"] for r in rows):
         print("WARNING: some requests ended before --max-tokens: the throughputs are not comparable")
-    names = sorted({r["server"] for r in rows})
-    if len(names) == 2:
+    # The first server named against each of the others.
+    names = [s.split("=", 1)[0] for s in a.servers]
+    for peer in names[1:]:
         for c in sorted({r["concurrency"] for r in rows}):
-            a_, b_ = (next(r for r in rows if r["server"] == n and r["concurrency"] == c) for n in names)
-            print(f"throughput {names[0]} / {names[1]} at {c} streams: {a_['tokens_per_s'] / max(b_['tokens_per_s'], 1e-9):.2f}x")
+            ours, theirs = (next(r for r in rows if r["server"] == n and r["concurrency"] == c) for n in (names[0], peer))
+            ratio = ours["tokens_per_s"] / max(theirs["tokens_per_s"], 1e-9)
+            print(f"throughput {names[0]} / {peer} at {c} streams: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 # Sourced by scripts that check `tsukuru serve`: builds the binary and starts the server.
-# start_server MODEL_DIR KEY WORKDIR: serves on a free loopback port; sets $base and $server_pid.
+# start_server MODEL_DIR KEY WORKDIR [SERVE FLAGS...]: serves on a free loopback port (by default
+# with 4 requests running at once); sets $base and $server_pid.
 # stop_server WORKDIR: SIGTERM, then checks that requests in flight drained and it exited cleanly.
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet -p tsukuru-cli
@@ -7,7 +8,10 @@ bin="$target/debug/tsukuru"
 
 start_server() {
   local model="$1" key="$2" work="$3"
-  "$bin" serve --model "$model" --port 0 --api-key "$key" --max-running 4 > "$work/serve.log" 2>&1 &
+  shift 3
+  local flags=("$@")
+  [ ${#flags[@]} -gt 0 ] || flags=(--max-running 4)
+  "$bin" serve --model "$model" --port 0 --api-key "$key" "${flags[@]}" > "$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 200); do
     grep -q "serving" "$work/serve.log" && break

@@ -1,4 +1,4 @@
-//! Batch-1 decoding over the in-place CPU cache gives the logits of the full forward pass, for every
+//! Batch-1 decoding over a sequence's own paged cache gives the logits of the full forward pass, for every
 //! model variant, across cache growth and mixed with multi-token chunks (prefill after decode).
 
 use candle_core::{DType, Device, Tensor};

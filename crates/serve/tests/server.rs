@@ -1,6 +1,6 @@
 //! The HTTP server with a real client over loopback: OpenAI's formats for chat, streaming and
-//! completions with echoed log-probabilities; errors in OpenAI's format; API keys; 429s under
-//! overload while the server stays up.
+//! completions with echoed log-probabilities; errors in OpenAI's format; API keys, each with its
+//! own prefix cache; 429s under overload while the server stays up.
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -209,6 +209,28 @@ fn bad_requests_get_openai_errors_and_keys_are_enforced() {
         assert!(err["error"]["message"].as_str().unwrap().contains(needle), "{needle}: {text}");
     }
     assert_eq!(call(&format!("{base}/v2/nothing"), None, key).0, 404);
+}
+
+#[test]
+fn the_prefix_cache_is_shared_within_an_api_key_and_never_across() {
+    let base = start(&["alpha", "beta"], EngineConfig { block_size: 4, ..EngineConfig::default() });
+    let url = format!("{base}/v1/completions");
+    let body = json!({"prompt": "the river town keeps its old bridge and the market by the water", "max_tokens": 3,
+        "temperature": 0})
+    .to_string();
+    let hits = || {
+        let (_, text, _) = call(&format!("{base}/metrics"), None, Some("alpha"));
+        let line = text.lines().find(|l| l.starts_with("tsukuru_prefix_cache_hit_tokens_total ")).unwrap();
+        line.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+    };
+    let answer = |key: &str| json_of(&call(&url, Some(&body), Some(key)).1)["choices"][0]["text"].clone();
+    let first = answer("alpha");
+    assert_eq!(hits(), 0.0);
+    assert_eq!(answer("alpha"), first);
+    let shared = hits();
+    assert!(shared >= 4.0, "the same key's repeated prompt found no cached blocks");
+    assert_eq!(answer("beta"), first);
+    assert_eq!(hits(), shared, "another key's request used the first key's cached blocks");
 }
 
 #[test]
