@@ -32,7 +32,8 @@ pub struct ServeArgs {
     /// Requests waiting for a slot; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queued: usize,
-    /// Prompt tokens prefilled per round (a long prompt never stalls the others longer than this).
+    /// Prompt tokens prefilled per round over all requests, besides each request's next token (a
+    /// long prompt never stalls the others longer than this).
     #[arg(long, default_value_t = 64)]
     pub prefill_chunk: usize,
     /// Positions per block of the key-value cache.
