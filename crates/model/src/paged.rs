@@ -282,6 +282,7 @@ impl Transformer {
         }
 
         // The final norm and the output layer only for the rows whose logits are wanted.
+        let norm = view(&self.norm)?;
         let mut wanted = Vec::new();
         let mut at = 0;
         for ch in batch {
@@ -289,7 +290,7 @@ impl Transformer {
             let from = if ch.all_logits { at } else { at + len - 1 };
             for i in from..at + len {
                 let mut row = vec![0f32; d];
-                rms_row(&x[i * d..(i + 1) * d], view(&self.norm)?.get(), eps, &mut row);
+                rms_row(&x[i * d..(i + 1) * d], norm.get(), eps, &mut row);
                 wanted.extend_from_slice(&row);
             }
             at += len;

@@ -13,7 +13,6 @@ use crate::blocks::BlockManager;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::time::Instant;
 use tsukuru_model::{Chunk, KvBlocks, Transformer};
 use tsukuru_tokenizer::Tok;
 
@@ -87,7 +86,7 @@ impl<'a> Scheduler<'a> {
                     }
                 }
             };
-            if seq.req.deadline.is_some_and(|d| Instant::now() >= d) {
+            if seq.expired() {
                 self.shared.queued.fetch_sub(1, Ordering::SeqCst);
                 let _ = seq.finish(Finish::Deadline);
                 continue;
@@ -117,7 +116,7 @@ impl<'a> Scheduler<'a> {
     /// One batched step over every running request.
     fn round(&mut self) {
         for seq in self.running.iter_mut() {
-            if seq.req.deadline.is_some_and(|d| Instant::now() >= d) {
+            if seq.expired() {
                 if let Err(e) = seq.finish(Finish::Deadline) {
                     seq.send(Event::Failed(format!("generation failed: {e}")));
                 }
@@ -138,6 +137,7 @@ impl<'a> Scheduler<'a> {
             .collect();
         self.allocate(&mut plan);
         if self.running.is_empty() {
+            self.publish();
             return;
         }
         let chunks: Vec<Chunk> = self
@@ -197,7 +197,6 @@ impl<'a> Scheduler<'a> {
                         self.shared.preemptions.fetch_add(1, Ordering::SeqCst);
                         if i == self.running.len() {
                             // The request itself was the newest: it waits with the others.
-                            self.publish();
                             return;
                         }
                     }
@@ -205,7 +204,6 @@ impl<'a> Scheduler<'a> {
             }
             i += 1;
         }
-        self.publish();
     }
 
     /// Drops finished requests, freeing their blocks.

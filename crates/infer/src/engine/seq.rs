@@ -62,6 +62,11 @@ impl<'t> Seq<'t> {
         self.scored.clear();
     }
 
+    /// Whether the request's deadline has passed.
+    pub(super) fn expired(&self) -> bool {
+        self.req.deadline.is_some_and(|d| std::time::Instant::now() >= d)
+    }
+
     /// Tokens still to be fed through the model (one when decoding).
     pub(super) fn pending(&self) -> usize {
         self.tokens.len() - self.cached
