@@ -30,6 +30,11 @@ pub const CHAT_PAGE: &str = include_str!("chat.html");
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 2 << 20;
 
+/// An oversized body up to this size is read to its end before the 413 goes out, so the client,
+/// still sending, is not cut off mid-write (it would see a broken pipe instead of the error).
+/// Larger ones are refused at once and the connection closed.
+const DRAIN_BYTES: u64 = 64 << 20;
+
 /// What the server needs besides the engine.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -148,6 +153,30 @@ async fn count(State(state): State<Arc<AppState>>, request: Request, next: Next)
     response
 }
 
+/// Answers a body declared larger than [`MAX_BODY_BYTES`] with 413 before any handler sees it,
+/// after reading and discarding the rest of it (up to [`DRAIN_BYTES`], for at most 10 s): if the
+/// server closed a connection the client was still writing to, the client would get a reset and
+/// never read the error. Bodies without a length are cut off by the handlers' limit instead.
+async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = declared.filter(|&n| n > MAX_BODY_BYTES as u64) else {
+        return next.run(request).await;
+    };
+    if len <= DRAIN_BYTES {
+        use tokio_stream::StreamExt;
+        let mut body = request.into_body().into_data_stream();
+        let drain = async { while let Some(Ok(_)) = body.next().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
+    }
+    ApiError::status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is {len} bytes, over the limit of {MAX_BODY_BYTES} bytes"),
+        "invalid_request_error",
+    )
+    .into_response()
+}
+
 /// `GET /metrics`.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let text = state.metrics.render(state.engine.stats());
@@ -169,6 +198,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::status(StatusCode::NOT_FOUND, "no such route", "invalid_request_error") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
 }
 
