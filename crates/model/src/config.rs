@@ -62,7 +62,7 @@ impl ModelConfig {
     pub fn from_depth(depth: usize, vocab_size: usize, max_seq_len: usize) -> Self {
         let d_model = 64 * depth.max(1);
         let n_heads = (d_model / 64).max(1);
-        let ffn_dim = (d_model * 8 / 3).div_ceil(64) * 64;
+        let ffn_dim = Self::ffn_dim_for(d_model);
         Self {
             vocab_size,
             d_model,
@@ -77,6 +77,13 @@ impl ModelConfig {
             tie_embeddings: false,
             max_seq_len,
         }
+    }
+
+    /// The preset's SwiGLU width for a residual width: 8/3 × `d_model`, rounded up to a multiple
+    /// of 64 (of `d_model` itself below 64, so that tiny models are not dominated by the rounding).
+    pub fn ffn_dim_for(d_model: usize) -> usize {
+        let m = d_model.clamp(1, 64);
+        (d_model * 8 / 3).div_ceil(m) * m
     }
 
     /// Dimensions per head.

@@ -40,7 +40,8 @@ pub struct ModelSection {
     /// Override: key/value heads (grouped-query attention).
     #[serde(default)]
     pub n_kv_heads: Option<usize>,
-    /// Override: width of the residual stream (then n_heads should be set too).
+    /// Override: width of the residual stream (then n_heads should be set too); the feed-forward
+    /// width follows it by the preset's rule.
     #[serde(default)]
     pub d_model: Option<usize>,
     /// Override: query heads.
@@ -104,6 +105,7 @@ impl PretrainConfig {
         let mut cfg = ModelConfig::from_depth(m.depth, vocab_size, self.seq_len);
         if let Some(d) = m.d_model {
             cfg.d_model = d;
+            cfg.ffn_dim = ModelConfig::ffn_dim_for(d);
         }
         if let Some(h) = m.n_heads {
             cfg.n_heads = h;
