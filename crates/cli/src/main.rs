@@ -40,6 +40,12 @@ enum Command {
     /// Train a byte-level BPE tokenizer, or inspect one.
     #[command(subcommand)]
     Tokenizer(commands::tokenizer::TokenizerCmd),
+    /// Turn a compute budget (GPUs × hours, money or FLOPs) into a model, a token count and a
+    /// pretraining config by scaling laws.
+    Plan(commands::plan::PlanArgs),
+    /// Fit your own scaling law: an isoFLOP grid of small pretraining runs, L(N, D) fitted with
+    /// bootstrap intervals, a chart, and a larger held-out run predicted before it is trained.
+    Sweep(commands::sweep::SweepArgs),
     /// Train a base model on token shards (resumable; checkpoints and metrics.jsonl in --out).
     Pretrain(commands::pretrain::PretrainArgs),
     /// Instruction-tune a base model on a mixture of conversation sources (world tasks, JSONL).
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
         Command::Tokenizer(c) => commands::tokenizer::run(c, &progress),
         Command::Speedrun(a) => commands::speedrun::run(a, &progress),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Plan(a) => commands::plan::run(a),
+        Command::Sweep(a) => commands::sweep::run(a, &progress),
         Command::Pretrain(a) => commands::pretrain::run(a, &progress),
         Command::Sft(a) => commands::sft::run(a, &progress),
         Command::Align(a) => commands::align::run(a, &progress),

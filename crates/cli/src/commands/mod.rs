@@ -8,12 +8,14 @@ pub mod data;
 pub mod eval;
 pub mod export;
 pub mod generate;
+pub mod plan;
 pub mod pretrain;
 pub mod report;
 pub mod select;
 pub mod serve;
 pub mod sft;
 pub mod speedrun;
+pub mod sweep;
 pub mod tokenizer;
 pub mod world;
 
