@@ -165,14 +165,15 @@ impl RunSpec {
 }
 
 /// The isoFLOP grid: every budget × the given shapes, or, with none given, the [`LADDER`]'s
-/// shapes whose tokens per parameter fall within [`RATIO_RANGE`] (at most `per_budget`, spread
-/// evenly over that range).
+/// shapes whose tokens per parameter fall within [`RATIO_RANGE`] and whose tokens do not exceed
+/// `unique_tokens` (the law assumes fresh data; at most `per_budget`, spread evenly over the range).
 pub fn grid(
     base: &PretrainConfig,
     vocab: usize,
     budgets: &[f64],
     shapes: Option<&[Shape]>,
     per_budget: usize,
+    unique_tokens: Option<f64>,
 ) -> Result<Vec<RunSpec>, PlanError> {
     if budgets.is_empty() {
         return Err(PlanError::Input {
@@ -194,7 +195,8 @@ pub fn grid(
         for &shape in shapes.unwrap_or(LADDER) {
             if let Some(r) = RunSpec::new(base, vocab, budget, shape)? {
                 let ratio = r.tokens / r.params;
-                if shapes.is_some() || (RATIO_RANGE.0..=RATIO_RANGE.1).contains(&ratio) {
+                let fresh = unique_tokens.is_none_or(|u| r.tokens <= u);
+                if shapes.is_some() || ((RATIO_RANGE.0..=RATIO_RANGE.1).contains(&ratio) && fresh) {
                     runs.push(r);
                 }
             }
@@ -208,8 +210,8 @@ pub fn grid(
             return Err(PlanError::Input {
                 field: "--flops",
                 value: format!("{budget:e}"),
-                reason: "no model size fits this budget (each needs 50 steps of 4 sequences); raise it or give \
-                         smaller --sizes"
+                reason: "no model size fits this budget (each needs 50 steps of 4 sequences, 2–500 tokens per \
+                         parameter and at most one epoch of the data); change it or give --sizes"
                     .into(),
             });
         }
@@ -242,7 +244,7 @@ mod tests {
     #[test]
     fn every_run_of_a_budget_spends_that_budget() {
         let base = base();
-        let runs = grid(&base, 512, &[1e12, 1e13], None, 5).unwrap();
+        let runs = grid(&base, 512, &[1e12, 1e13], None, 5, None).unwrap();
         for budget in [1e12, 1e13] {
             let mine: Vec<&RunSpec> = runs.iter().filter(|r| r.budget == budget).collect();
             assert!((3..=5).contains(&mine.len()), "{} runs", mine.len());
@@ -263,7 +265,11 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), runs.len());
         assert!(runs[0].name.starts_with("c1e12-1x"), "{}", runs[0].name);
-        let e = grid(&base, 512, &[1e3], None, 5).unwrap_err().to_string();
+        let e = grid(&base, 512, &[1e3], None, 5, None).unwrap_err().to_string();
         assert!(e.contains("--flops = 1e3") && e.contains("no model size"), "{e}");
+        // With little data the small models, which would repeat it, are left out.
+        let scarce = grid(&base, 512, &[1e13], None, 5, Some(3e6)).unwrap();
+        assert!(scarce.iter().all(|r| r.tokens <= 3e6) && !scarce.is_empty());
+        assert!(scarce[0].params > runs.iter().find(|r| r.budget == 1e13).unwrap().params);
     }
 }

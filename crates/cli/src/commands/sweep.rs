@@ -103,11 +103,12 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
             (prepare(&a.out, &cfg, a.force, progress)?, cfg.pretrain)
         }
     };
-    let vocab = tsukuru_tokens::TokenDataset::open(&tokens, "train")
-        .with_context(|| format!("reading the token shards in {}", tokens.display()))?
-        .vocab_size() as usize;
+    let split = tsukuru_tokens::TokenDataset::open(&tokens, "train")
+        .with_context(|| format!("reading the token shards in {}", tokens.display()))?;
+    let (vocab, unique) = (split.vocab_size() as usize, split.n_tokens() as f64);
     let shapes: Vec<Shape> = a.sizes.iter().map(|s| Shape::parse(s)).collect::<Result<_, _>>()?;
-    let runs = grid(&base, vocab, &a.flops, (!shapes.is_empty()).then_some(shapes.as_slice()), a.per_budget)?;
+    let given = (!shapes.is_empty()).then_some(shapes.as_slice());
+    let runs = grid(&base, vocab, &a.flops, given, a.per_budget, Some(unique))?;
     let device = super::pretrain::device(&a.device)?;
     println!("sweep: {} runs over {} budgets into {}", runs.len(), a.flops.len(), a.out.display());
     let mut finished = Vec::new();
@@ -122,6 +123,13 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
             spec.config.steps,
             spec.config.batch_size
         );
+        if spec.tokens > unique {
+            println!(
+                "sweep: note: {} repeats the training tokens {:.1} times; the law assumes fresh data",
+                spec.name,
+                spec.tokens / unique
+            );
+        }
         finished.push(train(&a.out, &tokens, spec, &device, a.force, progress)?);
         write_results(&a.out, &finished)?;
     }
@@ -131,7 +139,7 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
     let curves = curves(&runs, &finished, &a.flops);
     let holdout_flops = a.holdout_flops.unwrap_or(3.0 * a.flops.iter().fold(0.0f64, |m, &c| m.max(c)));
     let held = if holdout_flops > 0.0 {
-        let spec = holdout(&base, vocab, holdout_flops, &fitted, &shapes)?;
+        let spec = holdout(&base, vocab, holdout_flops, &fitted, &shapes, unique)?;
         let (predicted, spread) = fitted.predict(spec.params, spec.tokens);
         println!(
             "sweep: held-out run {}: predicted loss {predicted:.4}{}; training it",
@@ -241,17 +249,26 @@ fn curves(runs: &[RunSpec], finished: &[Finished], budgets: &[f64]) -> Vec<Curve
         .collect()
 }
 
-/// The held-out run: the size the fit predicts best at `budget` among the ladder and the given sizes.
-fn holdout(base: &PretrainConfig, vocab: usize, budget: f64, fitted: &Fit, shapes: &[Shape]) -> Result<RunSpec> {
-    let mut best: Option<(f64, RunSpec)> = None;
+/// The held-out run: the size the fit predicts best at `budget` among the ladder and the given
+/// sizes, within one epoch of the `unique` training tokens when any size is.
+fn holdout(
+    base: &PretrainConfig,
+    vocab: usize,
+    budget: f64,
+    fitted: &Fit,
+    shapes: &[Shape],
+    unique: f64,
+) -> Result<RunSpec> {
+    let mut best: Option<(bool, f64, RunSpec)> = None;
     for &shape in LADDER.iter().chain(shapes) {
         if let Some(spec) = RunSpec::new(base, vocab, budget, shape)? {
-            let loss = fitted.law.loss(spec.params, spec.tokens);
-            if best.as_ref().is_none_or(|(b, _)| loss < *b) {
-                best = Some((loss, spec));
+            let (repeats, loss) = (spec.tokens > unique, fitted.law.loss(spec.params, spec.tokens));
+            if best.as_ref().is_none_or(|(r, b, _)| (repeats, loss) < (*r, *b)) {
+                best = Some((repeats, loss, spec));
             }
         }
     }
+    let best = best.map(|(_, l, s)| (l, s));
     let (_, mut spec) = best.with_context(|| format!("no model size fits the held-out budget {budget:e}"))?;
     spec.name = format!("holdout-{}", spec.name);
     Ok(spec)
