@@ -7,7 +7,8 @@
 //! TOML configs with `--set key=value` overrides ([`config`]), a cooperative stop flag that
 //! signal handlers set ([`interrupt`]), the
 //! [`progress::Progress`] trait that libraries report through, and [`IGNORE_TARGET`], the one
-//! value both the batch loaders and the losses use for an unscored target.
+//! value both the batch loaders and the losses use for an unscored target; [`PALETTE`], the charts'
+//! colours.
 
 pub mod atomic;
 pub mod config;
@@ -24,6 +25,11 @@ pub use error::{Error, Result};
 /// loaders write it, and every loss skips it and averages over the other targets. One value for
 /// both sides of the batch format.
 pub const IGNORE_TARGET: u32 = u32::MAX;
+
+/// Colours (RGB) of successive series in every chart tsukuru draws: the Okabe–Ito set, readable
+/// on white and distinct for the common forms of colour blindness.
+pub const PALETTE: [(u8, u8, u8); 6] =
+    [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0), (86, 180, 233)];
 pub use interrupt::Interrupt;
 pub use manifest::{Manifest, Outcome, OutputDir, Prepared};
 pub use progress::{NoProgress, Progress};

@@ -28,16 +28,6 @@ impl Series {
     }
 }
 
-/// Colours of successive series (readable on white, distinct for common colour blindness).
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(0, 114, 178),
-    RGBColor(213, 94, 0),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(230, 159, 0),
-    RGBColor(86, 180, 233),
-];
-
 /// The range of `values` with a margin, never empty.
 fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
@@ -81,7 +71,8 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
             .draw()
             .map_err(|e| fail(&e))?;
         for (i, s) in series.iter().enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
+            let (r, g, b) = tsukuru_core::PALETTE[i % tsukuru_core::PALETTE.len()];
+            let colour = RGBColor(r, g, b);
             let points: Vec<(f64, f64)> =
                 s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
             chart

@@ -3,7 +3,7 @@
 use crate::planner::{Choice, Plan, PlanRequest, Rule};
 use crate::PlanError;
 
-/// `1.23e20`-style for FLOPs; `1.2 B`/`340 M`/`12 k` for counts.
+/// `1.2 B`/`340 M`/`12 k` for counts.
 fn count(x: f64) -> String {
     let (div, unit) = match x {
         x if x >= 1e12 => (1e12, " T"),
@@ -12,7 +12,11 @@ fn count(x: f64) -> String {
         x if x >= 1e3 => (1e3, " k"),
         _ => (1.0, ""),
     };
-    let v = x / div;
+    format!("{}{unit}", significant(x / div))
+}
+
+/// At most three significant figures, without an exponent: 989, 98.9, 9.89.
+fn significant(v: f64) -> String {
     let digits = if v >= 100.0 {
         0
     } else if v >= 10.0 {
@@ -20,11 +24,15 @@ fn count(x: f64) -> String {
     } else {
         2
     };
-    format!("{v:.digits$}{unit}")
+    format!("{v:.digits$}")
 }
 
 fn gb(bytes: f64) -> String {
-    format!("{:.1} GB", bytes / 1e9)
+    if bytes >= 1e9 {
+        format!("{:.1} GB", bytes / 1e9)
+    } else {
+        format!("{:.1} MB", bytes / 1e6)
+    }
 }
 
 fn law_name(law: &crate::Law) -> String {
@@ -56,9 +64,9 @@ impl Plan {
         let mut s = String::new();
         let hw = &req.cluster;
         s += &format!(
-            "budget: {:.3e} training FLOPs = {hw} ({:.0} TFLOP/s bf16 each) for {:.2} h at MFU {:.2}\n",
+            "budget: {:.3e} training FLOPs = {hw} ({} TFLOP/s bf16 each) for {:.2} h at MFU {:.2}\n",
             self.budget_flops,
-            hw.peak_flops / 1e12,
+            significant(hw.peak_flops / 1e12),
             req.budget.hours(hw, req.mfu),
             req.mfu
         );

@@ -7,16 +7,6 @@ use crate::PlanError;
 use plotters::prelude::*;
 use std::path::Path;
 
-/// Colours of successive budgets (readable on white, distinct for common colour blindness).
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(0, 114, 178),
-    RGBColor(213, 94, 0),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(230, 159, 0),
-    RGBColor(86, 180, 233),
-];
-
 /// One budget's runs: (params, tokens, loss), and FLOPs per token over 6·N (the attention share).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Curve {
@@ -89,7 +79,8 @@ pub fn isoflop_chart(path: &Path, fit: &Fit, curves: &[Curve], held: Option<Held
             .draw()
             .map_err(|e| fail(&e))?;
         for (i, (c, l)) in curves.iter().zip(&lines).enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
+            let (r, g, b) = tsukuru_core::PALETTE[i % tsukuru_core::PALETTE.len()];
+            let colour = RGBColor(r, g, b);
             let inside: Vec<(f64, f64)> = l.iter().copied().filter(|p| p.1 >= y0 && p.1 <= y1).collect();
             chart
                 .draw_series(LineSeries::new(inside, colour.stroke_width(2)))
