@@ -46,6 +46,9 @@ fn speedrun_builds_every_stage_and_a_rerun_skips() {
     assert!(losses[19] < losses[0] - 1.0, "pretraining loss must fall: {losses:?}");
 
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    for part in ["## Compute plan", "passes over", "unique training tokens", "Epoch AI's refit"] {
+        assert!(report.contains(part), "report.md lacks {part}:\n{report}");
+    }
     for part in ["unigram", "base model", "bits/byte", "stated in the corpus", "never stated", "chance", "## Samples"] {
         assert!(report.contains(part), "report.md lacks {part}:\n{report}");
     }

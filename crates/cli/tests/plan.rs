@@ -146,6 +146,11 @@ fn a_sweep_fits_a_law_predicts_its_held_out_run_and_a_rerun_skips() {
         assert!(report.contains(part), "{part} missing:\n{report}");
     }
     assert!(out.contains("held-out prediction error"), "{out}");
+    let prediction: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("sw/prediction.json")).unwrap()).unwrap();
+    assert!(prediction["run"].as_str().unwrap().starts_with("holdout-c1e11-"), "{prediction}");
+    let predicted = prediction["predicted_loss"].as_f64().unwrap();
+    assert!(report.contains(&format!("**predicted {predicted:.4}**")), "{report}");
     let svg = std::fs::read_to_string(d.join("sw/isoflop.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<circle").count() >= 7, "a dot per run and the held-out one");
 
@@ -153,6 +158,9 @@ fn a_sweep_fits_a_law_predicts_its_held_out_run_and_a_rerun_skips() {
     let planned =
         ok(d, &["plan", "--law", "sw/fit.json", "--flops", "1e12", "--vocab-size", "400", "--seq-len", "128"]);
     assert!(planned.contains("the fitted law"), "{planned}");
+
+    let e = fails(d, &["sweep", "--tokens", "tokens", "--flops", "2e10,2e10", "--out", "sw2"]);
+    assert!(e.contains("budget 2e10 twice"), "{e}");
 
     // A rerun trains nothing.
     let again = ok(d, &args);

@@ -75,6 +75,10 @@ impl RunDir {
     pub fn final_eval(&self) -> PathBuf {
         self.root.join("final-eval")
     }
+    /// Phase 0's view of the run's pretraining budget (a report-card section in Markdown).
+    pub fn plan(&self) -> PathBuf {
+        self.root.join("plan.md")
+    }
     /// The run's report card.
     pub fn report(&self) -> PathBuf {
         self.root.join("report.md")

@@ -281,6 +281,10 @@ pub fn write_card(run: &RunDir, title: &str) -> Result<String> {
     }
     let mut page = format!("# {title}\n\n");
     page.push_str(&render_cost(&stages)?);
+    // Phase 0's section, written by the speedrun before pretraining.
+    if let Ok(plan) = std::fs::read_to_string(run.plan()) {
+        page.push_str(&plan);
+    }
     page.push_str(&render_curves(&stages, &run.plots())?);
     let base_eval: Option<BaseEvalSummary> = read_json(&run.eval().join("summary.json"))?;
     if let (Some(summary), Ok(tokens)) = (base_eval, Manifest::read(&run.tokens())) {

@@ -13,7 +13,7 @@ pub mod fit;
 pub mod hardware;
 pub mod law;
 mod lbfgs;
-mod output;
+pub mod output;
 pub mod planner;
 pub mod plot;
 pub mod sweep;

@@ -1,4 +1,5 @@
-//! A plan as text for people and as a config file for `tsukuru pretrain`.
+//! A plan as text for people, as a config file for `tsukuru pretrain`, and as a report-card
+//! section that sets a run's own split of its compute against the plan's.
 
 use crate::planner::{Choice, Plan, PlanRequest, Rule};
 use crate::PlanError;
@@ -56,7 +57,63 @@ fn row(label: &str, c: &Choice, base: f64) -> String {
     )
 }
 
+/// The model and tokens a run actually trains, to set against a plan for the same compute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Actual {
+    /// Preset depth of its model.
+    pub depth: usize,
+    /// Its parameters.
+    pub params: f64,
+    /// Its training tokens.
+    pub tokens: f64,
+    /// The FLOPs they cost.
+    pub flops: f64,
+}
+
 impl Plan {
+    /// A report-card section: the compute a run spends, its split into parameters and tokens, and
+    /// the split the plan's law would choose for the same compute and data.
+    pub fn compute_section(&self, req: &PlanRequest, actual: &Actual) -> String {
+        let law = match req.rule {
+            Rule::Law(l) => law_name(&l),
+            Rule::TokensPerParam(r) => format!("{r} tokens per parameter"),
+        };
+        let mut s = String::from("## Compute plan\n\n");
+        s += &format!(
+            "Pretraining spends {:.3e} FLOPs: depth {}, {} parameters, on {} tokens ({:.2} per parameter",
+            actual.flops,
+            actual.depth,
+            count(actual.params),
+            count(actual.tokens),
+            actual.tokens / actual.params
+        );
+        if let Some(u) = req.unique_tokens {
+            s += &format!("; {:.1} passes over {} unique training tokens", actual.tokens / u, count(u));
+        }
+        let c = &self.choice;
+        s += &format!(
+            ").\n\nThe split {law} makes of the same compute, at most {} passes over the data: depth {}, {} \
+             parameters on {} tokens ({:.1} per parameter), {:.0}% of the compute spent.",
+            req.max_epochs,
+            c.depth,
+            count(c.params),
+            count(c.tokens),
+            c.tokens / c.params,
+            100.0 * self.spent_flops / self.budget_flops
+        );
+        let free = &self.limits.unlimited;
+        if free.depth != c.depth {
+            s += &format!(
+                " With unlimited data: depth {}, {} parameters on {} tokens.",
+                free.depth,
+                count(free.params),
+                count(free.tokens)
+            );
+        }
+        s += " (The law's constants come from natural text; `tsukuru sweep` fits this corpus's own.)\n\n";
+        s
+    }
+
     /// The plan for a person: budget, model, data, limits and what they cost, schedule, time, memory.
     pub fn render(&self, req: &PlanRequest) -> String {
         let c = &self.choice;

@@ -372,6 +372,21 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_own_split_is_set_against_the_plan() {
+        let mut req = request(Budget::Flops(1e19), Rule::Law(EPOCH));
+        req.unique_tokens = Some(1e9);
+        let plan = req.plan().unwrap();
+        let actual = crate::output::Actual { depth: 4, params: 3e7, tokens: 5e10, flops: 1e19 };
+        let text = plan.compute_section(&req, &actual);
+        assert!(text.starts_with("## Compute plan"));
+        assert!(
+            text.contains("depth 4, 30.0 M parameters") && text.contains("50.0 passes over 1.00 B unique"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("depth {}", plan.choice.depth)) && text.contains("at most 4 passes"), "{text}");
+    }
+
+    #[test]
     fn impossible_requests_name_their_flag() {
         let mut req = request(Budget::Flops(1e20), Rule::TokensPerParam(20.0));
         req.mfu = 1.5;

@@ -1,6 +1,7 @@
 //! `tsukuru speedrun`: every stage that exists, in order, into one run directory.
 //!
-//! world → data prepare → tokenizer train → data tokenize → pretrain → evaluate (bits per byte
+//! world → data prepare → tokenizer train → data tokenize → the compute plan (phase 0: the
+//! pretraining budget and the split Epoch AI's law would make of it) → pretrain → evaluate (bits per byte
 //! against a unigram baseline, the world's fact probe, samples) → sft (on the world's instruction
 //! tasks unless the config lists sources) → align (DPO on the world's preference pairs) → the
 //! instruction tasks asked of base, sft and align → the checkpoint chosen among sft's and align's
@@ -177,6 +178,7 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     super::data::prepare(&[corpus], &run.data(), &cfg.data, None, a.force, progress)?;
     super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, a.force, progress)?;
     super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
+    plan(&run, &cfg.pretrain)?;
     let device = super::pretrain::device(&a.device)?;
     super::pretrain::pretrain(&run.tokens(), &run.base(), &cfg.pretrain, &device, true, a.force, progress)?;
     let inputs = BaseEvalInputs { model: &run.base(), tokens: &run.tokens(), world: Some(&run.world()) };
@@ -221,6 +223,35 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     final_eval(&run, chosen.chosen_path(), &cfg.final_eval, a.force, progress)?;
     super::report::report(&run, &name)?;
     println!("speedrun: done; report card in {}", run.report().display());
+    Ok(())
+}
+
+/// Phase 0 for the run's own budget: the compute its pretraining spends and the split of it that
+/// Epoch AI's law would choose with the run's data, as `plan.md` for the report card.
+fn plan(run: &RunDir, cfg: &PretrainConfig) -> Result<()> {
+    use tsukuru_plan::{output::Actual, Budget, Cluster, PlanRequest, Rule, EPOCH};
+    let train = tsukuru_tokens::TokenDataset::open(&run.tokens(), "train")?;
+    let model = cfg.model_config(train.vocab_size() as usize)?;
+    let tokens = (cfg.steps as usize * cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64;
+    let flops = tokens * model.flops_per_token(cfg.seq_len);
+    let actual = Actual { depth: model.n_layers, params: model.param_count() as f64, tokens, flops };
+    let req = PlanRequest {
+        budget: Budget::Flops(flops),
+        // The section speaks of compute and data only; no device enters it.
+        cluster: Cluster::parse("H100", None, None)?,
+        mfu: 0.4,
+        rule: Rule::Law(EPOCH),
+        predict: EPOCH,
+        vocab_size: model.vocab_size,
+        seq_len: cfg.seq_len,
+        unique_tokens: Some(train.n_tokens() as f64),
+        max_epochs: 4.0,
+        max_params: None,
+        batch_tokens: Some((cfg.batch_size * cfg.grad_accum * cfg.seq_len) as f64),
+        lr: Some(cfg.lr),
+    };
+    let section = req.plan()?.compute_section(&req, &actual);
+    tsukuru_core::atomic::write_atomic(run.plan(), section.as_bytes())?;
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Everything goes under `--out`: the data (`world/`, `data/`, `tokenizer/`, `tokens/`, unless
 //! `--tokens` is given), one pretraining directory per run under `runs/`, `results.jsonl`,
-//! `fit.json` (what `tsukuru plan --law` reads), `isoflop.svg` and `report.md`. Finished runs are
+//! `fit.json` (what `tsukuru plan --law` reads), `prediction.json` (the held-out run's predicted
+//! loss, written before that run starts), `isoflop.svg` and `report.md`. Finished runs are
 //! skipped and an interrupted one resumes from its checkpoint, so a rerun continues the sweep.
 
 use super::plan::quantity;
@@ -92,6 +93,9 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
     if !(a.level > 0.0 && a.level < 1.0) {
         bail!("--level {} must be between 0 and 1 (e.g. 0.9)", a.level);
     }
+    if let Some(c) = a.flops.iter().enumerate().find_map(|(i, c)| a.flops[..i].contains(c).then_some(c)) {
+        bail!("--flops gives the budget {c:e} twice; each isoFLOP curve needs its own budget");
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let (tokens, base) = match &a.tokens {
         Some(t) => {
@@ -141,6 +145,13 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
     let held = if holdout_flops > 0.0 {
         let spec = holdout(&base, vocab, holdout_flops, &fitted, &shapes, unique)?;
         let (predicted, spread) = fitted.predict(spec.params, spec.tokens);
+        // Written before the run starts, so the prediction on record is the one made without it.
+        let record = serde_json::json!({
+            "run": spec.name, "flops": spec.budget, "params": spec.params, "tokens": spec.tokens,
+            "predicted_loss": predicted, "interval": spread.map(|i| [i.lo, i.hi]), "level": a.level,
+        });
+        let text = serde_json::to_string_pretty(&record).expect("plain data");
+        tsukuru_core::atomic::write_atomic(a.out.join("prediction.json"), text.as_bytes())?;
         println!(
             "sweep: held-out run {}: predicted loss {predicted:.4}{}; training it",
             spec.name,
