@@ -248,7 +248,9 @@ impl PlanRequest {
         }
         let steps = (choice.tokens / (rows * self.seq_len) as f64).floor().max(1.0) as u64;
         let tokens = (steps as usize * rows * self.seq_len) as f64;
-        let choice = Choice { tokens, effective_tokens: effective_tokens(tokens, self.unique_tokens), ..choice };
+        let effective = effective_tokens(tokens, self.unique_tokens);
+        let loss = self.predict.loss(choice.params, effective);
+        let choice = Choice { tokens, effective_tokens: effective, loss, ..choice };
         let spent_flops = tokens * choice.flops_per_token;
         Ok(Plan {
             budget_flops: flops,
