@@ -92,6 +92,14 @@ fn main() -> ExitCode {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`tsukuru plan | head`) panics. Every
+    // command but the server writes only to the terminal and to files: they get the Unix default,
+    // a quiet end. The server keeps the signal ignored: a client that hangs up is an error it handles.
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let progress = progress::Reporter::detect(cli.quiet);
     let result = match cli.command {
         Command::World(c) => commands::world::run(c, &progress),

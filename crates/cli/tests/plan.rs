@@ -1,6 +1,6 @@
 //! `tsukuru plan` and `tsukuru sweep` through the real binary: the three budget forms, a config
 //! that pretraining accepts, errors that name the flag, and a small isoFLOP sweep end to end
-//! (fit, chart, held-out prediction) that a rerun skips.
+//! (fit, chart, held-out prediction) that a rerun skips; output into a closed pipe ends quietly.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -165,4 +165,21 @@ fn a_sweep_fits_a_law_predicts_its_held_out_run_and_a_rerun_skips() {
     // A rerun trains nothing.
     let again = ok(d, &args);
     assert_eq!(again.matches("already complete").count(), 7, "{again}");
+}
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    // `tsukuru plan | head -0`: the reader is gone before the first line is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_tsukuru"))
+        .args(["plan", "--flops", "1e20"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE, as Unix tools are: {:?}", out.status);
 }
