@@ -25,8 +25,8 @@ pub struct Held {
     pub params: f64,
     /// Predicted loss.
     pub predicted: f64,
-    /// Measured loss (None before it is trained).
-    pub measured: Option<f64>,
+    /// Measured loss.
+    pub measured: f64,
 }
 
 /// Draws the chart into the SVG file `path`.
@@ -52,7 +52,7 @@ pub fn isoflop_chart(path: &Path, fit: &Fit, curves: &[Curve], held: Option<Held
     let frontier: Vec<(f64, f64)> =
         lines.iter().filter_map(|l| l.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))).collect();
     let measured = curves.iter().flat_map(|c| c.runs.iter().map(|r| r.1));
-    let held_losses = held.into_iter().flat_map(|h| std::iter::once(h.predicted).chain(h.measured));
+    let held_losses = held.into_iter().flat_map(|h| [h.predicted, h.measured]);
     let (y0, y1) = measured
         .chain(held_losses)
         .chain(frontier.iter().map(|p| p.1))
@@ -101,14 +101,12 @@ pub fn isoflop_chart(path: &Path, fit: &Fit, curves: &[Curve], held: Option<Held
                 .map_err(|e| fail(&e))?
                 .label("held-out run: predicted")
                 .legend(|(x, y)| TriangleMarker::new((x + 9, y), 5, BLACK.filled()));
-            if let Some(m) = h.measured {
-                let red = RGBColor(200, 0, 0);
-                chart
-                    .draw_series(std::iter::once(Circle::new((h.params, m), 6, red.filled())))
-                    .map_err(|e| fail(&e))?
-                    .label("held-out run: measured")
-                    .legend(move |(x, y)| Circle::new((x + 9, y), 4, red.filled()));
-            }
+            let red = RGBColor(200, 0, 0);
+            chart
+                .draw_series(std::iter::once(Circle::new((h.params, h.measured), 6, red.filled())))
+                .map_err(|e| fail(&e))?
+                .label("held-out run: measured")
+                .legend(move |(x, y)| Circle::new((x + 9, y), 4, red.filled()));
         }
         chart
             .configure_series_labels()

@@ -144,8 +144,7 @@ pub fn run(a: PlanArgs) -> Result<()> {
     let rule = match (a.rule, own) {
         (Some(RuleName::Chinchilla), _) => Rule::TokensPerParam(a.tokens_per_param),
         (Some(RuleName::Hoffmann), _) => Rule::Law(HOFFMANN),
-        (Some(RuleName::Epoch) | None, None) => Rule::Law(EPOCH),
-        (Some(RuleName::Epoch), Some(_)) => Rule::Law(EPOCH),
+        (Some(RuleName::Epoch), _) | (None, None) => Rule::Law(EPOCH),
         (Some(RuleName::Fit) | None, Some(l)) => Rule::Law(l),
         (Some(RuleName::Fit), None) => bail!("--rule fit needs --law FILE (a sweep's fit.json)"),
     };

@@ -173,11 +173,7 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     }
     tsukuru_core::atomic::write_atomic(run.config(), resolved.as_bytes())?;
 
-    super::world::generate(&run.world(), cfg.world.seed, cfg.world.scale, a.force, progress)?;
-    let corpus = run.world().join("corpus.jsonl");
-    super::data::prepare(&[corpus], &run.data(), &cfg.data, None, a.force, progress)?;
-    super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, a.force, progress)?;
-    super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, a.force, progress)?;
+    world_tokens(&run, &cfg, a.force, progress)?;
     plan(&run, &cfg.pretrain)?;
     let device = super::pretrain::device(&a.device)?;
     super::pretrain::pretrain(&run.tokens(), &run.base(), &cfg.pretrain, &device, true, a.force, progress)?;
@@ -223,6 +219,16 @@ pub fn run(a: SpeedrunArgs, progress: &dyn Progress) -> Result<()> {
     final_eval(&run, chosen.chosen_path(), &cfg.final_eval, a.force, progress)?;
     super::report::report(&run, &name)?;
     println!("speedrun: done; report card in {}", run.report().display());
+    Ok(())
+}
+
+/// The built-in world's token shards in `run`: world → data prepare → tokenizer train → data tokenize.
+pub fn world_tokens(run: &RunDir, cfg: &SpeedrunConfig, force: bool, progress: &dyn Progress) -> Result<()> {
+    super::world::generate(&run.world(), cfg.world.seed, cfg.world.scale, force, progress)?;
+    let corpus = run.world().join("corpus.jsonl");
+    super::data::prepare(&[corpus], &run.data(), &cfg.data, None, force, progress)?;
+    super::tokenizer::train(&run.data(), &run.tokenizer(), &cfg.tokenizer, force, progress)?;
+    super::data::tokenize(&run.data(), &run.tokenizer(), &run.tokens(), cfg.tokens.shard_tokens, force, progress)?;
     Ok(())
 }
 

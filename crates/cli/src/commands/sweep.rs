@@ -104,7 +104,11 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
         }
         None => {
             let cfg: super::speedrun::SpeedrunConfig = tsukuru_core::config::load(a.config.as_deref(), SWEEP, &a.sets)?;
-            (prepare(&a.out, &cfg, a.force, progress)?, cfg.pretrain)
+            cfg.data.validate()?;
+            cfg.tokenizer.validate()?;
+            let run = tsukuru_core::run::RunDir::new(&a.out);
+            super::speedrun::world_tokens(&run, &cfg, a.force, progress)?;
+            (run.tokens(), cfg.pretrain)
         }
     };
     let split = tsukuru_tokens::TokenDataset::open(&tokens, "train")
@@ -162,8 +166,7 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
     } else {
         None
     };
-    let held_mark =
-        held.as_ref().map(|(s, p, _, d)| Held { params: s.params, predicted: *p, measured: Some(d.val_loss) });
+    let held_mark = held.as_ref().map(|(s, p, _, d)| Held { params: s.params, predicted: *p, measured: d.val_loss });
     isoflop_chart(&a.out.join("isoflop.svg"), &fitted, &curves, held_mark)?;
     let report = report(&fitted, &finished, held.as_ref().map(|(s, p, i, d)| (s, *p, *i, d)), a.level);
     tsukuru_core::atomic::write_atomic(a.out.join("report.md"), report.as_bytes())?;
@@ -191,18 +194,6 @@ pub fn run(a: SweepArgs, progress: &dyn Progress) -> Result<()> {
         a.out.join("fit.json").display()
     );
     Ok(())
-}
-
-/// The built-in world's token shards under `out`, made as the speedrun makes them.
-fn prepare(out: &Path, cfg: &super::speedrun::SpeedrunConfig, force: bool, progress: &dyn Progress) -> Result<PathBuf> {
-    cfg.data.validate()?;
-    cfg.tokenizer.validate()?;
-    let (world, data, tok, tokens) = (out.join("world"), out.join("data"), out.join("tokenizer"), out.join("tokens"));
-    super::world::generate(&world, cfg.world.seed, cfg.world.scale, force, progress)?;
-    super::data::prepare(&[world.join("corpus.jsonl")], &data, &cfg.data, None, force, progress)?;
-    super::tokenizer::train(&data, &tok, &cfg.tokenizer, force, progress)?;
-    super::data::tokenize(&data, &tok, &tokens, cfg.tokens.shard_tokens, force, progress)?;
-    Ok(tokens)
 }
 
 /// Trains one run (or finds it finished) and reads its final validation loss.
