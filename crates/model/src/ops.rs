@@ -80,6 +80,26 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The feed-forward half of a SwiGLU block with its residual connection,
+/// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain)`: weights `(F, D)`,
+/// `(F, D)`, `(D, F)`. On the CPU one op, the gate and up projections one product
+/// ([`kernels::mlp_block`]).
+pub fn swiglu_residual(
+    x: &Tensor,
+    gain: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+    down: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    if fused(&[x, gain, gate, up, down]) {
+        let stacked = Tensor::cat(&[gate, up, &gain.unsqueeze(0)?], 0)?;
+        return kernels::mlp_block::mlp_block(x, &stacked, down, eps);
+    }
+    let n = rms_norm(x, gain, eps)?;
+    x + linear(&swiglu(&linear(&n, gate)?, &linear(&n, up)?)?, down)?
+}
+
 /// Causal attention `softmax(scale · q·kᵀ + mask) · v` of q `(B, H, T, hd)` against k and v
 /// `(B, KV, S, hd)` (each key/value head serving H / KV query heads), the T queries at positions
 /// `start..start + T`. With `packing` (training only: `start` 0, S = T) each query sees only its

@@ -250,3 +250,32 @@ fn product_reads_transposed_views_in_place() {
         assert!(max_diff(&got, &want) < 1e-5);
     }
 }
+
+#[test]
+fn swiglu_block_matches_the_norm_projections_and_residual_taken_apart() {
+    let mut rng = Rng::new(19);
+    // Rows across several tasks, and a single row; widths off the vector length.
+    for (b, t, d, f) in [(2, 45, 13, 37), (1, 1, 8, 4)] {
+        let x = randn(&mut rng, &[b, t, d], 2.0);
+        let gain = randn(&mut rng, &[d], 1.5);
+        let gate = randn(&mut rng, &[f, d], 1.0);
+        let up = randn(&mut rng, &[f, d], 1.0);
+        let down = randn(&mut rng, &[d, f], 1.0);
+        let (xt, gt, wg, wu, wd) =
+            (x.as_tensor(), gain.as_tensor(), gate.as_tensor(), up.as_tensor(), down.as_tensor());
+        check(
+            "swiglu block",
+            &[&x, &gain, &gate, &up, &down],
+            &|| tsukuru_model::ops::swiglu_residual(xt, gt, wg, wu, wd, 1e-5).unwrap(),
+            &|| {
+                let n = composite::rms_norm(xt, gt, 1e-5).unwrap();
+                let h = composite::swiglu(
+                    &n.broadcast_matmul(&wg.t().unwrap()).unwrap(),
+                    &n.broadcast_matmul(&wu.t().unwrap()).unwrap(),
+                );
+                (xt + h.unwrap().broadcast_matmul(&wd.t().unwrap()).unwrap()).unwrap()
+            },
+            1e-4,
+        );
+    }
+}

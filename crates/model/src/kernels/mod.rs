@@ -14,6 +14,7 @@ pub mod gemv;
 pub mod linear;
 pub mod linear_cross_entropy;
 pub mod linear_logprobs;
+pub mod mlp_block;
 pub mod rms_norm;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]

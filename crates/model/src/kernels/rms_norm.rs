@@ -50,6 +50,58 @@ dispatch! {
     pub fn backward_row(x: &[f32], w: &[f32], g: &[f32], inv: f32, dx: &mut [f32], dw: &mut [f32]) -> () = backward_row_impl;
 }
 
+/// Every row of `x (rows × D)` normalised into `out`, over the threads; returns the rows' inverse
+/// RMS (what the backward pass needs).
+pub(crate) fn forward_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32> {
+    let d = w.len().max(1);
+    let per = rows_per_task(d);
+    out.par_chunks_mut(per * d)
+        .zip(x.par_chunks(per * d))
+        .flat_map_iter(|(o, xi)| {
+            o.chunks_exact_mut(d)
+                .zip(xi.chunks_exact(d))
+                .map(|(orow, xrow)| forward_row(xrow, w, eps, orow))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The backward pass over every row, over the threads: writes `dx` (plus `add` when given, the
+/// gradient a residual connection carries past the norm) and returns the weight's gradient.
+pub(crate) fn backward_rows(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    inv: &[f32],
+    add: Option<&[f32]>,
+    dx: &mut [f32],
+) -> Vec<f32> {
+    let d = w.len().max(1);
+    let per = rows_per_task(d);
+    // Each task accumulates its own partial dw; the partials are summed at the end.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(per * d)
+        .enumerate()
+        .map(|(c, o)| {
+            let mut dw = vec![0f32; d];
+            for (k, orow) in o.chunks_exact_mut(d).enumerate() {
+                let r = c * per + k;
+                let at = r * d;
+                backward_row(&x[at..at + d], w, &g[at..at + d], inv[r], orow, &mut dw);
+                if let Some(add) = add {
+                    orow.iter_mut().zip(&add[at..at + d]).for_each(|(o, a)| *o += a);
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![0f32; d];
+    for p in partials {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "fused-rms-norm"
@@ -63,17 +115,7 @@ impl CustomOp2 for RmsNorm {
             candle_core::bail!("rms-norm: last dimension is not {d}, the weight's length");
         }
         let mut out = vec![0f32; x.len()];
-        let per = rows_per_task(d);
-        let inv: Vec<f32> = out
-            .par_chunks_mut(per * d)
-            .zip(x.par_chunks(per * d))
-            .flat_map_iter(|(o, xi)| {
-                o.chunks_exact_mut(d)
-                    .zip(xi.chunks_exact(d))
-                    .map(|(orow, xrow)| forward_row(xrow, w, self.eps, orow))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let inv = forward_rows(x, w, self.eps, &mut out);
         *self.inv.lock().expect("not poisoned") = inv;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -114,26 +156,8 @@ impl CustomOp3 for RmsNormGrad {
         let d = w.len().max(1);
         let rows = x.len() / d;
         let mut out = vec![0f32; (rows + 1) * d];
-        let per = rows_per_task(d);
-        let (dx, _) = out.split_at_mut(rows * d);
-        // Each task accumulates its own partial dw; the partials are summed at the end.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(per * d)
-            .enumerate()
-            .map(|(c, o)| {
-                let mut dw = vec![0f32; d];
-                for (k, orow) in o.chunks_exact_mut(d).enumerate() {
-                    let r = c * per + k;
-                    let at = r * d;
-                    backward_row(&x[at..at + d], w, &g[at..at + d], self.inv[r], orow, &mut dw);
-                }
-                dw
-            })
-            .collect();
-        let dw = &mut out[rows * d..];
-        for p in partials {
-            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
+        let (dx, dw) = out.split_at_mut(rows * d);
+        dw.copy_from_slice(&backward_rows(x, w, g, &self.inv, None, dx));
         Ok((CpuStorage::F32(out), Shape::from((rows + 1, d))))
     }
 }
