@@ -38,7 +38,8 @@ pub fn set_fused_enabled(on: bool) {
     FUSED.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-fn fused(ts: &[&Tensor]) -> bool {
+/// Whether `ts` take the fused CPU kernels: all f32 on the CPU, and the kernels not switched off.
+pub fn fused(ts: &[&Tensor]) -> bool {
     fused_enabled() && ts.iter().all(|t| kernels::supported(t))
 }
 

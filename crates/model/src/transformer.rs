@@ -3,9 +3,10 @@
 //! `state_dict` (`model.layers.0.self_attn.q_proj.weight`, …) so export is a rename-free copy.
 
 use crate::config::{Activation, ModelConfig};
+use crate::kernels;
 use crate::lora::{LoraSpec, Proj};
 use crate::ops::{
-    attention, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu, swiglu_down,
+    attention, fused, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu, swiglu_down,
     swiglu_residual,
 };
 use crate::packing::Packing;
@@ -158,6 +159,40 @@ pub(crate) struct Block {
 }
 
 impl Block {
+    /// `x` plus the attention of its normalised self: over whole sequences without adapters or
+    /// QK-norm, one op on the CPU ([`kernels::attn_block`]).
+    fn attn_residual(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        start: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        packing: Option<&Packing>,
+    ) -> Result<Tensor> {
+        let a = &self.attn;
+        let projections = [&a.q, &a.k, &a.v, &a.o];
+        let weights = projections.map(Proj::weight);
+        let whole = cache.is_none() && start == 0 && a.q_norm.is_none();
+        if whole
+            && !projections.iter().any(|p| p.adapted())
+            && fused(&[x, &self.input_norm, &rope.0])
+            && fused(&weights)
+        {
+            let stacked = Tensor::cat(&[weights[0], weights[1], weights[2], &self.input_norm.unsqueeze(0)?], 0)?;
+            let heads = (a.n_heads, a.n_kv_heads);
+            return kernels::attn_block::attn_block(
+                x,
+                &stacked,
+                weights[3],
+                heads,
+                (&rope.0, &rope.1),
+                packing,
+                self.eps,
+            );
+        }
+        x + a.forward(&rms_norm(x, &self.input_norm, self.eps)?, rope, start, cache, packing)?
+    }
+
     /// `x` plus the feed-forward half of its normalised self: for SwiGLU without adapters one op.
     fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
         let m = &self.mlp;
@@ -338,9 +373,7 @@ impl Transformer {
         let mut x = self.embed.forward(ids)?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let normed = rms_norm(&x, &block.input_norm, block.eps)?;
-            let h = block.attn.forward(&normed, &self.rope, start, slot, packing)?;
-            x = (x + h)?;
+            x = block.attn_residual(&x, &self.rope, start, slot, packing)?;
             x = block.mlp_residual(&x)?;
         }
         if let Some(cache) = cache {

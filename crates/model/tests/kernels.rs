@@ -279,3 +279,40 @@ fn swiglu_block_matches_the_norm_projections_and_residual_taken_apart() {
         );
     }
 }
+
+#[test]
+fn attention_block_matches_the_norm_projections_rope_attention_and_residual_taken_apart() {
+    let mut rng = Rng::new(23);
+    // (batch, positions, query heads, kv heads, head size): two 64-row query blocks and a
+    // remainder with grouped heads; one position.
+    for (b, t, h, kv, hd) in [(2, 70, 4, 2, 8), (1, 1, 2, 1, 6)] {
+        let d = 12;
+        let (cos, sin) = composite::rope_tables(hd, 128, 10_000.0, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = randn(&mut rng, &[b, t, d], 2.0);
+        let gain = randn(&mut rng, &[d], 1.5);
+        let [wq, wk, wv] = [h, kv, kv].map(|n| randn(&mut rng, &[n * hd, d], 0.5));
+        let wo = randn(&mut rng, &[d, h * hd], 0.5);
+        let ts = [&x, &gain, &wq, &wk, &wv, &wo].map(Var::as_tensor);
+        let [xt, gt, q, k, v, o] = ts;
+        check(
+            &format!("attention block b{b} t{t} h{h} kv{kv}"),
+            &[&x, &gain, &wq, &wk, &wv, &wo],
+            &|| {
+                let stacked = Tensor::cat(&[q, k, v, &gt.unsqueeze(0).unwrap()], 0).unwrap();
+                kernels::attn_block::attn_block(xt, &stacked, o, (h, kv), (&cos, &sin), None, 1e-5).unwrap()
+            },
+            &|| {
+                let n = composite::rms_norm(xt, gt, 1e-5).unwrap();
+                let heads = |w: &Tensor, n_heads: usize| {
+                    let y = n.broadcast_matmul(&w.t().unwrap()).unwrap();
+                    y.reshape((b, t, n_heads, hd)).unwrap().transpose(1, 2).unwrap()
+                };
+                let qr = composite::rope(&heads(q, h), &cos, &sin, 0).unwrap();
+                let kr = composite::rope(&heads(k, kv), &cos, &sin, 0).unwrap();
+                let a = composite::attention(&qr, &kr, &heads(v, kv), 1.0 / (hd as f64).sqrt(), 0, None).unwrap();
+                (xt + a.broadcast_matmul(&o.t().unwrap()).unwrap()).unwrap()
+            },
+            1e-4,
+        );
+    }
+}

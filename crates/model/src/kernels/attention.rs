@@ -10,7 +10,7 @@
 //! in `(B, T, H · head_dim)` order, ready for the output projection.
 
 use super::simd::{self, dispatch};
-use super::{matmul, SharedOut};
+use super::{matmul, matmul_raw, SharedOut};
 use crate::packing::Packing;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -21,7 +21,7 @@ const BLOCK: usize = 64;
 
 /// A `(B, heads, T, head_dim)` operand: its storage and steps; the last dimension is contiguous.
 #[derive(Debug, Clone, Copy)]
-struct Heads<'a> {
+pub(crate) struct Heads<'a> {
     data: &'a [f32],
     offset: usize,
     sb: usize,
@@ -30,6 +30,11 @@ struct Heads<'a> {
 }
 
 impl<'a> Heads<'a> {
+    /// Heads within `data`: the first row at `offset`, then steps between batches, heads and rows.
+    pub(crate) fn strided(data: &'a [f32], offset: usize, (sb, sh, st): (usize, usize, usize)) -> Self {
+        Self { data, offset, sb, sh, st }
+    }
+
     fn of(s: &'a CpuStorage, l: &Layout, hd: usize, what: &str) -> Result<Self> {
         let CpuStorage::F32(data) = s else { candle_core::bail!("attention: {what} must be f32") };
         let (dims, st) = (l.dims(), l.stride());
@@ -45,18 +50,43 @@ impl<'a> Heads<'a> {
     }
 }
 
-/// The shapes an attention call works on.
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    b: usize,
-    h: usize,
-    kv: usize,
-    t: usize,
-    s: usize,
-    hd: usize,
+/// Where the gradient of a `(B, heads, T, head_dim)` operand goes: a buffer shared by the tasks
+/// (each writes rows of its own heads) and the steps of [`Heads`].
+#[derive(Clone, Copy)]
+pub(crate) struct HeadsOut {
+    ptr: SharedOut,
+    offset: usize,
+    sb: usize,
+    sh: usize,
+    st: usize,
 }
 
-struct Attention {
+impl HeadsOut {
+    /// Heads within the buffer at `ptr`, laid out as for [`Heads::strided`].
+    pub(crate) fn strided(ptr: *mut f32, offset: usize, (sb, sh, st): (usize, usize, usize)) -> Self {
+        Self { ptr: SharedOut::new(ptr), offset, sb, sh, st }
+    }
+
+    /// Row `t` of head `h` in batch `b` (a valid place to write only if the buffer holds it).
+    fn at(&self, b: usize, h: usize, t: usize) -> *mut f32 {
+        self.ptr.ptr().wrapping_add(self.offset + b * self.sb + h * self.sh + t * self.st)
+    }
+}
+
+/// The shapes an attention call works on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dims {
+    pub(crate) b: usize,
+    pub(crate) h: usize,
+    pub(crate) kv: usize,
+    pub(crate) t: usize,
+    pub(crate) s: usize,
+    pub(crate) hd: usize,
+}
+
+/// The attention of one call: its scale, causal offset and packing, and the log-sum-exp of each
+/// query row that the forward pass leaves for the backward pass.
+pub(crate) struct Attention {
     scale: f32,
     /// Position of the first query (keys before it come from a cache).
     start: usize,
@@ -138,27 +168,15 @@ dispatch! {
     pub fn normalise_row(row: &mut [f32], lo: usize, hi: usize, lse: f32) -> f32 = normalise_row_impl;
 }
 
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
+impl Attention {
+    /// The attention of queries at positions `start..`, within their packed sequences if `packing`.
+    pub(crate) fn new(scale: f32, start: usize, packing: Option<&Packing>) -> Self {
+        Self { scale, start, first: packing.map(Packing::starts), lse: Mutex::new(Vec::new()) }
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (qd, kd) = (l1.dims(), l2.dims());
-        let hd = *qd.last().unwrap_or(&0);
-        let (q, k, v) = (Heads::of(s1, l1, hd, "q")?, Heads::of(s2, l2, hd, "k")?, Heads::of(s3, l3, hd, "v")?);
-        let d = Dims { b: qd[0], h: qd[1], kv: kd[1], t: qd[2], s: kd[2], hd };
-        if kd[0] != d.b || d.kv == 0 || !d.h.is_multiple_of(d.kv) || l3.dims() != kd || self.start + d.t > d.s {
-            candle_core::bail!("attention: q {qd:?} does not fit k {kd:?} / v {:?} at start {}", l3.dims(), self.start);
-        }
+    /// The output `(B, T, H · hd)` and the log-sum-exp of every query row `(B, H, T)`.
+    pub(crate) fn forward(&self, d: Dims, q: Heads, k: Heads, v: Heads) -> (Vec<f32>, Vec<f32>) {
+        let hd = d.hd;
         let blocks = d.t.div_ceil(BLOCK);
         let mut out = vec![0f32; d.b * d.t * d.h * hd];
         let mut lse = vec![0f32; d.b * d.h * d.t];
@@ -193,53 +211,34 @@ impl CustomOp3 for Attention {
                 }
             }
         });
-        *self.lse.lock().expect("lse lock") = lse;
-        Ok((CpuStorage::F32(out), Shape::from((d.b, d.t, d.h * hd))))
+        (out, lse)
     }
 
-    fn bwd(
+    /// Gradients of q, k and v for the output `o` and its gradient `g` (both `(B, T, H · hd)`),
+    /// written through `dq` and accumulated into `dk` and `dv`. One task per (batch, key/value
+    /// head), which owns that head's dk and dv and the dq of its query heads.
+    ///
+    /// # Safety
+    /// The three buffers hold every row of their operand's shape, `dk` and `dv` zeroed, and no
+    /// row of one is a row of another; nothing else touches them until this returns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn backward_into(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (dq, dk, dv) = self.backward(q, k, v, res, &grad)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
-    }
-}
-
-impl Attention {
-    /// Gradients of q, k and v: one task per (batch, key/value head), which owns that head's dk
-    /// and dv and the dq of its query heads.
-    fn backward(&self, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (os, ol) = o.storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        let op = "attention backward";
-        let qc = super::cpu_storage(&qs, op)?;
-        let (kc, vc) = (super::cpu_storage(&ks, op)?, super::cpu_storage(&vs, op)?);
-        let (oc, gc) = (super::cpu_storage(&os, op)?, super::cpu_storage(&gs, op)?);
-        let hd = q.dim(3)?;
-        let (qh, kh, vh) = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
-        let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };
-        let o_all = super::f32s(oc, ol, self.name())?;
-        let g_all = super::f32s(gc, gl, self.name())?;
-        let lse = self.lse.lock().expect("lse lock");
+        d: Dims,
+        (qh, kh, vh): (Heads, Heads, Heads),
+        o_all: &[f32],
+        g_all: &[f32],
+        lse: &[f32],
+        (dq, dk, dv): (HeadsOut, HeadsOut, HeadsOut),
+    ) {
+        let hd = d.hd;
         let groups = d.h / d.kv;
         let blocks = d.t.div_ceil(BLOCK);
-        let mut dq = vec![0f32; d.b * d.h * d.t * hd];
-        let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
-        let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
-        let dq_ptr = SharedOut::new(dq.as_mut_ptr());
-        dk.par_chunks_mut(d.s * hd).zip(dv.par_chunks_mut(d.s * hd)).enumerate().for_each(|(bkv, (dk, dv))| {
+        (0..d.b * d.kv).into_par_iter().for_each(|bkv| {
             let (b, kvh) = (bkv / d.kv, bkv % d.kv);
             let (mut p, mut dp) = (vec![0f32; BLOCK * d.s], vec![0f32; BLOCK * d.s]);
             let mut lse_blk = [0f32; BLOCK];
+            let (dk_at, dv_at) = (dk.at(b, kvh, 0), dv.at(b, kvh, 0));
             for h in kvh * groups..(kvh + 1) * groups {
                 for blk in 0..blocks {
                     let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(d.t));
@@ -251,8 +250,12 @@ impl Attention {
                     let row_step = d.h * hd;
                     let og = ((b * d.t + r0) * d.h + h) * hd;
                     let (ob, gb) = (&o_all[og..], &g_all[og..]);
+                    // SAFETY (all four products): the caller's buffers hold these rows, and this
+                    // task alone writes the dk and dv rows of (b, kvh) and the dq rows of (b, h).
                     // dv += pᵀ · g
-                    matmul(keys, hd, rows, dv, hd, true, (&p, 1, keys), (gb, row_step, 1), 1.0, false);
+                    unsafe {
+                        matmul_raw(keys, hd, rows, dv_at, dv.st, true, (&p, 1, keys), (gb, row_step, 1), 1.0, false)
+                    };
                     // dp = g · vᵀ
                     matmul(
                         rows,
@@ -275,44 +278,85 @@ impl Attention {
                             *x = pv * (*x - delta) * self.scale;
                         }
                     }
-                    // dq = ds · k, into rows r0..r1 of (b, h): owned by this task.
-                    let dq_at = ((b * d.h + h) * d.t + r0) * hd;
-                    // SAFETY: rows r0..r1 of dq's (b, h) block belong to this task (h is one of
-                    // this key/value head's query heads) and lie inside dq.
-                    let dq_blk = unsafe { std::slice::from_raw_parts_mut(dq_ptr.ptr().add(dq_at), rows * hd) };
-                    matmul(
-                        rows,
-                        hd,
-                        keys,
-                        dq_blk,
-                        hd,
-                        false,
-                        (&dp, keys, 1),
-                        (&kh.data[kh.at(b, kvh, 0)..], kh.st, 1),
-                        1.0,
-                        false,
-                    );
+                    // dq = ds · k, into rows r0..r1 of (b, h).
+                    let kb = (&kh.data[kh.at(b, kvh, 0)..], kh.st, 1);
+                    unsafe {
+                        matmul_raw(rows, hd, keys, dq.at(b, h, r0), dq.st, false, (&dp, keys, 1), kb, 1.0, false)
+                    };
                     // dk += dsᵀ · q
-                    matmul(
-                        keys,
-                        hd,
-                        rows,
-                        dk,
-                        hd,
-                        true,
-                        (&dp, 1, keys),
-                        (&qh.data[qh.at(b, h, r0)..], qh.st, 1),
-                        1.0,
-                        false,
-                    );
+                    let qb = (&qh.data[qh.at(b, h, r0)..], qh.st, 1);
+                    unsafe { matmul_raw(keys, hd, rows, dk_at, dk.st, true, (&dp, 1, keys), qb, 1.0, false) };
                 }
             }
         });
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (qd, kd) = (l1.dims(), l2.dims());
+        let hd = *qd.last().unwrap_or(&0);
+        let (q, k, v) = (Heads::of(s1, l1, hd, "q")?, Heads::of(s2, l2, hd, "k")?, Heads::of(s3, l3, hd, "v")?);
+        let d = Dims { b: qd[0], h: qd[1], kv: kd[1], t: qd[2], s: kd[2], hd };
+        if kd[0] != d.b || d.kv == 0 || !d.h.is_multiple_of(d.kv) || l3.dims() != kd || self.start + d.t > d.s {
+            candle_core::bail!("attention: q {qd:?} does not fit k {kd:?} / v {:?} at start {}", l3.dims(), self.start);
+        }
+        let (out, lse) = self.forward(d, q, k, v);
+        *self.lse.lock().expect("lse lock") = lse;
+        Ok((CpuStorage::F32(out), Shape::from((d.b, d.t, d.h * hd))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (os, ol) = res.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let op = "attention backward";
+        let qc = super::cpu_storage(&qs, op)?;
+        let (kc, vc) = (super::cpu_storage(&ks, op)?, super::cpu_storage(&vs, op)?);
+        let (oc, gc) = (super::cpu_storage(&os, op)?, super::cpu_storage(&gs, op)?);
+        let hd = q.dim(3)?;
+        let heads = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
+        let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };
+        let (o, g) = (super::f32s(oc, ol, op)?, super::f32s(gc, gl, op)?);
+        let lse = self.lse.lock().expect("lse lock");
+        let mut dq = vec![0f32; d.b * d.h * d.t * hd];
+        let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
+        let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
+        let contiguous = |heads: usize, t: usize| (heads * t * hd, t * hd, hd);
+        let outs = (
+            HeadsOut::strided(dq.as_mut_ptr(), 0, contiguous(d.h, d.t)),
+            HeadsOut::strided(dk.as_mut_ptr(), 0, contiguous(d.kv, d.s)),
+            HeadsOut::strided(dv.as_mut_ptr(), 0, contiguous(d.kv, d.s)),
+        );
+        // SAFETY: three separate buffers of the operands' full contiguous shapes, dk and dv zeroed.
+        unsafe { self.backward_into(d, heads, o, g, &lse, outs) };
         let dev = q.device();
         Ok((
-            Tensor::from_vec(dq, (d.b, d.h, d.t, hd), dev)?,
-            Tensor::from_vec(dk, (d.b, d.kv, d.s, hd), dev)?,
-            Tensor::from_vec(dv, (d.b, d.kv, d.s, hd), dev)?,
+            Some(Tensor::from_vec(dq, (d.b, d.h, d.t, hd), dev)?),
+            Some(Tensor::from_vec(dk, (d.b, d.kv, d.s, hd), dev)?),
+            Some(Tensor::from_vec(dv, (d.b, d.kv, d.s, hd), dev)?),
         ))
     }
 }
@@ -329,7 +373,5 @@ pub fn attention(
     start: usize,
     packing: Option<&Packing>,
 ) -> Result<Tensor> {
-    let first = packing.map(Packing::starts);
-    let op = Attention { scale: scale as f32, start, first, lse: Mutex::new(Vec::new()) };
-    q.apply_op3(k, v, op)
+    q.apply_op3(k, v, Attention::new(scale as f32, start, packing))
 }

@@ -9,6 +9,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attn_block;
 pub mod cross_entropy;
 pub mod gemv;
 pub mod linear;

@@ -82,6 +82,13 @@ impl CustomOp1 for Rope {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     let dims = x.dims();
     let (t, hd) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let (cos, sin) = tables(cos, sin, start, t)?;
+    x.apply_op1(Rope { cos, sin, t, half: hd / 2, inverse: false })
+}
+
+/// The cosines and sines of positions `start..start + t`, `t` rows of `head_dim / 2` values each,
+/// from the `(max_seq_len, head_dim / 2)` tables.
+pub(crate) fn tables(cos: &Tensor, sin: &Tensor, start: usize, t: usize) -> Result<(Vec<f32>, Vec<f32>)> {
     let table = |m: &Tensor| m.narrow(0, start, t)?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>();
-    x.apply_op1(Rope { cos: table(cos)?, sin: table(sin)?, t, half: hd / 2, inverse: false })
+    Ok((table(cos)?, table(sin)?))
 }
