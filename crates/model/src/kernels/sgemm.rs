@@ -235,8 +235,17 @@ unsafe fn pack_b(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
         let src = b.offset(0, p * NR);
         let out = panel.as_mut_ptr();
         let mut done = 0;
-        if b.cs == 1 {
-            // Rows are contiguous: copy NR values per k step.
+        if b.cs == 1 && cols == NR {
+            // Rows are contiguous: NR values per k step, two vector moves (a copy of a run-time
+            // length would be a call into the C library for every 64 bytes).
+            use std::arch::x86_64::*;
+            for q in 0..kc {
+                let (from, to) = (src.ptr.add(q * b.rs), out.add(q * NR));
+                _mm256_storeu_ps(to, _mm256_loadu_ps(from));
+                _mm256_storeu_ps(to.add(8), _mm256_loadu_ps(from.add(8)));
+            }
+            done = kc;
+        } else if b.cs == 1 {
             for q in 0..kc {
                 std::ptr::copy_nonoverlapping(src.ptr.add(q * b.rs), out.add(q * NR), cols);
                 std::ptr::write_bytes(out.add(q * NR + cols), 0, NR - cols);
