@@ -49,6 +49,38 @@ dispatch! {
     pub fn grad_rows_in_place(rows: &mut [f32], lse: &[f32], targets: &[u32], scale: f32) -> () = grad_rows_in_place_impl;
 }
 
+#[inline(always)]
+fn loss_and_grad_row_impl(row: &mut [f32], target: u32, scale: f32) -> f32 {
+    if target == IGNORE {
+        row.fill(0.0);
+        return 0.0;
+    }
+    let (m, logit) = (simd::max(row), row[target as usize]);
+    for x in row.iter_mut() {
+        *x = simd::exp(*x - m);
+    }
+    let sum = simd::sum(row);
+    let k = scale / sum;
+    for x in row.iter_mut() {
+        *x *= k;
+    }
+    row[target as usize] -= scale;
+    m + sum.ln() - logit
+}
+
+dispatch! {
+    /// One row of logits turned into its gradient `(softmax(x) − onehot(t)) · scale` in place
+    /// with one exponential per value (zero for an ignored target); returns the row's loss
+    /// `lse − x_t` (0 when ignored).
+    pub fn loss_and_grad_row(row: &mut [f32], target: u32, scale: f32) -> f32 = loss_and_grad_row_impl;
+}
+
+/// Every row of `rows` (`V` values each) turned into its gradient in place, over the threads;
+/// returns the sum of the rows' losses.
+pub(crate) fn loss_and_gradient_in_place(rows: &mut [f32], v: usize, targets: &[u32], scale: f32) -> f64 {
+    rows.par_chunks_mut(v).zip(targets.par_iter()).map(|(row, &t)| f64::from(loss_and_grad_row(row, t, scale))).sum()
+}
+
 /// Targets the mean runs over: those that are not [`IGNORE`] (at least 1, so that a batch with
 /// nothing to score gives a zero loss rather than NaN).
 pub(crate) fn scored(targets: &[u32]) -> usize {

@@ -9,7 +9,7 @@
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of
 //! the memory.
 
-use super::cross_entropy::{gradient_in_place, scored};
+use super::cross_entropy::{loss_and_gradient_in_place, scored};
 use super::linear_logprobs::{chunk_logits, projected, Projected};
 use super::matmul;
 use crate::ops::IGNORE;
@@ -53,17 +53,19 @@ impl CustomOp3 for LinearCrossEntropy {
         for (c, hc) in h.chunks(CHUNK * d).enumerate() {
             let rows = hc.len() / d;
             let tc = &targets[c * CHUNK..c * CHUNK + rows];
-            chunk_logits(hc, w, d, v, &mut logits, &mut lse);
-            let lg = &mut logits[..rows * v];
-            total += (0..rows)
-                .filter(|&i| tc[i] != IGNORE)
-                .map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize]))
-                .sum::<f64>();
             if !self.need_grads {
+                chunk_logits(hc, w, d, v, &mut logits, &mut lse);
+                let lg = &logits[..rows * v];
+                total += (0..rows)
+                    .filter(|&i| tc[i] != IGNORE)
+                    .map(|i| f64::from(lse[i] - lg[i * v + tc[i] as usize]))
+                    .sum::<f64>();
                 continue;
             }
-            // The logits become their gradient in place.
-            gradient_in_place(lg, v, &lse[..rows], tc, scale);
+            // The logits become their gradient in place, their losses summed on the way.
+            let lg = &mut logits[..rows * v];
+            matmul(rows, v, d, lg, v, false, (hc, d, 1), (w, 1, d), 1.0, true);
+            total += loss_and_gradient_in_place(lg, v, tc, scale);
             let dhc = &mut dh[c * CHUNK * d..c * CHUNK * d + rows * d];
             matmul(rows, d, v, dhc, d, false, (lg, v, 1), (w, d, 1), 1.0, true);
             if self.need_dw {
