@@ -149,17 +149,24 @@ fn normalise_row_impl(row: &mut [f32], lo: usize, hi: usize, lse: f32) -> f32 {
     let (before, rest) = row.split_at_mut(lo);
     before.fill(0.0);
     let (seen, masked) = rest.split_at_mut(hi - lo);
-    let lse = if lse.is_nan() {
-        let max = simd::max(seen);
-        max + simd::sum_exp(seen, max).ln()
-    } else {
-        lse
-    };
-    for x in seen.iter_mut() {
-        *x = simd::exp(*x - lse);
-    }
     masked.fill(0.0);
-    lse
+    if !lse.is_nan() {
+        for x in seen.iter_mut() {
+            *x = simd::exp(*x - lse);
+        }
+        return lse;
+    }
+    // One exponential per score: shifted by the maximum, summed as written, then scaled.
+    let max = simd::max(seen);
+    for x in seen.iter_mut() {
+        *x = simd::exp(*x - max);
+    }
+    let sum = simd::sum(seen);
+    let inv = 1.0 / sum;
+    for x in seen.iter_mut() {
+        *x *= inv;
+    }
+    max + sum.ln()
 }
 
 dispatch! {
