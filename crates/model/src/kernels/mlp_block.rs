@@ -96,19 +96,21 @@ impl CustomOp3 for MlpBlock {
         let Some(Saved { inv, normed, gate_up }) = saved.as_ref() else {
             candle_core::bail!("{op}: backward pass before the forward pass")
         };
-        // The down projection's weight gradient needs the gated product again: recomputed, not kept.
-        let d_down = down.track_op().then(|| new_product(d, f, rows, (g, 1, d), (&gated(gate_up, f), f, 1), true));
         let dh = new_product(rows, f, d, (g, d, 1), (dv, f, 1), true);
+        // The down projection's weight gradient needs the gated product again: recomputed (not
+        // kept) in the same pass as the gate's and up's gradients, one sigmoid for both.
+        let mut h = vec![0f32; rows * f];
         let mut d_gate_up = vec![0f32; rows * 2 * f];
         let per = rows_per_task(2 * f);
-        d_gate_up.par_chunks_mut(per * 2 * f).enumerate().for_each(|(c, out)| {
-            for (i, orow) in out.chunks_exact_mut(2 * f).enumerate() {
+        d_gate_up.par_chunks_mut(per * 2 * f).zip(h.par_chunks_mut(per * f)).enumerate().for_each(|(c, (out, hc))| {
+            for (i, (orow, hrow)) in out.chunks_exact_mut(2 * f).zip(hc.chunks_exact_mut(f)).enumerate() {
                 let r = c * per + i;
                 let (gate, up) = gate_up[r * 2 * f..(r + 1) * 2 * f].split_at(f);
                 let (dg, du) = orow.split_at_mut(f);
-                swiglu::backward(gate, up, &dh[r * f..(r + 1) * f], dg, du);
+                swiglu::forward_backward(gate, up, &dh[r * f..(r + 1) * f], hrow, dg, du);
             }
         });
+        let d_down = down.track_op().then(|| new_product(d, f, rows, (g, 1, d), (&h, f, 1), true));
         let d_normed = new_product(rows, d, 2 * f, (&d_gate_up, 2 * f, 1), (wv, d, 1), true);
         let mut dx = vec![0f32; rows * d];
         let d_gain = backward_rows(xv, &wv[2 * f * d..], &d_normed, inv, Some(g), &mut dx);

@@ -42,6 +42,24 @@ dispatch! {
     pub fn backward(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) -> () = backward_impl;
 }
 
+#[inline(always)]
+fn forward_backward_impl(a: &[f32], b: &[f32], g: &[f32], out: &mut [f32], da: &mut [f32], db: &mut [f32]) {
+    let n = a.len().min(b.len()).min(g.len()).min(out.len()).min(da.len()).min(db.len());
+    for i in 0..n {
+        let s = sigmoid(a[i]);
+        let silu = a[i] * s;
+        out[i] = silu * b[i];
+        db[i] = g[i] * silu;
+        da[i] = g[i] * b[i] * (s + silu * (1.0 - s));
+    }
+}
+
+dispatch! {
+    /// The output `silu(a) ⊙ b` again and both gradients, from one sigmoid per element (for a
+    /// backward pass that needs the recomputed output too).
+    pub fn forward_backward(a: &[f32], b: &[f32], g: &[f32], out: &mut [f32], da: &mut [f32], db: &mut [f32]) -> () = forward_backward_impl;
+}
+
 /// `out = silu(a) ⊙ b` over the threads.
 pub(crate) fn forward_all(a: &[f32], b: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK)
