@@ -19,29 +19,28 @@ use std::sync::{Arc, Mutex};
 /// Query rows per block: the block's scores (`BLOCK × S`) stay in L2 for S up to a few thousand.
 const BLOCK: usize = 64;
 
-/// A `(B, heads, T, head_dim)` operand: its storage and steps; the last dimension is contiguous.
+/// A `(B, heads, T, head_dim)` operand inside a buffer `D`: where its first row lies and the steps
+/// between batches, heads and rows; the last dimension is contiguous. The buffer is a slice to read
+/// ([`HeadsIn`]) or, for a gradient that several tasks write (each its own rows), a shared pointer
+/// ([`HeadsOut`]).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Heads<'a> {
-    data: &'a [f32],
+pub(crate) struct Heads<D> {
+    data: D,
     offset: usize,
     sb: usize,
     sh: usize,
     st: usize,
 }
 
-impl<'a> Heads<'a> {
-    /// Heads within `data`: the first row at `offset`, then steps between batches, heads and rows.
-    pub(crate) fn strided(data: &'a [f32], offset: usize, (sb, sh, st): (usize, usize, usize)) -> Self {
-        Self { data, offset, sb, sh, st }
-    }
+/// Heads read in place.
+pub(crate) type HeadsIn<'a> = Heads<&'a [f32]>;
+/// Heads written by the tasks of a backward pass.
+pub(crate) type HeadsOut = Heads<SharedOut>;
 
-    fn of(s: &'a CpuStorage, l: &Layout, hd: usize, what: &str) -> Result<Self> {
-        let CpuStorage::F32(data) = s else { candle_core::bail!("attention: {what} must be f32") };
-        let (dims, st) = (l.dims(), l.stride());
-        if dims.len() != 4 || dims[3] != hd || (hd > 1 && st[3] != 1) {
-            candle_core::bail!("attention: {what} must be (B, heads, T, {hd}) with contiguous rows, got {dims:?}");
-        }
-        Ok(Self { data, offset: l.start_offset(), sb: st[0], sh: st[1], st: st[2] })
+impl<D> Heads<D> {
+    /// Heads within `data`: the first row at `offset`, then steps between batches, heads and rows.
+    pub(crate) fn strided(data: D, offset: usize, (sb, sh, st): (usize, usize, usize)) -> Self {
+        Self { data, offset, sb, sh, st }
     }
 
     /// Offset of row `t` of head `h` in batch `b`.
@@ -50,26 +49,21 @@ impl<'a> Heads<'a> {
     }
 }
 
-/// Where the gradient of a `(B, heads, T, head_dim)` operand goes: a buffer shared by the tasks
-/// (each writes rows of its own heads) and the steps of [`Heads`].
-#[derive(Clone, Copy)]
-pub(crate) struct HeadsOut {
-    ptr: SharedOut,
-    offset: usize,
-    sb: usize,
-    sh: usize,
-    st: usize,
+impl<'a> HeadsIn<'a> {
+    fn of(s: &'a CpuStorage, l: &Layout, hd: usize, what: &str) -> Result<Self> {
+        let CpuStorage::F32(data) = s else { candle_core::bail!("attention: {what} must be f32") };
+        let (dims, st) = (l.dims(), l.stride());
+        if dims.len() != 4 || dims[3] != hd || (hd > 1 && st[3] != 1) {
+            candle_core::bail!("attention: {what} must be (B, heads, T, {hd}) with contiguous rows, got {dims:?}");
+        }
+        Ok(Self::strided(data.as_slice(), l.start_offset(), (st[0], st[1], st[2])))
+    }
 }
 
 impl HeadsOut {
-    /// Heads within the buffer at `ptr`, laid out as for [`Heads::strided`].
-    pub(crate) fn strided(ptr: *mut f32, offset: usize, (sb, sh, st): (usize, usize, usize)) -> Self {
-        Self { ptr: SharedOut::new(ptr), offset, sb, sh, st }
-    }
-
     /// Row `t` of head `h` in batch `b` (a valid place to write only if the buffer holds it).
-    fn at(&self, b: usize, h: usize, t: usize) -> *mut f32 {
-        self.ptr.ptr().wrapping_add(self.offset + b * self.sb + h * self.sh + t * self.st)
+    fn row(&self, b: usize, h: usize, t: usize) -> *mut f32 {
+        self.data.ptr().wrapping_add(self.at(b, h, t))
     }
 }
 
@@ -114,8 +108,8 @@ impl Attention {
     fn probabilities(
         &self,
         d: Dims,
-        q: Heads,
-        k: Heads,
+        q: HeadsIn,
+        k: HeadsIn,
         (b, h, r0, r1): (usize, usize, usize, usize),
         p: &mut [f32],
         lse: &mut [f32],
@@ -181,8 +175,9 @@ impl Attention {
         Self { scale, start, first: packing.map(Packing::starts), lse: Mutex::new(Vec::new()) }
     }
 
-    /// The output `(B, T, H · hd)` and the log-sum-exp of every query row `(B, H, T)`.
-    pub(crate) fn forward(&self, d: Dims, q: Heads, k: Heads, v: Heads) -> (Vec<f32>, Vec<f32>) {
+    /// The output `(B, T, H · hd)`; the log-sum-exp of every query row `(B, H, T)` is kept for
+    /// [`Self::backward_into`].
+    pub(crate) fn forward(&self, d: Dims, q: HeadsIn, k: HeadsIn, v: HeadsIn) -> Vec<f32> {
         let hd = d.hd;
         let blocks = d.t.div_ceil(BLOCK);
         let mut out = vec![0f32; d.b * d.t * d.h * hd];
@@ -218,11 +213,12 @@ impl Attention {
                 }
             }
         });
-        (out, lse)
+        *self.lse.lock().expect("lse lock") = lse;
+        out
     }
 
-    /// Gradients of q, k and v for the output `o` and its gradient `g` (both `(B, T, H · hd)`),
-    /// written through `dq` and accumulated into `dk` and `dv`. One task per (batch, key/value
+    /// Gradients of q, k and v for the output `o` and its gradient `g` (both `(B, T, H · hd)`) of
+    /// the last [`Self::forward`], written through `dq` and accumulated into `dk` and `dv`. One task per (batch, key/value
     /// head), which owns that head's dk and dv and the dq of its query heads.
     ///
     /// # Safety
@@ -232,12 +228,12 @@ impl Attention {
     pub(crate) unsafe fn backward_into(
         &self,
         d: Dims,
-        (qh, kh, vh): (Heads, Heads, Heads),
+        (qh, kh, vh): (HeadsIn, HeadsIn, HeadsIn),
         o_all: &[f32],
         g_all: &[f32],
-        lse: &[f32],
         (dq, dk, dv): (HeadsOut, HeadsOut, HeadsOut),
     ) {
+        let lse = self.lse.lock().expect("lse lock");
         let hd = d.hd;
         let groups = d.h / d.kv;
         let blocks = d.t.div_ceil(BLOCK);
@@ -245,7 +241,7 @@ impl Attention {
             let (b, kvh) = (bkv / d.kv, bkv % d.kv);
             let (mut p, mut dp) = (vec![0f32; BLOCK * d.s], vec![0f32; BLOCK * d.s]);
             let mut lse_blk = [0f32; BLOCK];
-            let (dk_at, dv_at) = (dk.at(b, kvh, 0), dv.at(b, kvh, 0));
+            let (dk_at, dv_at) = (dk.row(b, kvh, 0), dv.row(b, kvh, 0));
             for h in kvh * groups..(kvh + 1) * groups {
                 for blk in 0..blocks {
                     let (r0, r1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(d.t));
@@ -288,7 +284,7 @@ impl Attention {
                     // dq = ds · k, into rows r0..r1 of (b, h).
                     let kb = (&kh.data[kh.at(b, kvh, 0)..], kh.st, 1);
                     unsafe {
-                        matmul_raw(rows, hd, keys, dq.at(b, h, r0), dq.st, false, (&dp, keys, 1), kb, 1.0, false)
+                        matmul_raw(rows, hd, keys, dq.row(b, h, r0), dq.st, false, (&dp, keys, 1), kb, 1.0, false)
                     };
                     // dk += dsᵀ · q
                     let qb = (&qh.data[qh.at(b, h, r0)..], qh.st, 1);
@@ -320,8 +316,7 @@ impl CustomOp3 for Attention {
         if kd[0] != d.b || d.kv == 0 || !d.h.is_multiple_of(d.kv) || l3.dims() != kd || self.start + d.t > d.s {
             candle_core::bail!("attention: q {qd:?} does not fit k {kd:?} / v {:?} at start {}", l3.dims(), self.start);
         }
-        let (out, lse) = self.forward(d, q, k, v);
-        *self.lse.lock().expect("lse lock") = lse;
+        let out = self.forward(d, q, k, v);
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.t, d.h * hd))))
     }
 
@@ -347,18 +342,17 @@ impl CustomOp3 for Attention {
         let heads = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
         let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };
         let (o, g) = (super::f32s(oc, ol, op)?, super::f32s(gc, gl, op)?);
-        let lse = self.lse.lock().expect("lse lock");
         let mut dq = vec![0f32; d.b * d.h * d.t * hd];
         let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
         let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
         let contiguous = |heads: usize, t: usize| (heads * t * hd, t * hd, hd);
         let outs = (
-            HeadsOut::strided(dq.as_mut_ptr(), 0, contiguous(d.h, d.t)),
-            HeadsOut::strided(dk.as_mut_ptr(), 0, contiguous(d.kv, d.s)),
-            HeadsOut::strided(dv.as_mut_ptr(), 0, contiguous(d.kv, d.s)),
+            Heads::strided(SharedOut::new(dq.as_mut_ptr()), 0, contiguous(d.h, d.t)),
+            Heads::strided(SharedOut::new(dk.as_mut_ptr()), 0, contiguous(d.kv, d.s)),
+            Heads::strided(SharedOut::new(dv.as_mut_ptr()), 0, contiguous(d.kv, d.s)),
         );
         // SAFETY: three separate buffers of the operands' full contiguous shapes, dk and dv zeroed.
-        unsafe { self.backward_into(d, heads, o, g, &lse, outs) };
+        unsafe { self.backward_into(d, heads, o, g, outs) };
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (d.b, d.h, d.t, hd), dev)?),

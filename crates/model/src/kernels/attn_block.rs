@@ -10,10 +10,10 @@
 //! backward pass writes their gradients into one buffer, so the input's gradient is one product
 //! too, and the residual add is the output projection accumulating into a copy of `x`.
 
-use super::attention::{Attention, Dims, Heads, HeadsOut};
+use super::attention::{Attention, Dims, Heads};
 use super::rms_norm::{backward_rows, forward_rows};
 use super::rope::{rotate, tables};
-use super::{f32s, matmul, new_product, rows_per_task, F32View};
+use super::{f32s, matmul, new_product, rows_per_task, F32View, SharedOut};
 use crate::packing::Packing;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -38,10 +38,9 @@ struct Saved {
     normed: Vec<f32>,
     /// q and k rotated, and v: `rows × (H + 2·KV)·hd`.
     qkv: Vec<f32>,
-    /// The attention's output before the projection, `rows × H·hd`.
+    /// The attention's output before the projection, `rows × H·hd` (the attention keeps its
+    /// rows' log-sum-exp itself).
     out: Vec<f32>,
-    /// Log-sum-exp of every query row.
-    lse: Vec<f32>,
 }
 
 /// The shapes of one call, from x `(B, T, D)`, the stacked weights `(E + 1, D)` and `Wo (D, H·hd)`.
@@ -122,11 +121,11 @@ impl CustomOp3 for AttnBlock {
         let inv = forward_rows(x, &w[e * d..], self.eps, &mut normed);
         let mut qkv = new_product(rows, e, d, (&normed, d, 1), (w, 1, d), true);
         self.rotate_all(&mut qkv, &s, 1.0);
-        let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(&qkv, at, steps));
-        let (out, lse) = self.attention.forward(s.dims, q, k, v);
+        let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv.as_slice(), at, steps));
+        let out = self.attention.forward(s.dims, q, k, v);
         let mut y = x.to_vec();
         matmul(rows, d, hhd, &mut y, d, true, (&out, hhd, 1), (wo, 1, hhd), 1.0, true);
-        *self.saved.lock().expect("not poisoned") = Some(Saved { inv, normed, qkv, out, lse });
+        *self.saved.lock().expect("not poisoned") = Some(Saved { inv, normed, qkv, out });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -146,17 +145,18 @@ impl CustomOp3 for AttnBlock {
         let views = [F32View::of(x, op)?, F32View::of(w, op)?, F32View::of(wo, op)?, F32View::of(&grad, op)?];
         let [xv, wv, wov, g] = views.each_ref().map(F32View::get);
         let saved = self.saved.lock().expect("not poisoned");
-        let Some(Saved { inv, normed, qkv, out, lse }) = saved.as_ref() else {
+        let Some(Saved { inv, normed, qkv, out }) = saved.as_ref() else {
             candle_core::bail!("{op}: backward pass before the forward pass")
         };
         let d_wo = wo.track_op().then(|| new_product(d, hhd, rows, (g, 1, d), (out, hhd, 1), true));
         let d_out = new_product(rows, hhd, d, (g, d, 1), (wov, hhd, 1), true);
         let mut d_qkv = vec![0f32; rows * e];
-        let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv, at, steps));
-        let [dq, dk, dv] = Self::layout(&s).map(|(at, steps)| HeadsOut::strided(d_qkv.as_mut_ptr(), at, steps));
+        let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv.as_slice(), at, steps));
+        let grads = SharedOut::new(d_qkv.as_mut_ptr());
+        let [dq, dk, dv] = Self::layout(&s).map(|(at, steps)| Heads::strided(grads, at, steps));
         // SAFETY: d_qkv holds every row of q, k and v in the layout they were read with, in
         // columns of their own, zeroed; it is not touched until the call returns.
-        unsafe { self.attention.backward_into(s.dims, (q, k, v), out, &d_out, lse, (dq, dk, dv)) };
+        unsafe { self.attention.backward_into(s.dims, (q, k, v), out, &d_out, (dq, dk, dv)) };
         self.rotate_all(&mut d_qkv, &s, -1.0);
         let d_normed = new_product(rows, d, e, (&d_qkv, e, 1), (wv, d, 1), true);
         let mut dx = vec![0f32; rows * d];
