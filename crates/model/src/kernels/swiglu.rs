@@ -27,13 +27,18 @@ dispatch! {
     pub fn forward(a: &[f32], b: &[f32], out: &mut [f32]) -> () = forward_impl;
 }
 
+/// For one element: `silu(a)` and the gradients `(da, db)` of `silu(a) · b` for the incoming `g`.
+#[inline(always)]
+fn gradients(a: f32, b: f32, g: f32) -> (f32, f32, f32) {
+    let s = sigmoid(a);
+    let silu = a * s;
+    (silu, g * b * (s + silu * (1.0 - s)), g * silu)
+}
+
 #[inline(always)]
 fn backward_impl(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
     for i in 0..a.len().min(b.len()).min(g.len()).min(da.len()).min(db.len()) {
-        let s = sigmoid(a[i]);
-        let silu = a[i] * s;
-        db[i] = g[i] * silu;
-        da[i] = g[i] * b[i] * (s + silu * (1.0 - s));
+        (_, da[i], db[i]) = gradients(a[i], b[i], g[i]);
     }
 }
 
@@ -46,11 +51,9 @@ dispatch! {
 fn forward_backward_impl(a: &[f32], b: &[f32], g: &[f32], out: &mut [f32], da: &mut [f32], db: &mut [f32]) {
     let n = a.len().min(b.len()).min(g.len()).min(out.len()).min(da.len()).min(db.len());
     for i in 0..n {
-        let s = sigmoid(a[i]);
-        let silu = a[i] * s;
+        let silu;
+        (silu, da[i], db[i]) = gradients(a[i], b[i], g[i]);
         out[i] = silu * b[i];
-        db[i] = g[i] * silu;
-        da[i] = g[i] * b[i] * (s + silu * (1.0 - s));
     }
 }
 
