@@ -1,13 +1,15 @@
-//! Single-precision matrix product for x86-64 with AVX2 + FMA (the module exists on x86-64 only),
-//! in the GotoBLAS structure: the operands are copied into panels laid out in the order the
-//! micro-kernel reads them, blocked so that a panel of `b` stays in L1 and a block of `a` in L2,
-//! and a 6 × 16 micro-kernel keeps its tile of `c` in twelve registers.
+//! Single-precision matrix product for x86-64 (the module exists on x86-64 only), in the
+//! GotoBLAS structure: the operands are copied into panels laid out in the order the micro-kernel
+//! reads them, blocked so that a panel of `b` stays in L1 and a block of `a` in L2, and the
+//! micro-kernel keeps its tile of `c` in registers. Two micro-kernels, chosen at run time: 12 × 32
+//! with AVX-512 ([`avx512`]), 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing and the
+//! stores are shared, generic over the tile shape.
 //!
 //! Why not the `gemm` crate that candle uses: its f32 kernel reads `b` through run-time strides
 //! (an address computation per broadcast) and runs the k loop one step at a time; on this class of
-//! CPU that leaves it near 60–75% of the FMA peak. The micro-kernel here runs four k steps per
+//! CPU that leaves it near 60–75% of the FMA peak. The micro-kernels here run four k steps per
 //! loop trip from packed panels, written in assembly so the register allocation is the one
-//! intended, and reaches ~95% of the peak with its operands in L1 (docs/PERF.md).
+//! intended, and reach ~95% of the peak with their operands in L1 (docs/PERF.md).
 //!
 //! `c` is row-major with any row stride; `a` and `b` are read through any pair of steps, so
 //! transposed views cost only the packing. `c = scale · a · b`, or `c += scale · a · b`; `c` is
@@ -15,19 +17,16 @@
 //!
 //! The packing routines, the micro-kernel and the tile store stay out of line (one call per panel
 //! or tile, so the cost is nil) so that a profile shows how the time splits between them.
+//!
+//! `TSUKURU_SGEMM=avx2` keeps the AVX2 kernel on a CPU with AVX-512 (to compare the two, or where
+//! 512-bit instructions lower the clock more than they gain).
+
+mod avx2;
+mod avx512;
 
 use super::SharedOut;
 use std::cell::RefCell;
 
-/// Rows of `c` per micro-tile (elements of `a` broadcast per k step).
-const MR: usize = 6;
-/// Columns of `c` per micro-tile (two 8-lane vectors of `b` per k step).
-const NR: usize = 16;
-/// Depth of one block: a 6 × KC panel of `a` and a KC × 16 panel of `b` (33 KiB) sit in L1; as
-/// deep as the model's width so that most products write `c` in one pass.
-const KC: usize = 384;
-/// Rows of `a` per packed block (MC × KC floats, 216 KiB, stays in L2).
-const MC: usize = 144;
 /// Columns of `b` per packed block.
 const NC: usize = 4096;
 /// Products smaller than this many multiply-adds run on the calling thread.
@@ -54,9 +53,57 @@ impl Mat {
     }
 }
 
-/// True when this CPU runs the kernel (x86-64 with AVX2 and FMA).
+/// One micro-kernel: the tile of `c` it keeps in registers, the blocking that suits it, and its
+/// code.
+trait MicroKernel {
+    /// Rows of `c` per tile (elements of `a` broadcast per k step).
+    const MR: usize;
+    /// Columns of `c` per tile (lanes of `b` per k step; a multiple of 8).
+    const NR: usize;
+    /// Depth of one block: a KC × NR panel of `b` stays in L1 while panels of `a` stream past.
+    const KC: usize;
+    /// Rows of `a` per packed block (a multiple of MR), sized for L2.
+    const MC: usize;
+    /// True when this CPU has the instructions the kernel uses.
+    fn available() -> bool;
+    /// `acc = a_panel · b_panel` over `kc` steps: `a` holds MR values per step, `b` NR values;
+    /// the tile lands row-major, NR floats per row.
+    ///
+    /// # Safety
+    /// [`Self::available`] holds; `a` holds `kc · MR` floats and `b` `kc · NR`.
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile);
+}
+
+/// The micro-kernel's result, row-major; sized for the largest tile (12 × 32).
+#[repr(C, align(64))]
+struct Tile([f32; 384]);
+
+/// Which micro-kernel this CPU runs, decided once.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The micro-kernel for this CPU: AVX-512 where present unless `TSUKURU_SGEMM=avx2` asks
+/// otherwise, else AVX2; `None` without AVX2 + FMA.
+fn isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let forced_avx2 = std::env::var("TSUKURU_SGEMM").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+        if avx512::Avx512::available() && avx2::Avx2::available() && !forced_avx2 {
+            Some(Isa::Avx512)
+        } else if avx2::Avx2::available() {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
+    })
+}
+
+/// True when this CPU runs one of the kernels (x86-64 with AVX2 and FMA at least).
 pub(crate) fn available() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    isa().is_some()
 }
 
 /// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)` over `threads` rayon
@@ -78,18 +125,42 @@ pub(crate) unsafe fn matmul(
     scale: f32,
     threads: usize,
 ) {
-    debug_assert!(available());
     let (a, b) = (Mat { ptr: a.0.as_ptr(), rs: a.1, cs: a.2 }, Mat { ptr: b.0.as_ptr(), rs: b.1, cs: b.2 });
     let c = SharedOut::new(c);
+    match isa() {
+        Some(Isa::Avx512) => parallel::<avx512::Avx512>(m, n, k, c, ldc, accumulate, a, b, scale, threads),
+        Some(Isa::Avx2) => parallel::<avx2::Avx2>(m, n, k, c, ldc, accumulate, a, b, scale, threads),
+        None => unreachable!("sgemm::matmul called on a CPU without AVX2 + FMA"),
+    }
+}
+
+/// [`matmul`] with micro-kernel `K`.
+///
+/// # Safety
+/// As for [`matmul`], with `K::available()`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn parallel<K: MicroKernel>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: SharedOut,
+    ldc: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    scale: f32,
+    threads: usize,
+) {
+    debug_assert!(K::available());
     let threads = if m * n * k < PARALLEL_MIN { 1 } else { threads.max(1) };
     if threads == 1 {
-        with_buffers(|bufs| unsafe { serial(m, n, k, c, ldc, accumulate, a, b, scale, bufs) });
+        with_buffers(|bufs| unsafe { serial::<K>(m, n, k, c, ldc, accumulate, a, b, scale, bufs) });
         return;
     }
     // Split the longer side of `c` into one slab per thread, in whole micro-tiles; each thread
     // packs the shared operand itself (the shorter side's, so the cheaper one to repeat; on a tie
     // `b`'s, usually the contiguous one).
-    let (len, tile) = if n > m { (n, NR) } else { (m, MR) };
+    let (len, tile) = if n > m { (n, K::NR) } else { (m, K::MR) };
     let slab = len.div_ceil(threads).div_ceil(tile) * tile;
     let parts = len.div_ceil(slab);
     use rayon::prelude::*;
@@ -98,10 +169,10 @@ pub(crate) unsafe fn matmul(
         with_buffers(|bufs| unsafe {
             if n > m {
                 let cp = SharedOut::new(c.ptr().add(start));
-                serial(m, width, k, cp, ldc, accumulate, a, b.offset(0, start), scale, bufs)
+                serial::<K>(m, width, k, cp, ldc, accumulate, a, b.offset(0, start), scale, bufs)
             } else {
                 let cp = SharedOut::new(c.ptr().add(start * ldc));
-                serial(width, n, k, cp, ldc, accumulate, a.offset(start, 0), b, scale, bufs)
+                serial::<K>(width, n, k, cp, ldc, accumulate, a.offset(start, 0), b, scale, bufs)
             }
         })
     });
@@ -135,10 +206,10 @@ fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 /// The whole product on this thread.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `a`, `b` and `c` cover every element the sizes and steps reach.
+/// `K::available()`; `a`, `b` and `c` cover every element the sizes and steps reach.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn serial(
+unsafe fn serial<K: MicroKernel>(
     m: usize,
     n: usize,
     k: usize,
@@ -158,24 +229,25 @@ unsafe fn serial(
         }
         return;
     }
+    let (mr, nr) = (K::MR, K::NR);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
-        for pc in (0..k).step_by(KC) {
-            let kc = KC.min(k - pc);
-            let bp = aligned(&mut bufs.b, kc * nc.div_ceil(NR) * NR);
-            pack_b(bp, b.offset(pc, jc), kc, nc);
+        for pc in (0..k).step_by(K::KC) {
+            let kc = K::KC.min(k - pc);
+            let bp = aligned(&mut bufs.b, kc * nc.div_ceil(nr) * nr);
+            pack_b::<K>(bp, b.offset(pc, jc), kc, nc);
             let add = accumulate || pc > 0;
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                let ap = aligned(&mut bufs.a, kc * mc.div_ceil(MR) * MR);
-                pack_a(ap, a.offset(ic, pc), mc, kc);
-                for jr in (0..nc).step_by(NR) {
+            for ic in (0..m).step_by(K::MC) {
+                let mc = K::MC.min(m - ic);
+                let ap = aligned(&mut bufs.a, kc * mc.div_ceil(mr) * mr);
+                pack_a::<K>(ap, a.offset(ic, pc), mc, kc);
+                for jr in (0..nc).step_by(nr) {
                     let bpanel = bp.as_ptr().add(jr * kc);
-                    for ir in (0..mc).step_by(MR) {
-                        let mut acc = Tile([0.0; MR * NR]);
-                        kernel(kc, ap.as_ptr().add(ir * kc), bpanel, &mut acc);
+                    for ir in (0..mc).step_by(mr) {
+                        let mut acc = Tile([0.0; 384]);
+                        K::run(kc, ap.as_ptr().add(ir * kc), bpanel, &mut acc);
                         let tile = c.ptr().add((ic + ir) * ldc + jc + jr);
-                        store(tile, ldc, MR.min(mc - ir), NR.min(nc - jr), &acc, scale, add);
+                        store::<K>(tile, ldc, mr.min(mc - ir), nr.min(nc - jr), &acc, scale, add);
                     }
                 }
             }
@@ -183,92 +255,118 @@ unsafe fn serial(
     }
 }
 
-/// Copies `mc × kc` of `a` into panels of MR rows, each laid out k-major (MR values per k step),
-/// the last panel padded with zeros.
+/// Copies `mc × kc` of `a` into panels of `mr = K::MR` rows, each laid out k-major (`mr` values
+/// per k step), the last panel padded with zeros.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_a(dst: &mut [f32], a: Mat, mc: usize, kc: usize) {
-    for (p, panel) in dst.chunks_exact_mut(MR * kc).enumerate() {
-        let rows = MR.min(mc - p * MR);
-        let src = a.offset(p * MR, 0);
+unsafe fn pack_a<K: MicroKernel>(dst: &mut [f32], a: Mat, mc: usize, kc: usize) {
+    let mr = K::MR;
+    for (p, panel) in dst.chunks_exact_mut(mr * kc).enumerate() {
+        let rows = mr.min(mc - p * mr);
+        let src = a.offset(p * mr, 0);
         let out = panel.as_mut_ptr();
         // k steps already copied by a fast path; the rest go element by element.
         let mut done = 0;
-        if rows == MR && a.rs == 1 {
-            // Columns are contiguous (a transposed view): MR values per k step in one copy.
+        if rows == mr && a.rs == 1 {
+            // Columns are contiguous (a transposed view): `mr` values per k step in one copy.
             for q in 0..kc {
-                std::ptr::copy_nonoverlapping(src.ptr.add(q * a.cs), out.add(q * MR), MR);
+                std::ptr::copy_nonoverlapping(src.ptr.add(q * a.cs), out.add(q * mr), mr);
             }
             done = kc;
         }
-        if rows == MR && a.cs == 1 {
-            // Rows are contiguous: transpose 8 k steps of the six rows at a time.
+        if rows == mr && a.cs == 1 {
+            // Rows are contiguous: transpose 8 k steps of up to 8 rows at a time.
             use std::arch::x86_64::*;
             while done + 8 <= kc {
-                let row = |r: usize| _mm256_loadu_ps(src.ptr.add(r * a.rs + done));
-                let zero = _mm256_setzero_ps();
-                let cols = transpose8([row(0), row(1), row(2), row(3), row(4), row(5), zero, zero]);
-                for (i, v) in cols.into_iter().enumerate() {
-                    // Six of the eight lanes: four, then two.
-                    let to = out.add((done + i) * MR);
-                    _mm_storeu_ps(to, _mm256_castps256_ps128(v));
-                    _mm_store_sd(to.add(4).cast(), _mm_castps_pd(_mm256_extractf128_ps(v, 1)));
+                for g in (0..mr).step_by(8) {
+                    let n = 8.min(mr - g);
+                    let row = |r: usize| {
+                        if r < n {
+                            _mm256_loadu_ps(src.ptr.add((g + r) * a.rs + done))
+                        } else {
+                            _mm256_setzero_ps()
+                        }
+                    };
+                    let cols = transpose8([row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7)]);
+                    for (i, v) in cols.into_iter().enumerate() {
+                        store_lanes(out.add((done + i) * mr + g), v, n);
+                    }
                 }
                 done += 8;
             }
         }
         for q in done..kc {
-            for r in 0..MR {
-                *out.add(q * MR + r) = if r < rows { *src.ptr.add(r * a.rs + q * a.cs) } else { 0.0 };
+            for r in 0..mr {
+                *out.add(q * mr + r) = if r < rows { *src.ptr.add(r * a.rs + q * a.cs) } else { 0.0 };
             }
         }
     }
 }
 
-/// Copies `kc × nc` of `b` into panels of NR columns, each laid out k-major (NR values per k
-/// step), the last panel padded with zeros.
+/// Stores the first `n` lanes of `v` (8, 6 or 4 take vector moves).
+#[inline(always)]
+unsafe fn store_lanes(to: *mut f32, v: std::arch::x86_64::__m256, n: usize) {
+    use std::arch::x86_64::*;
+    match n {
+        8 => _mm256_storeu_ps(to, v),
+        6 => {
+            _mm_storeu_ps(to, _mm256_castps256_ps128(v));
+            _mm_store_sd(to.add(4).cast(), _mm_castps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+        4 => _mm_storeu_ps(to, _mm256_castps256_ps128(v)),
+        _ => {
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), to, n);
+        }
+    }
+}
+
+/// Copies `kc × nc` of `b` into panels of `nr = K::NR` columns (a multiple of 8), each laid out k-major
+/// (`nr` values per k step), the last panel padded with zeros.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_b(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
-    for (p, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
-        let cols = NR.min(nc - p * NR);
-        let src = b.offset(0, p * NR);
+unsafe fn pack_b<K: MicroKernel>(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
+    let nr = K::NR;
+    use std::arch::x86_64::*;
+    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+        let cols = nr.min(nc - p * nr);
+        let src = b.offset(0, p * nr);
         let out = panel.as_mut_ptr();
         let mut done = 0;
-        if b.cs == 1 && cols == NR {
-            // Rows are contiguous: NR values per k step, two vector moves (a copy of a run-time
-            // length would be a call into the C library for every 64 bytes).
-            use std::arch::x86_64::*;
+        if b.cs == 1 && cols == nr {
+            // Rows are contiguous: `nr` values per k step, in vector moves (a copy of a run-time
+            // length would be a call into the C library for every row).
             for q in 0..kc {
-                let (from, to) = (src.ptr.add(q * b.rs), out.add(q * NR));
-                _mm256_storeu_ps(to, _mm256_loadu_ps(from));
-                _mm256_storeu_ps(to.add(8), _mm256_loadu_ps(from.add(8)));
+                let (from, to) = (src.ptr.add(q * b.rs), out.add(q * nr));
+                for j in (0..nr).step_by(8) {
+                    _mm256_storeu_ps(to.add(j), _mm256_loadu_ps(from.add(j)));
+                }
             }
             done = kc;
         } else if b.cs == 1 {
             for q in 0..kc {
-                std::ptr::copy_nonoverlapping(src.ptr.add(q * b.rs), out.add(q * NR), cols);
-                std::ptr::write_bytes(out.add(q * NR + cols), 0, NR - cols);
+                std::ptr::copy_nonoverlapping(src.ptr.add(q * b.rs), out.add(q * nr), cols);
+                std::ptr::write_bytes(out.add(q * nr + cols), 0, nr - cols);
             }
             done = kc;
         }
-        if cols == NR && b.rs == 1 {
+        if cols == nr && b.rs == 1 {
             // Columns are contiguous (a transposed view): transpose 8 × 8 blocks.
-            use std::arch::x86_64::*;
             while done + 8 <= kc {
-                for half in [0, 8] {
-                    let col = |j: usize| _mm256_loadu_ps(src.ptr.add((half + j) * b.cs + done));
+                for j0 in (0..nr).step_by(8) {
+                    let col = |j: usize| _mm256_loadu_ps(src.ptr.add((j0 + j) * b.cs + done));
                     let rows = transpose8([col(0), col(1), col(2), col(3), col(4), col(5), col(6), col(7)]);
                     for (i, v) in rows.into_iter().enumerate() {
-                        _mm256_storeu_ps(out.add((done + i) * NR + half), v);
+                        _mm256_storeu_ps(out.add((done + i) * nr + j0), v);
                     }
                 }
                 done += 8;
             }
         }
         for q in done..kc {
-            for j in 0..NR {
-                *out.add(q * NR + j) = if j < cols { *src.ptr.add(q * b.rs + j * b.cs) } else { 0.0 };
+            for j in 0..nr {
+                *out.add(q * nr + j) = if j < cols { *src.ptr.add(q * b.rs + j * b.cs) } else { 0.0 };
             }
         }
     }
@@ -311,132 +409,17 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
     ]
 }
 
-/// The micro-kernel's result: MR rows of NR sums, row-major.
-#[repr(C, align(64))]
-struct Tile([f32; MR * NR]);
-
-/// `acc = a_panel · b_panel` over `kc` steps: `a` holds MR values per step, `b` NR values.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; `a` holds `kc · MR` floats and `b` `kc · NR`.
+/// Writes the `rows × cols` corner of a tile (`nr` floats per row) to `c`: `scale · acc`, added to `c` when `add`.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
-    // One k step: two vectors of b (ymm0, ymm1), six broadcasts of a (alternating ymm2, ymm3 so
-    // a broadcast can issue while the previous one's FMAs run), twelve FMAs into ymm4–ymm15 —
-    // accumulator 4 + 2r holds columns 0–7 of row r, 5 + 2r columns 8–15.
-    macro_rules! step {
-        ($a:literal, $b:literal) => {
-            concat!(
-                "vmovups ymm0, ymmword ptr [{b} + ",
-                $b,
-                "]\n",
-                "vmovups ymm1, ymmword ptr [{b} + ",
-                $b,
-                " + 32]\n",
-                "vbroadcastss ymm2, dword ptr [{a} + ",
-                $a,
-                "]\n",
-                "vfmadd231ps ymm4, ymm0, ymm2\n",
-                "vfmadd231ps ymm5, ymm1, ymm2\n",
-                "vbroadcastss ymm3, dword ptr [{a} + ",
-                $a,
-                " + 4]\n",
-                "vfmadd231ps ymm6, ymm0, ymm3\n",
-                "vfmadd231ps ymm7, ymm1, ymm3\n",
-                "vbroadcastss ymm2, dword ptr [{a} + ",
-                $a,
-                " + 8]\n",
-                "vfmadd231ps ymm8, ymm0, ymm2\n",
-                "vfmadd231ps ymm9, ymm1, ymm2\n",
-                "vbroadcastss ymm3, dword ptr [{a} + ",
-                $a,
-                " + 12]\n",
-                "vfmadd231ps ymm10, ymm0, ymm3\n",
-                "vfmadd231ps ymm11, ymm1, ymm3\n",
-                "vbroadcastss ymm2, dword ptr [{a} + ",
-                $a,
-                " + 16]\n",
-                "vfmadd231ps ymm12, ymm0, ymm2\n",
-                "vfmadd231ps ymm13, ymm1, ymm2\n",
-                "vbroadcastss ymm3, dword ptr [{a} + ",
-                $a,
-                " + 20]\n",
-                "vfmadd231ps ymm14, ymm0, ymm3\n",
-                "vfmadd231ps ymm15, ymm1, ymm3\n",
-            )
-        };
-    }
-    std::arch::asm!(
-        "vxorps ymm4, ymm4, ymm4",
-        "vxorps ymm5, ymm5, ymm5",
-        "vxorps ymm6, ymm6, ymm6",
-        "vxorps ymm7, ymm7, ymm7",
-        "vxorps ymm8, ymm8, ymm8",
-        "vxorps ymm9, ymm9, ymm9",
-        "vxorps ymm10, ymm10, ymm10",
-        "vxorps ymm11, ymm11, ymm11",
-        "vxorps ymm12, ymm12, ymm12",
-        "vxorps ymm13, ymm13, ymm13",
-        "vxorps ymm14, ymm14, ymm14",
-        "vxorps ymm15, ymm15, ymm15",
-        "test {quads}, {quads}",
-        "jz 3f",
-        // Four k steps per trip.
-        "2:",
-        step!("0", "0"),
-        step!("24", "64"),
-        step!("48", "128"),
-        step!("72", "192"),
-        "add {a}, 96",
-        "add {b}, 256",
-        "dec {quads}",
-        "jnz 2b",
-        "3:",
-        "test {rest}, {rest}",
-        "jz 5f",
-        "4:",
-        step!("0", "0"),
-        "add {a}, 24",
-        "add {b}, 64",
-        "dec {rest}",
-        "jnz 4b",
-        "5:",
-        "vmovaps ymmword ptr [{acc}], ymm4",
-        "vmovaps ymmword ptr [{acc} + 32], ymm5",
-        "vmovaps ymmword ptr [{acc} + 64], ymm6",
-        "vmovaps ymmword ptr [{acc} + 96], ymm7",
-        "vmovaps ymmword ptr [{acc} + 128], ymm8",
-        "vmovaps ymmword ptr [{acc} + 160], ymm9",
-        "vmovaps ymmword ptr [{acc} + 192], ymm10",
-        "vmovaps ymmword ptr [{acc} + 224], ymm11",
-        "vmovaps ymmword ptr [{acc} + 256], ymm12",
-        "vmovaps ymmword ptr [{acc} + 288], ymm13",
-        "vmovaps ymmword ptr [{acc} + 320], ymm14",
-        "vmovaps ymmword ptr [{acc} + 352], ymm15",
-        a = inout(reg) a => _,
-        b = inout(reg) b => _,
-        quads = inout(reg) kc / 4 => _,
-        rest = inout(reg) kc % 4 => _,
-        acc = in(reg) acc.0.as_mut_ptr(),
-        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-        options(nostack),
-    );
-}
-
-/// Writes the `rows × cols` corner of a tile to `c`: `scale · acc`, added to `c` when `add`.
-#[inline(never)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn store(c: *mut f32, ldc: usize, rows: usize, cols: usize, acc: &Tile, scale: f32, add: bool) {
-    if cols == NR {
+unsafe fn store<K: MicroKernel>(c: *mut f32, ldc: usize, rows: usize, cols: usize, acc: &Tile, scale: f32, add: bool) {
+    let nr = K::NR;
+    if cols == nr {
         use std::arch::x86_64::*;
         let s = _mm256_set1_ps(scale);
         for r in 0..rows {
-            let (row, t) = (c.add(r * ldc), acc.0.as_ptr().add(r * NR));
-            for half in [0, 8] {
+            let (row, t) = (c.add(r * ldc), acc.0.as_ptr().add(r * nr));
+            for half in (0..nr).step_by(8) {
                 let v = _mm256_loadu_ps(t.add(half));
                 let out = if add { _mm256_fmadd_ps(v, s, _mm256_loadu_ps(row.add(half))) } else { _mm256_mul_ps(v, s) };
                 _mm256_storeu_ps(row.add(half), out);
@@ -447,7 +430,7 @@ unsafe fn store(c: *mut f32, ldc: usize, rows: usize, cols: usize, acc: &Tile, s
     for r in 0..rows {
         let row = c.add(r * ldc);
         for j in 0..cols {
-            let v = scale * acc.0[r * NR + j];
+            let v = scale * acc.0[r * nr + j];
             *row.add(j) = if add { *row.add(j) + v } else { v };
         }
     }
@@ -470,12 +453,11 @@ mod tests {
             .collect()
     }
 
-    /// Every shape class (edges in m, n and k, several blocks in each), both layouts of each
-    /// operand, overwrite and accumulate, one and two threads: equal to the plain triple loop in
-    /// f64 to rounding.
-    #[test]
-    fn matches_the_triple_loop() {
-        if !available() {
+    /// Every shape class for micro-kernel `K` (edges in m, n and k, exact tiles, several blocks
+    /// in each), both layouts of each operand, overwrite and accumulate, one and two threads:
+    /// equal to the plain triple loop in f64 to rounding.
+    fn matches_the_triple_loop<K: MicroKernel>() {
+        if !K::available() {
             return;
         }
         let shapes = [
@@ -483,7 +465,9 @@ mod tests {
             (5, 15, 3),
             (6, 16, 4),
             (7, 17, 5),
+            (12, 32, 8),
             (13, 33, 259),
+            (25, 65, 9),
             (150, 40, 300),
             (40, 4100, 9),
             (300, 70, 520),
@@ -498,7 +482,10 @@ mod tests {
                         let ldc = n + 3;
                         let init = data(m * ldc, 3);
                         let mut c = init.clone();
-                        unsafe { matmul(m, n, k, c.as_mut_ptr(), ldc, accumulate, a, b, 0.5, threads) };
+                        let (am, bm) =
+                            (Mat { ptr: a.0.as_ptr(), rs: a.1, cs: a.2 }, Mat { ptr: b.0.as_ptr(), rs: b.1, cs: b.2 });
+                        let cp = SharedOut::new(c.as_mut_ptr());
+                        unsafe { parallel::<K>(m, n, k, cp, ldc, accumulate, am, bm, 0.5, threads) };
                         for i in 0..m {
                             for j in 0..n {
                                 let dot: f64 =
@@ -519,5 +506,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn avx2_matches_the_triple_loop() {
+        matches_the_triple_loop::<avx2::Avx2>();
+    }
+
+    #[test]
+    fn avx512_matches_the_triple_loop() {
+        matches_the_triple_loop::<avx512::Avx512>();
     }
 }
