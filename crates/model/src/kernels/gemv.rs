@@ -25,7 +25,7 @@ const TASK_BYTES: usize = 96 * 1024;
 unsafe fn rows(w: &[f32], xs: &[f32], cols: usize, rows: usize, out: *mut f32, stride: usize) {
     assert!(w.len() >= rows * cols && xs.len().is_multiple_of(cols.max(1)), "gemv: operand sizes");
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+    if super::simd::avx2() {
         // SAFETY: the CPU features were detected just above; the bounds were checked by the assert
         // and the caller.
         return unsafe { avx2::rows(w, xs, cols, rows, out, stride) };

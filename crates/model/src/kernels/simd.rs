@@ -1,11 +1,43 @@
-//! Inner loops written so LLVM vectorises them, compiled for AVX2 + FMA when the CPU has them.
+//! Inner loops written so LLVM vectorises them, compiled for AVX2 + FMA and for the baseline
+//! target, chosen at run time; and which vector instructions the kernels may use.
 //!
 //! `exp` is a range-reduced polynomial (e^x = 2^n · e^r, |r| ≤ ln2/2, Taylor to degree 6, relative
 //! error about 2e-7) instead of libm's scalar call, which does not vectorise. Sums use eight
 //! accumulators, since LLVM never reorders a float reduction on its own.
+//!
+//! `TSUKURU_CPU=avx2` keeps the kernels off AVX-512 on a CPU that has it (the matrix products are
+//! the ones that use it): to compare the two, or where 512-bit instructions lower the clock more
+//! than they gain.
+
+/// True when the CPU has AVX2 and FMA.
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// True when the kernels may use AVX-512: the CPU has AVX-512F beside AVX2 + FMA, and
+/// `TSUKURU_CPU` is not `avx2`. Decided once per process.
+pub fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX512.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let capped = std::env::var("TSUKURU_CPU").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
+            avx2() && std::is_x86_feature_detected!("avx512f") && !capped
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
 
 /// Generates `$name(args)` that runs `$body` compiled with AVX2 + FMA when the CPU supports them,
-/// and the baseline build otherwise. The body must be an `#[inline(always)]` function.
+/// and the baseline build otherwise. The body must be an `#[inline(always)]` function. (An
+/// AVX-512 build of these loops measured no faster: they wait on memory and on the polynomial's
+/// dependency chain, not on vector width.)
 macro_rules! dispatch {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident;) => {
         $(#[$doc])*
@@ -16,8 +48,8 @@ macro_rules! dispatch {
                 unsafe fn fast($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU features `fast` was compiled for were detected just above.
+                if $crate::kernels::simd::avx2() {
+                    // SAFETY: the CPU features `fast` was compiled for were detected.
                     return unsafe { fast($($arg),*) };
                 }
             }

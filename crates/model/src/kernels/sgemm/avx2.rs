@@ -16,7 +16,7 @@ impl MicroKernel for Avx2 {
     const MC: usize = 144;
 
     fn available() -> bool {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        super::simd::avx2()
     }
 
     unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {

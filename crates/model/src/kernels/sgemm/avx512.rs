@@ -20,7 +20,7 @@ impl MicroKernel for Avx512 {
     const MC: usize = 288;
 
     fn available() -> bool {
-        std::is_x86_feature_detected!("avx512f")
+        super::simd::avx512()
     }
 
     unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {

@@ -18,13 +18,12 @@
 //! The packing routines, the micro-kernel and the tile store stay out of line (one call per panel
 //! or tile, so the cost is nil) so that a profile shows how the time splits between them.
 //!
-//! `TSUKURU_SGEMM=avx2` keeps the AVX2 kernel on a CPU with AVX-512 (to compare the two, or where
-//! 512-bit instructions lower the clock more than they gain).
+//! `TSUKURU_CPU=avx2` keeps the AVX2 kernel on a CPU with AVX-512 ([`simd::avx512`]).
 
 mod avx2;
 mod avx512;
 
-use super::SharedOut;
+use super::{simd, SharedOut};
 use std::cell::RefCell;
 
 /// Columns of `b` per packed block.
@@ -78,27 +77,23 @@ trait MicroKernel {
 #[repr(C, align(64))]
 struct Tile([f32; 384]);
 
-/// Which micro-kernel this CPU runs, decided once.
+/// Which micro-kernel this CPU runs.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Isa {
     Avx512,
     Avx2,
 }
 
-/// The micro-kernel for this CPU: AVX-512 where present unless `TSUKURU_SGEMM=avx2` asks
-/// otherwise, else AVX2; `None` without AVX2 + FMA.
+/// The micro-kernel for this CPU: AVX-512 where [`simd::avx512`] allows it, else AVX2; `None`
+/// without AVX2 + FMA.
 fn isa() -> Option<Isa> {
-    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| {
-        let forced_avx2 = std::env::var("TSUKURU_SGEMM").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
-        if avx512::Avx512::available() && avx2::Avx2::available() && !forced_avx2 {
-            Some(Isa::Avx512)
-        } else if avx2::Avx2::available() {
-            Some(Isa::Avx2)
-        } else {
-            None
-        }
-    })
+    if simd::avx512() {
+        Some(Isa::Avx512)
+    } else if simd::avx2() {
+        Some(Isa::Avx2)
+    } else {
+        None
+    }
 }
 
 /// True when this CPU runs one of the kernels (x86-64 with AVX2 and FMA at least).
