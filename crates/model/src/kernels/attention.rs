@@ -10,7 +10,7 @@
 //! in `(B, T, H · head_dim)` order, ready for the output projection.
 
 use super::simd::{self, dispatch};
-use super::{matmul, matmul_raw, SharedOut};
+use super::{matmul, matmul_raw, zeros, SharedOut};
 use crate::packing::Packing;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -180,7 +180,7 @@ impl Attention {
     pub(crate) fn forward(&self, d: Dims, q: HeadsIn, k: HeadsIn, v: HeadsIn) -> Vec<f32> {
         let hd = d.hd;
         let blocks = d.t.div_ceil(BLOCK);
-        let mut out = vec![0f32; d.b * d.t * d.h * hd];
+        let mut out = zeros(d.b * d.t * d.h * hd);
         let mut lse = vec![0f32; d.b * d.h * d.t];
         let out_ptr = SharedOut::new(out.as_mut_ptr());
         // One task per (batch, head, block of query rows); each writes its own rows of the output.
@@ -342,9 +342,9 @@ impl CustomOp3 for Attention {
         let heads = (Heads::of(qc, ql, hd, "q")?, Heads::of(kc, kl, hd, "k")?, Heads::of(vc, vl, hd, "v")?);
         let d = Dims { b: q.dim(0)?, h: q.dim(1)?, kv: k.dim(1)?, t: q.dim(2)?, s: k.dim(2)?, hd };
         let (o, g) = (super::f32s(oc, ol, op)?, super::f32s(gc, gl, op)?);
-        let mut dq = vec![0f32; d.b * d.h * d.t * hd];
-        let mut dk = vec![0f32; d.b * d.kv * d.s * hd];
-        let mut dv = vec![0f32; d.b * d.kv * d.s * hd];
+        let mut dq = zeros(d.b * d.h * d.t * hd);
+        let mut dk = zeros(d.b * d.kv * d.s * hd);
+        let mut dv = zeros(d.b * d.kv * d.s * hd);
         let contiguous = |heads: usize, t: usize| (heads * t * hd, t * hd, hd);
         let outs = (
             Heads::strided(SharedOut::new(dq.as_mut_ptr()), 0, contiguous(d.h, d.t)),

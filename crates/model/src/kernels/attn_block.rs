@@ -13,7 +13,7 @@
 use super::attention::{Attention, Dims, Heads};
 use super::rms_norm::{backward_rows, forward_rows};
 use super::rope::{rotate, tables};
-use super::{f32s, matmul, new_product, rows_per_task, F32View, SharedOut};
+use super::{copied, f32s, matmul, new_product, rows_per_task, zeros, F32View, SharedOut};
 use crate::packing::Packing;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -117,13 +117,13 @@ impl CustomOp3 for AttnBlock {
         let s = self.shapes(l1.dims(), l2.dims(), l3.dims())?;
         let (d, e, hhd) = (s.d, s.e, s.dims.h * s.dims.hd);
         let rows = s.dims.b * s.dims.t;
-        let mut normed = vec![0f32; rows * d];
+        let mut normed = zeros(rows * d);
         let inv = forward_rows(x, &w[e * d..], self.eps, &mut normed);
         let mut qkv = new_product(rows, e, d, (&normed, d, 1), (w, 1, d), true);
         self.rotate_all(&mut qkv, &s, 1.0);
         let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv.as_slice(), at, steps));
         let out = self.attention.forward(s.dims, q, k, v);
-        let mut y = x.to_vec();
+        let mut y = copied(x);
         matmul(rows, d, hhd, &mut y, d, true, (&out, hhd, 1), (wo, 1, hhd), 1.0, true);
         *self.saved.lock().expect("not poisoned") = Some(Saved { inv, normed, qkv, out });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -150,7 +150,7 @@ impl CustomOp3 for AttnBlock {
         };
         let d_wo = wo.track_op().then(|| new_product(d, hhd, rows, (g, 1, d), (out, hhd, 1), true));
         let d_out = new_product(rows, hhd, d, (g, d, 1), (wov, hhd, 1), true);
-        let mut d_qkv = vec![0f32; rows * e];
+        let mut d_qkv = zeros(rows * e);
         let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv.as_slice(), at, steps));
         let grads = SharedOut::new(d_qkv.as_mut_ptr());
         let [dq, dk, dv] = Self::layout(&s).map(|(at, steps)| Heads::strided(grads, at, steps));
@@ -159,7 +159,7 @@ impl CustomOp3 for AttnBlock {
         unsafe { self.attention.backward_into(s.dims, (q, k, v), out, &d_out, (dq, dk, dv)) };
         self.rotate_all(&mut d_qkv, &s, -1.0);
         let d_normed = new_product(rows, d, e, (&d_qkv, e, 1), (wv, d, 1), true);
-        let mut dx = vec![0f32; rows * d];
+        let mut dx = zeros(rows * d);
         let d_gain = backward_rows(xv, &wv[e * d..], &d_normed, inv, Some(g), &mut dx);
         let dw = w.track_op().then(|| {
             let mut dw = new_product(e, d, rows, (&d_qkv, 1, e), (normed, d, 1), true);

@@ -11,7 +11,7 @@
 
 use super::cross_entropy::{loss_and_gradient_in_place, scored};
 use super::linear_logprobs::{chunk_logits, projected, Projected};
-use super::matmul;
+use super::{matmul, zeros};
 use crate::ops::IGNORE;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -46,8 +46,8 @@ impl CustomOp3 for LinearCrossEntropy {
         let scale = 1.0 / scored(targets) as f32;
         let dh_len = if self.need_grads { n * d } else { 0 };
         let dw_len = if self.need_grads && self.need_dw { v * d } else { 0 };
-        let (mut dh, mut dw) = (vec![0f32; dh_len], vec![0f32; dw_len]);
-        let mut logits = vec![0f32; CHUNK.min(n) * v];
+        let (mut dh, mut dw) = (zeros(dh_len), zeros(dw_len));
+        let mut logits = zeros(CHUNK.min(n) * v);
         let mut lse = vec![0f32; CHUNK.min(n)];
         let mut total = 0f64;
         for (c, hc) in h.chunks(CHUNK * d).enumerate() {

@@ -10,7 +10,7 @@
 
 use super::rms_norm::{backward_rows, forward_rows};
 use super::swiglu;
-use super::{f32s, matmul, new_product, rows_per_task, F32View};
+use super::{copied, f32s, matmul, new_product, rows_per_task, zeros, F32View};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -42,7 +42,7 @@ fn dims(x: &[usize], w: &[usize], down: &[usize]) -> Result<(usize, usize, usize
 
 /// `silu(gate) ⊙ up` of every row of `gate_up (rows × 2F)`, over the threads.
 fn gated(gate_up: &[f32], f: usize) -> Vec<f32> {
-    let mut h = vec![0f32; gate_up.len() / 2];
+    let mut h = zeros(gate_up.len() / 2);
     let per = rows_per_task(f);
     h.par_chunks_mut(per * f).zip(gate_up.par_chunks(per * 2 * f)).for_each(|(h, gu)| {
         for (hrow, gurow) in h.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
@@ -69,11 +69,11 @@ impl CustomOp3 for MlpBlock {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, down) = (f32s(s1, l1, self.name())?, f32s(s2, l2, self.name())?, f32s(s3, l3, self.name())?);
         let (rows, d, f) = dims(l1.dims(), l2.dims(), l3.dims())?;
-        let mut normed = vec![0f32; rows * d];
+        let mut normed = zeros(rows * d);
         let inv = forward_rows(x, &w[2 * f * d..], self.eps, &mut normed);
         let gate_up = new_product(rows, 2 * f, d, (&normed, d, 1), (w, 1, d), true);
         let h = gated(&gate_up, f);
-        let mut y = x.to_vec();
+        let mut y = copied(x);
         matmul(rows, d, f, &mut y, d, true, (&h, f, 1), (down, 1, f), 1.0, true);
         *self.saved.lock().expect("not poisoned") = Some(Saved { inv, normed, gate_up });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -99,8 +99,8 @@ impl CustomOp3 for MlpBlock {
         let dh = new_product(rows, f, d, (g, d, 1), (dv, f, 1), true);
         // The down projection's weight gradient needs the gated product again: recomputed (not
         // kept) in the same pass as the gate's and up's gradients, one sigmoid for both.
-        let mut h = vec![0f32; rows * f];
-        let mut d_gate_up = vec![0f32; rows * 2 * f];
+        let mut h = zeros(rows * f);
+        let mut d_gate_up = zeros(rows * 2 * f);
         let per = rows_per_task(2 * f);
         d_gate_up.par_chunks_mut(per * 2 * f).zip(h.par_chunks_mut(per * f)).enumerate().for_each(|(c, (out, hc))| {
             for (i, (orow, hrow)) in out.chunks_exact_mut(2 * f).zip(hc.chunks_exact_mut(f)).enumerate() {
@@ -112,7 +112,7 @@ impl CustomOp3 for MlpBlock {
         });
         let d_down = down.track_op().then(|| new_product(d, f, rows, (g, 1, d), (&h, f, 1), true));
         let d_normed = new_product(rows, d, 2 * f, (&d_gate_up, 2 * f, 1), (wv, d, 1), true);
-        let mut dx = vec![0f32; rows * d];
+        let mut dx = zeros(rows * d);
         let d_gain = backward_rows(xv, &wv[2 * f * d..], &d_normed, inv, Some(g), &mut dx);
         let dw = w.track_op().then(|| {
             let mut dw = new_product(2 * f, d, rows, (&d_gate_up, 1, 2 * f), (normed, d, 1), true);

@@ -27,6 +27,7 @@ pub mod swiglu_down;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Result, Tensor};
 use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
 
 /// True when `t` can take the fused CPU path: f32 on the CPU.
 pub fn supported(t: &Tensor) -> bool {
@@ -87,6 +88,31 @@ fn u32s<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [u32]> {
 /// Rows handed to one rayon task: large enough to amortise scheduling, small enough to balance.
 fn rows_per_task(row_len: usize) -> usize {
     (16_384 / row_len.max(1)).max(1)
+}
+
+/// Below this many floats a buffer is filled on the calling thread.
+const PARALLEL_FILL_MIN: usize = 1 << 16;
+
+/// `len` zeros, written by rayon's threads. The ops' outputs and gradients (tens of MB per training
+/// step) filled on the calling thread cost more than some of the kernels, with the other threads
+/// idle meanwhile (measured: 3% of a step's samples, all on one thread).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    if len < PARALLEL_FILL_MIN {
+        return vec![0f32; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0f32, len));
+    v
+}
+
+/// A copy of `xs`, written by rayon's threads (as [`zeros`]).
+pub(crate) fn copied(xs: &[f32]) -> Vec<f32> {
+    if xs.len() < PARALLEL_FILL_MIN {
+        return xs.to_vec();
+    }
+    let mut v = Vec::with_capacity(xs.len());
+    v.par_extend(xs.par_iter().copied());
+    v
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of it.

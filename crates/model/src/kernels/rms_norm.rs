@@ -5,7 +5,7 @@
 //! `dx = inv · (w ⊙ g − x̂ · mean(x̂ ⊙ w ⊙ g))` with `x̂ = x · inv`.
 
 use super::simd::{self, dispatch};
-use super::{f32s, rows_per_task};
+use super::{f32s, rows_per_task, zeros};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -114,7 +114,7 @@ impl CustomOp2 for RmsNorm {
         if x.len() % d != 0 {
             candle_core::bail!("rms-norm: last dimension is not {d}, the weight's length");
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeros(x.len());
         let inv = forward_rows(x, w, self.eps, &mut out);
         *self.inv.lock().expect("not poisoned") = inv;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -155,7 +155,7 @@ impl CustomOp3 for RmsNormGrad {
         let g = f32s(s3, l3, self.name())?;
         let d = w.len().max(1);
         let rows = x.len() / d;
-        let mut out = vec![0f32; (rows + 1) * d];
+        let mut out = zeros((rows + 1) * d);
         let (dx, dw) = out.split_at_mut(rows * d);
         dw.copy_from_slice(&backward_rows(x, w, g, &self.inv, None, dx));
         Ok((CpuStorage::F32(out), Shape::from((rows + 1, d))))

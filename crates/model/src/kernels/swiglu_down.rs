@@ -6,14 +6,14 @@
 //! holding it from the forward pass to the backward for every layer.
 
 use super::swiglu::{backward_all, forward_all};
-use super::{f32s, new_product, F32View};
+use super::{f32s, new_product, zeros, F32View};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 struct SwigluDown;
 
 /// `silu(gate) ⊙ up`.
 fn hidden(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut h = vec![0f32; gate.len()];
+    let mut h = zeros(gate.len());
     forward_all(gate, up, &mut h);
     h
 }
@@ -63,7 +63,7 @@ impl CustomOp3 for SwigluDown {
         // a frozen weight).
         let dw = w.track_op().then(|| new_product(d, f, n, (g, 1, d), (&hidden(ga, ub), f, 1), true));
         let dh = new_product(n, f, d, (g, d, 1), (wv, f, 1), true);
-        let (mut dgate, mut dup) = (vec![0f32; n * f], vec![0f32; n * f]);
+        let (mut dgate, mut dup) = (zeros(n * f), zeros(n * f));
         backward_all(ga, ub, &dh, &mut dgate, &mut dup);
         let dev = gate.device();
         Ok((
