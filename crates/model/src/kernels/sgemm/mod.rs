@@ -77,28 +77,9 @@ trait MicroKernel {
 #[repr(C, align(64))]
 struct Tile([f32; 384]);
 
-/// Which micro-kernel this CPU runs.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Isa {
-    Avx512,
-    Avx2,
-}
-
-/// The micro-kernel for this CPU: AVX-512 where [`simd::avx512`] allows it, else AVX2; `None`
-/// without AVX2 + FMA.
-fn isa() -> Option<Isa> {
-    if simd::avx512() {
-        Some(Isa::Avx512)
-    } else if simd::avx2() {
-        Some(Isa::Avx2)
-    } else {
-        None
-    }
-}
-
 /// True when this CPU runs one of the kernels (x86-64 with AVX2 and FMA at least).
 pub(crate) fn available() -> bool {
-    isa().is_some()
+    simd::avx2()
 }
 
 /// `c (m × n, row stride ldc) = scale · a · b (+ c when accumulating)` over `threads` rayon
@@ -122,10 +103,10 @@ pub(crate) unsafe fn matmul(
 ) {
     let (a, b) = (Mat { ptr: a.0.as_ptr(), rs: a.1, cs: a.2 }, Mat { ptr: b.0.as_ptr(), rs: b.1, cs: b.2 });
     let c = SharedOut::new(c);
-    match isa() {
-        Some(Isa::Avx512) => parallel::<avx512::Avx512>(m, n, k, c, ldc, accumulate, a, b, scale, threads),
-        Some(Isa::Avx2) => parallel::<avx2::Avx2>(m, n, k, c, ldc, accumulate, a, b, scale, threads),
-        None => unreachable!("sgemm::matmul called on a CPU without AVX2 + FMA"),
+    if simd::avx512() {
+        parallel::<avx512::Avx512>(m, n, k, c, ldc, accumulate, a, b, scale, threads)
+    } else {
+        parallel::<avx2::Avx2>(m, n, k, c, ldc, accumulate, a, b, scale, threads)
     }
 }
 
@@ -225,6 +206,8 @@ unsafe fn serial<K: MicroKernel>(
         return;
     }
     let (mr, nr) = (K::MR, K::NR);
+    // Every kernel call overwrites the tile's first MR × NR values, all that the store reads.
+    let mut acc = Tile([0.0; 384]);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(K::KC) {
@@ -239,7 +222,6 @@ unsafe fn serial<K: MicroKernel>(
                 for jr in (0..nc).step_by(nr) {
                     let bpanel = bp.as_ptr().add(jr * kc);
                     for ir in (0..mc).step_by(mr) {
-                        let mut acc = Tile([0.0; 384]);
                         K::run(kc, ap.as_ptr().add(ir * kc), bpanel, &mut acc);
                         let tile = c.ptr().add((ic + ir) * ldc + jc + jr);
                         store::<K>(tile, ldc, mr.min(mc - ir), nr.min(nc - jr), &acc, scale, add);
@@ -449,7 +431,7 @@ mod tests {
     }
 
     /// Every shape class for micro-kernel `K` (edges in m, n and k, exact tiles, several blocks
-    /// in each), both layouts of each operand, overwrite and accumulate, one and two threads:
+    /// in each), both layouts of each operand, overwrite and accumulate, one to three threads:
     /// equal to the plain triple loop in f64 to rounding.
     fn matches_the_triple_loop<K: MicroKernel>() {
         if !K::available() {
@@ -470,7 +452,7 @@ mod tests {
         for (m, n, k) in shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
-                    for threads in [1, 2] {
+                    for threads in [1, 2, 3] {
                         let (av, bv) = (data(m * k, 1), data(k * n, 2));
                         let a = if ta { (&av[..], 1, m) } else { (&av[..], k, 1) };
                         let b = if tb { (&bv[..], 1, k) } else { (&bv[..], n, 1) };
