@@ -20,17 +20,29 @@ pub fn avx2() -> bool {
 }
 
 /// True when the kernels may use AVX-512: the CPU has AVX-512F beside AVX2 + FMA, and
-/// `TSUKURU_CPU` is not `avx2`. Decided once per process.
+/// `TSUKURU_CPU` is not `avx2`. Decided once per process; any other value of `TSUKURU_CPU` than
+/// `avx2` or `native` is reported on stderr and ignored.
 pub fn avx512() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVX512.get_or_init(|| {
+        let capped = match std::env::var("TSUKURU_CPU") {
+            Ok(v) if v.eq_ignore_ascii_case("avx2") => true,
+            Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("native") => false,
+            Ok(v) => {
+                eprintln!("warning: TSUKURU_CPU={v:?} is not understood (use avx2 or native); using every instruction set this CPU has");
+                false
+            }
+            Err(_) => false,
+        };
         #[cfg(target_arch = "x86_64")]
         {
-            let capped = std::env::var("TSUKURU_CPU").is_ok_and(|v| v.eq_ignore_ascii_case("avx2"));
             avx2() && std::is_x86_feature_detected!("avx512f") && !capped
         }
         #[cfg(not(target_arch = "x86_64"))]
-        false
+        {
+            let _ = capped;
+            false
+        }
     })
 }
 
