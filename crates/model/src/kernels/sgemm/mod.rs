@@ -1,6 +1,6 @@
 //! Single-precision matrix product for x86-64 (the module exists on x86-64 only), in the
 //! GotoBLAS structure: the operands are copied into panels laid out in the order the micro-kernel
-//! reads them, blocked so that a panel of `b` stays in L1 and a block of `a` in L2, and the
+//! reads them, blocked so that a panel of `b` stays in L1 or L2 and a block of `a` in L2, and the
 //! micro-kernel keeps its tile of `c` in registers. Two micro-kernels, chosen at run time: 12 × 32
 //! with AVX-512 ([`avx512`]), 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing and the
 //! stores are shared, generic over the tile shape.
@@ -59,7 +59,8 @@ trait MicroKernel {
     const MR: usize;
     /// Columns of `c` per tile (lanes of `b` per k step; a multiple of 8).
     const NR: usize;
-    /// Depth of one block: a KC × NR panel of `b` stays in L1 while panels of `a` stream past.
+    /// Depth of one block: a KC × NR panel of `b` stays in cache while panels of `a` stream past
+    /// it; every block after the first reads and rewrites all of `c`.
     const KC: usize;
     /// Rows of `a` per packed block (a multiple of MR), sized for L2.
     const MC: usize;
