@@ -150,17 +150,7 @@ fn normalise_row_impl(row: &mut [f32], lo: usize, hi: usize, lse: f32) -> f32 {
         }
         return lse;
     }
-    // One exponential per score: shifted by the maximum, summed as written, then scaled.
-    let max = simd::max(seen);
-    for x in seen.iter_mut() {
-        *x = simd::exp(*x - max);
-    }
-    let sum = simd::sum(seen);
-    let inv = 1.0 / sum;
-    for x in seen.iter_mut() {
-        *x *= inv;
-    }
-    max + sum.ln()
+    simd::softmax_in_place(seen, 1.0)
 }
 
 dispatch! {

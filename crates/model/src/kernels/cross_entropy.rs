@@ -55,17 +55,10 @@ fn loss_and_grad_row_impl(row: &mut [f32], target: u32, scale: f32) -> f32 {
         row.fill(0.0);
         return 0.0;
     }
-    let (m, logit) = (simd::max(row), row[target as usize]);
-    for x in row.iter_mut() {
-        *x = simd::exp(*x - m);
-    }
-    let sum = simd::sum(row);
-    let k = scale / sum;
-    for x in row.iter_mut() {
-        *x *= k;
-    }
+    let logit = row[target as usize];
+    let lse = simd::softmax_in_place(row, scale);
     row[target as usize] -= scale;
-    m + sum.ln() - logit
+    lse - logit
 }
 
 dispatch! {

@@ -142,6 +142,22 @@ pub fn exp_shifted(x: &[f32], scale: f32, shift: f32, out: &mut [f32]) -> f32 {
     sum(out)
 }
 
+/// `xs = scale · softmax(xs)` in place, with one exponential per value (shifted by the maximum,
+/// summed as written, then scaled); returns the log-sum-exp of the original values.
+#[inline(always)]
+pub fn softmax_in_place(xs: &mut [f32], scale: f32) -> f32 {
+    let top = max(xs);
+    for x in xs.iter_mut() {
+        *x = exp(*x - top);
+    }
+    let total = sum(xs);
+    let k = scale / total;
+    for x in xs.iter_mut() {
+        *x *= k;
+    }
+    top + total.ln()
+}
+
 /// Sum of `exp(x[i] - shift)`, without writing anything.
 #[inline(always)]
 pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
