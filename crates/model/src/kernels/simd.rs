@@ -88,7 +88,11 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let p = p * r + 1.0;
     let p = p * r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n built in the exponent field. `n` is a whole number in −126..=127 (x is clamped), so
+    // adding 2^23 + 127 leaves n + 127 in the low mantissa bits: integer lane operations only,
+    // where `n as i32` (saturating, NaN to 0) would compile to a scalar conversion per lane.
+    const MAGIC: f32 = 8_388_608.0 + 127.0;
+    p * f32::from_bits(((n + MAGIC).to_bits().wrapping_sub(MAGIC.to_bits() - 127)) << 23)
 }
 
 /// Largest element (−∞ for an empty slice).
