@@ -1,6 +1,6 @@
 //! The AVX2 + FMA micro-kernel: a 6 × 16 tile of `c` in twelve 8-lane registers.
 
-use super::{MicroKernel, Tile};
+use super::{MicroKernel, Out};
 
 /// Six rows of `c` (elements of `a` broadcast per k step) by sixteen columns (two 8-lane vectors
 /// of `b`).
@@ -19,18 +19,19 @@ impl MicroKernel for Avx2 {
         super::simd::avx2()
     }
 
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
-        kernel(kc, a, b, acc)
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, out: Out) {
+        kernel(kc, a, b, out)
     }
 }
 
-/// `acc = a_panel · b_panel` over `kc` steps: `a` holds 6 values per step, `b` 16.
+/// `out = scale · a_panel · b_panel (+ out)` over `kc` steps: `a` holds 6 values per step, `b` 16.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `a` holds `kc · 6` floats and `b` `kc · 16`.
+/// The CPU has AVX2 and FMA; `a` holds `kc · 6` floats and `b` `kc · 16`; `out` covers a 6 × 16
+/// tile.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
+unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, out: Out) {
     // One k step: two vectors of b (ymm0, ymm1), six broadcasts of a (alternating ymm2, ymm3 so
     // a broadcast can issue while the previous one's FMAs run), twelve FMAs into ymm4–ymm15 —
     // accumulator 4 + 2r holds columns 0–7 of row r, 5 + 2r columns 8–15.
@@ -76,6 +77,50 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
             )
         };
     }
+    // One row of the tile, `lo` and `hi` its two halves: `out = scale · acc + out`, or
+    // `out = scale · acc`; then on to the next row.
+    macro_rules! add_row {
+        ($lo:literal, $hi:literal) => {
+            concat!(
+                "vfmadd213ps ",
+                $lo,
+                ", ymm0, ymmword ptr [{c}]\n",
+                "vmovups ymmword ptr [{c}], ",
+                $lo,
+                "\n",
+                "vfmadd213ps ",
+                $hi,
+                ", ymm0, ymmword ptr [{c} + 32]\n",
+                "vmovups ymmword ptr [{c} + 32], ",
+                $hi,
+                "\n",
+                "add {c}, {ldc}\n",
+            )
+        };
+    }
+    macro_rules! set_row {
+        ($lo:literal, $hi:literal) => {
+            concat!(
+                "vmulps ",
+                $lo,
+                ", ",
+                $lo,
+                ", ymm0\n",
+                "vmovups ymmword ptr [{c}], ",
+                $lo,
+                "\n",
+                "vmulps ",
+                $hi,
+                ", ",
+                $hi,
+                ", ymm0\n",
+                "vmovups ymmword ptr [{c} + 32], ",
+                $hi,
+                "\n",
+                "add {c}, {ldc}\n",
+            )
+        };
+    }
     std::arch::asm!(
         "vxorps ymm4, ymm4, ymm4",
         "vxorps ymm5, ymm5, ymm5",
@@ -111,23 +156,33 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
         "dec {rest}",
         "jnz 4b",
         "5:",
-        "vmovaps ymmword ptr [{acc}], ymm4",
-        "vmovaps ymmword ptr [{acc} + 32], ymm5",
-        "vmovaps ymmword ptr [{acc} + 64], ymm6",
-        "vmovaps ymmword ptr [{acc} + 96], ymm7",
-        "vmovaps ymmword ptr [{acc} + 128], ymm8",
-        "vmovaps ymmword ptr [{acc} + 160], ymm9",
-        "vmovaps ymmword ptr [{acc} + 192], ymm10",
-        "vmovaps ymmword ptr [{acc} + 224], ymm11",
-        "vmovaps ymmword ptr [{acc} + 256], ymm12",
-        "vmovaps ymmword ptr [{acc} + 288], ymm13",
-        "vmovaps ymmword ptr [{acc} + 320], ymm14",
-        "vmovaps ymmword ptr [{acc} + 352], ymm15",
+        // The tile, row by row: scaled, added to what `out` holds when accumulating.
+        "vbroadcastss ymm0, dword ptr [{scale}]",
+        "test {add:e}, {add:e}",
+        "jz 6f",
+        add_row!("ymm4", "ymm5"),
+        add_row!("ymm6", "ymm7"),
+        add_row!("ymm8", "ymm9"),
+        add_row!("ymm10", "ymm11"),
+        add_row!("ymm12", "ymm13"),
+        add_row!("ymm14", "ymm15"),
+        "jmp 7f",
+        "6:",
+        set_row!("ymm4", "ymm5"),
+        set_row!("ymm6", "ymm7"),
+        set_row!("ymm8", "ymm9"),
+        set_row!("ymm10", "ymm11"),
+        set_row!("ymm12", "ymm13"),
+        set_row!("ymm14", "ymm15"),
+        "7:",
         a = inout(reg) a => _,
         b = inout(reg) b => _,
         quads = inout(reg) kc / 4 => _,
         rest = inout(reg) kc % 4 => _,
-        acc = in(reg) acc.0.as_mut_ptr(),
+        c = inout(reg) out.ptr => _,
+        ldc = in(reg) out.ld * 4,
+        scale = in(reg) &out.scale,
+        add = in(reg) out.add as u32,
         out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
         out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
         out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,

@@ -4,7 +4,7 @@
 //! twelve broadcasts of `a` and 24 FMAs, so the FMA units (two 512-bit ones on server cores)
 //! outnumber the loads almost two to one, as in BLIS's 32 × 12 kernel for the same CPUs.
 
-use super::{MicroKernel, Tile};
+use super::{MicroKernel, Out};
 
 /// Twelve rows of `c` by thirty-two columns (two 16-lane vectors of `b`).
 pub(super) struct Avx512;
@@ -25,18 +25,18 @@ impl MicroKernel for Avx512 {
         super::simd::avx512()
     }
 
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
-        kernel(kc, a, b, acc)
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, out: Out) {
+        kernel(kc, a, b, out)
     }
 }
 
-/// `acc = a_panel · b_panel` over `kc` steps: `a` holds 12 values per step, `b` 32.
+/// `out = scale · a_panel · b_panel (+ out)` over `kc` steps: `a` holds 12 values per step, `b` 32.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` holds `kc · 12` floats and `b` `kc · 32`.
+/// The CPU has AVX-512F; `a` holds `kc · 12` floats and `b` `kc · 32`; `out` covers a 12 × 32 tile.
 #[inline(never)]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
+unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, out: Out) {
     // One row of one k step: broadcast a's element (byte offset `$a + $r` in the panel) into
     // `$t`, then two FMAs into the row's accumulators.
     macro_rules! row {
@@ -89,6 +89,50 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
             )
         };
     }
+    // One row of the tile, `lo` and `hi` its two halves: `out = scale · acc + out`, or
+    // `out = scale · acc`; then on to the next row.
+    macro_rules! add_row {
+        ($lo:literal, $hi:literal) => {
+            concat!(
+                "vfmadd213ps ",
+                $lo,
+                ", zmm0, zmmword ptr [{c}]\n",
+                "vmovups zmmword ptr [{c}], ",
+                $lo,
+                "\n",
+                "vfmadd213ps ",
+                $hi,
+                ", zmm0, zmmword ptr [{c} + 64]\n",
+                "vmovups zmmword ptr [{c} + 64], ",
+                $hi,
+                "\n",
+                "add {c}, {ldc}\n",
+            )
+        };
+    }
+    macro_rules! set_row {
+        ($lo:literal, $hi:literal) => {
+            concat!(
+                "vmulps ",
+                $lo,
+                ", ",
+                $lo,
+                ", zmm0\n",
+                "vmovups zmmword ptr [{c}], ",
+                $lo,
+                "\n",
+                "vmulps ",
+                $hi,
+                ", ",
+                $hi,
+                ", zmm0\n",
+                "vmovups zmmword ptr [{c} + 64], ",
+                $hi,
+                "\n",
+                "add {c}, {ldc}\n",
+            )
+        };
+    }
     std::arch::asm!(
         "vpxord zmm8, zmm8, zmm8",
         "vpxord zmm9, zmm9, zmm9",
@@ -136,35 +180,45 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile) {
         "dec {rest}",
         "jnz 4b",
         "5:",
-        "vmovaps zmmword ptr [{acc}], zmm8",
-        "vmovaps zmmword ptr [{acc} + 64], zmm9",
-        "vmovaps zmmword ptr [{acc} + 128], zmm10",
-        "vmovaps zmmword ptr [{acc} + 192], zmm11",
-        "vmovaps zmmword ptr [{acc} + 256], zmm12",
-        "vmovaps zmmword ptr [{acc} + 320], zmm13",
-        "vmovaps zmmword ptr [{acc} + 384], zmm14",
-        "vmovaps zmmword ptr [{acc} + 448], zmm15",
-        "vmovaps zmmword ptr [{acc} + 512], zmm16",
-        "vmovaps zmmword ptr [{acc} + 576], zmm17",
-        "vmovaps zmmword ptr [{acc} + 640], zmm18",
-        "vmovaps zmmword ptr [{acc} + 704], zmm19",
-        "vmovaps zmmword ptr [{acc} + 768], zmm20",
-        "vmovaps zmmword ptr [{acc} + 832], zmm21",
-        "vmovaps zmmword ptr [{acc} + 896], zmm22",
-        "vmovaps zmmword ptr [{acc} + 960], zmm23",
-        "vmovaps zmmword ptr [{acc} + 1024], zmm24",
-        "vmovaps zmmword ptr [{acc} + 1088], zmm25",
-        "vmovaps zmmword ptr [{acc} + 1152], zmm26",
-        "vmovaps zmmword ptr [{acc} + 1216], zmm27",
-        "vmovaps zmmword ptr [{acc} + 1280], zmm28",
-        "vmovaps zmmword ptr [{acc} + 1344], zmm29",
-        "vmovaps zmmword ptr [{acc} + 1408], zmm30",
-        "vmovaps zmmword ptr [{acc} + 1472], zmm31",
+        // The tile, row by row: scaled, added to what `out` holds when accumulating.
+        "vbroadcastss zmm0, dword ptr [{scale}]",
+        "test {add:e}, {add:e}",
+        "jz 6f",
+        add_row!("zmm8", "zmm9"),
+        add_row!("zmm10", "zmm11"),
+        add_row!("zmm12", "zmm13"),
+        add_row!("zmm14", "zmm15"),
+        add_row!("zmm16", "zmm17"),
+        add_row!("zmm18", "zmm19"),
+        add_row!("zmm20", "zmm21"),
+        add_row!("zmm22", "zmm23"),
+        add_row!("zmm24", "zmm25"),
+        add_row!("zmm26", "zmm27"),
+        add_row!("zmm28", "zmm29"),
+        add_row!("zmm30", "zmm31"),
+        "jmp 7f",
+        "6:",
+        set_row!("zmm8", "zmm9"),
+        set_row!("zmm10", "zmm11"),
+        set_row!("zmm12", "zmm13"),
+        set_row!("zmm14", "zmm15"),
+        set_row!("zmm16", "zmm17"),
+        set_row!("zmm18", "zmm19"),
+        set_row!("zmm20", "zmm21"),
+        set_row!("zmm22", "zmm23"),
+        set_row!("zmm24", "zmm25"),
+        set_row!("zmm26", "zmm27"),
+        set_row!("zmm28", "zmm29"),
+        set_row!("zmm30", "zmm31"),
+        "7:",
         a = inout(reg) a => _,
         b = inout(reg) b => _,
         quads = inout(reg) kc / 4 => _,
         rest = inout(reg) kc % 4 => _,
-        acc = in(reg) acc.0.as_mut_ptr(),
+        c = inout(reg) out.ptr => _,
+        ldc = in(reg) out.ld * 4,
+        scale = in(reg) &out.scale,
+        add = in(reg) out.add as u32,
         out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
         out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
         out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,

@@ -1,9 +1,10 @@
 //! Single-precision matrix product for x86-64 (the module exists on x86-64 only), in the
 //! GotoBLAS structure: the operands are copied into panels laid out in the order the micro-kernel
 //! reads them, blocked so that a panel of `b` stays in L1 or L2 and a block of `a` in L2, and the
-//! micro-kernel keeps its tile of `c` in registers. Two micro-kernels, chosen at run time: 12 × 32
-//! with AVX-512 ([`avx512`]), 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing and the
-//! stores are shared, generic over the tile shape.
+//! micro-kernel keeps its tile of `c` in registers and writes it straight into `c` (scaled, added
+//! when accumulating). Two micro-kernels, chosen at run time: 12 × 32 with AVX-512 ([`avx512`]),
+//! 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing and the edge-tile stores are shared,
+//! generic over the tile shape.
 //!
 //! Why not the `gemm` crate that candle uses: its f32 kernel reads `b` through run-time strides
 //! (an address computation per broadcast) and runs the k loop one step at a time; on this class of
@@ -15,7 +16,7 @@
 //! transposed views cost only the packing. `c = scale · a · b`, or `c += scale · a · b`; `c` is
 //! never read when not accumulating, so it may hold anything.
 //!
-//! The packing routines, the micro-kernel and the tile store stay out of line (one call per panel
+//! The packing routines, the micro-kernel and the edge-tile store stay out of line (one call per panel
 //! or tile, so the cost is nil) so that a profile shows how the time splits between them.
 //!
 //! `TSUKURU_CPU=avx2` keeps the AVX2 kernel on a CPU with AVX-512 ([`simd::avx512`]).
@@ -66,15 +67,26 @@ trait MicroKernel {
     const MC: usize;
     /// True when this CPU has the instructions the kernel uses.
     fn available() -> bool;
-    /// `acc = a_panel · b_panel` over `kc` steps: `a` holds MR values per step, `b` NR values;
-    /// the tile lands row-major, NR floats per row.
+    /// `out = out.scale · a_panel · b_panel (+ out when out.add)` over `kc` steps: `a` holds MR
+    /// values per step, `b` NR values.
     ///
     /// # Safety
-    /// [`Self::available`] holds; `a` holds `kc · MR` floats and `b` `kc · NR`.
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, acc: &mut Tile);
+    /// [`Self::available`] holds; `a` holds `kc · MR` floats and `b` `kc · NR`; `out` covers an
+    /// MR × NR tile, initialised if adding.
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, out: Out);
 }
 
-/// The micro-kernel's result, row-major; sized for the largest tile (12 × 32).
+/// Where a micro-kernel writes its tile: row-major from `ptr`, `ld` floats between rows, the
+/// product times `scale`, added to what is there when `add`.
+struct Out {
+    ptr: *mut f32,
+    ld: usize,
+    scale: f32,
+    add: bool,
+}
+
+/// A tile of `c` that lies partly outside `c`: the kernel writes it here whole and [`store`]
+/// copies the part inside; sized for the largest tile (12 × 32).
 #[repr(C, align(64))]
 struct Tile([f32; 384]);
 
@@ -207,8 +219,8 @@ unsafe fn serial<K: MicroKernel>(
         return;
     }
     let (mr, nr) = (K::MR, K::NR);
-    // Every kernel call overwrites the tile's first MR × NR values, all that the store reads.
-    let mut acc = Tile([0.0; 384]);
+    // Every kernel call into it overwrites the tile's first MR × NR values, all that the store reads.
+    let mut edge = Tile([0.0; 384]);
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         for pc in (0..k).step_by(K::KC) {
@@ -223,9 +235,16 @@ unsafe fn serial<K: MicroKernel>(
                 for jr in (0..nc).step_by(nr) {
                     let bpanel = bp.as_ptr().add(jr * kc);
                     for ir in (0..mc).step_by(mr) {
-                        K::run(kc, ap.as_ptr().add(ir * kc), bpanel, &mut acc);
+                        let apanel = ap.as_ptr().add(ir * kc);
                         let tile = c.ptr().add((ic + ir) * ldc + jc + jr);
-                        store::<K>(tile, ldc, mr.min(mc - ir), nr.min(nc - jr), &acc, scale, add);
+                        let (rows, cols) = (mr.min(mc - ir), nr.min(nc - jr));
+                        if rows == mr && cols == nr {
+                            K::run(kc, apanel, bpanel, Out { ptr: tile, ld: ldc, scale, add });
+                        } else {
+                            let out = Out { ptr: edge.0.as_mut_ptr(), ld: nr, scale: 1.0, add: false };
+                            K::run(kc, apanel, bpanel, out);
+                            store::<K>(tile, ldc, rows, cols, &edge, scale, add);
+                        }
                     }
                 }
             }
@@ -239,19 +258,19 @@ unsafe fn serial<K: MicroKernel>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_a<K: MicroKernel>(dst: &mut [f32], a: Mat, mc: usize, kc: usize) {
     let mr = K::MR;
-    for (p, panel) in dst.chunks_exact_mut(mr * kc).enumerate() {
+    // Whole panels already copied by the sweep.
+    let mut swept = 0;
+    if a.rs == 1 {
+        // Columns are contiguous (a transposed view): each k step's values lie side by side.
+        swept = mc / mr;
+        sweep(dst.as_mut_ptr(), a.ptr, a.cs, swept, kc, mr);
+    }
+    for (p, panel) in dst.chunks_exact_mut(mr * kc).enumerate().skip(swept) {
         let rows = mr.min(mc - p * mr);
         let src = a.offset(p * mr, 0);
         let out = panel.as_mut_ptr();
         // k steps already copied by a fast path; the rest go element by element.
         let mut done = 0;
-        if rows == mr && a.rs == 1 {
-            // Columns are contiguous (a transposed view): `mr` values per k step in one copy.
-            for q in 0..kc {
-                std::ptr::copy_nonoverlapping(src.ptr.add(q * a.cs), out.add(q * mr), mr);
-            }
-            done = kc;
-        }
         if rows == mr && a.cs == 1 {
             // Rows are contiguous: transpose 8 k steps of up to 8 rows at a time.
             use std::arch::x86_64::*;
@@ -307,22 +326,19 @@ unsafe fn store_lanes(to: *mut f32, v: std::arch::x86_64::__m256, n: usize) {
 unsafe fn pack_b<K: MicroKernel>(dst: &mut [f32], b: Mat, kc: usize, nc: usize) {
     let nr = K::NR;
     use std::arch::x86_64::*;
-    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+    // Whole panels already copied by the sweep.
+    let mut swept = 0;
+    if b.cs == 1 {
+        // Rows are contiguous.
+        swept = nc / nr;
+        sweep(dst.as_mut_ptr(), b.ptr, b.rs, swept, kc, nr);
+    }
+    for (p, panel) in dst.chunks_exact_mut(nr * kc).enumerate().skip(swept) {
         let cols = nr.min(nc - p * nr);
         let src = b.offset(0, p * nr);
         let out = panel.as_mut_ptr();
         let mut done = 0;
-        if b.cs == 1 && cols == nr {
-            // Rows are contiguous: `nr` values per k step, in vector moves (a copy of a run-time
-            // length would be a call into the C library for every row).
-            for q in 0..kc {
-                let (from, to) = (src.ptr.add(q * b.rs), out.add(q * nr));
-                for j in (0..nr).step_by(8) {
-                    _mm256_storeu_ps(to.add(j), _mm256_loadu_ps(from.add(j)));
-                }
-            }
-            done = kc;
-        } else if b.cs == 1 {
+        if b.cs == 1 {
             for q in 0..kc {
                 std::ptr::copy_nonoverlapping(src.ptr.add(q * b.rs), out.add(q * nr), cols);
                 std::ptr::write_bytes(out.add(q * nr + cols), 0, nr - cols);
@@ -346,6 +362,21 @@ unsafe fn pack_b<K: MicroKernel>(dst: &mut [f32], b: Mat, kc: usize, nc: usize) 
             for j in 0..nr {
                 *out.add(q * nr + j) = if j < cols { *src.ptr.add(q * b.rs + j * b.cs) } else { 0.0 };
             }
+        }
+    }
+}
+
+/// Copies `panels` whole panels `w` values wide whose k steps are contiguous in the source (step
+/// `step` floats between k steps) into `dst`, k step by k step: each step is one sequential read
+/// of `panels · w` values, which the hardware prefetchers follow, where copying panel by panel
+/// would read `w` values from each of `kc` rows far apart (a new page every few rows) per panel.
+#[inline(always)]
+unsafe fn sweep(dst: *mut f32, src: *const f32, step: usize, panels: usize, kc: usize, w: usize) {
+    for q in 0..kc {
+        let (from, to) = (src.add(q * step), dst.add(q * w));
+        for p in 0..panels {
+            // `w` is the kernel's constant tile side once inlined, so this is a few vector moves.
+            std::ptr::copy_nonoverlapping(from.add(p * w), to.add(p * w * kc), w);
         }
     }
 }
@@ -387,7 +418,8 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
     ]
 }
 
-/// Writes the `rows × cols` corner of a tile (`nr` floats per row) to `c`: `scale · acc`, added to `c` when `add`.
+/// Writes the `rows × cols` corner of an edge tile (`nr` floats per row) to `c`: `scale · acc`,
+/// added to `c` when `add`.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn store<K: MicroKernel>(c: *mut f32, ldc: usize, rows: usize, cols: usize, acc: &Tile, scale: f32, add: bool) {
