@@ -94,8 +94,7 @@ pub fn swiglu_residual(
     eps: f64,
 ) -> Result<Tensor> {
     if fused(&[x, gain, gate, up, down]) {
-        let stacked = Tensor::cat(&[gate, up, &gain.unsqueeze(0)?], 0)?;
-        return kernels::mlp_block::mlp_block(x, &stacked, down, eps);
+        return kernels::mlp_block::mlp_block(x, gate, up, gain, down, eps);
     }
     let n = rms_norm(x, gain, eps)?;
     x + linear(&swiglu(&linear(&n, gate)?, &linear(&n, up)?)?, down)?

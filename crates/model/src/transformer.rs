@@ -178,11 +178,11 @@ impl Block {
             && fused(&[x, &self.input_norm, &rope.0])
             && fused(&weights)
         {
-            let stacked = Tensor::cat(&[weights[0], weights[1], weights[2], &self.input_norm.unsqueeze(0)?], 0)?;
             let heads = (a.n_heads, a.n_kv_heads);
             return kernels::attn_block::attn_block(
                 x,
-                &stacked,
+                [weights[0], weights[1], weights[2]],
+                &self.input_norm,
                 weights[3],
                 heads,
                 (&rope.0, &rope.1),

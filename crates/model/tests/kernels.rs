@@ -297,10 +297,7 @@ fn attention_block_matches_the_norm_projections_rope_attention_and_residual_take
         check(
             &format!("attention block b{b} t{t} h{h} kv{kv}"),
             &[&x, &gain, &wq, &wk, &wv, &wo],
-            &|| {
-                let stacked = Tensor::cat(&[q, k, v, &gt.unsqueeze(0).unwrap()], 0).unwrap();
-                kernels::attn_block::attn_block(xt, &stacked, o, (h, kv), (&cos, &sin), None, 1e-5).unwrap()
-            },
+            &|| kernels::attn_block::attn_block(xt, [q, k, v], gt, o, (h, kv), (&cos, &sin), None, 1e-5).unwrap(),
             &|| {
                 let n = composite::rms_norm(xt, gt, 1e-5).unwrap();
                 let heads = |w: &Tensor, n_heads: usize| {

@@ -8,6 +8,7 @@ use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use tsukuru_model::kernels::grad_sink;
 use tsukuru_model::{Packing, Transformer};
 use tsukuru_tokens::Batch;
 
@@ -135,9 +136,13 @@ impl Trainer {
         let mut loss_sum = 0.0;
         for _ in 0..accum {
             let batch = next_batch();
-            let loss = objective.loss(model, &batch, device)?;
+            // The fused ops hand their weights' gradients to the sink rather than to candle's
+            // walk (zero-fill and add on one thread); they join candle's store after it.
+            let (loss, sink) = grad_sink::collect(|| objective.loss(model, &batch, device));
+            let loss = loss?;
             loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            let grads = loss.backward()?;
+            let mut grads = loss.backward()?;
+            sink.add_to(&mut grads)?;
             total = Some(match total {
                 None => grads,
                 Some(mut acc) => {

@@ -11,6 +11,7 @@
 //! too, and the residual add is the output projection accumulating into a copy of `x`.
 
 use super::attention::{Attention, Dims, Heads};
+use super::grad_sink::{stack, WeightGrad};
 use super::rms_norm::{backward_rows, forward_rows};
 use super::rope::{rotate, tables};
 use super::{copied, f32s, matmul, new_product, rows_per_task, zeros, F32View, SharedOut};
@@ -27,6 +28,9 @@ struct AttnBlock {
     /// Cosines and sines of positions `0..T`, `head_dim / 2` per position.
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// Where the gradients of the stacked weights and of the output projection go.
+    w_grad: WeightGrad,
+    wo_grad: WeightGrad,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -148,7 +152,7 @@ impl CustomOp3 for AttnBlock {
         let Some(Saved { inv, normed, qkv, out }) = saved.as_ref() else {
             candle_core::bail!("{op}: backward pass before the forward pass")
         };
-        let d_wo = wo.track_op().then(|| new_product(d, hhd, rows, (g, 1, d), (out, hhd, 1), true));
+        let d_wo = self.wo_grad.needed().then(|| new_product(d, hhd, rows, (g, 1, d), (out, hhd, 1), true));
         let d_out = new_product(rows, hhd, d, (g, d, 1), (wov, hhd, 1), true);
         let mut d_qkv = zeros(rows * e);
         let [q, k, v] = Self::layout(&s).map(|(at, steps)| Heads::strided(qkv.as_slice(), at, steps));
@@ -161,28 +165,30 @@ impl CustomOp3 for AttnBlock {
         let d_normed = new_product(rows, d, e, (&d_qkv, e, 1), (wv, d, 1), true);
         let mut dx = zeros(rows * d);
         let d_gain = backward_rows(xv, &wv[e * d..], &d_normed, inv, Some(g), &mut dx);
-        let dw = w.track_op().then(|| {
+        let dw = self.w_grad.needed().then(|| {
             let mut dw = new_product(e, d, rows, (&d_qkv, 1, e), (normed, d, 1), true);
             dw.extend_from_slice(&d_gain);
             dw
         });
-        let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            dw.map(|dw| Tensor::from_vec(dw, w.shape(), dev)).transpose()?,
-            d_wo.map(|dw| Tensor::from_vec(dw, (d, hhd), dev)).transpose()?,
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            dw.map(|dw| self.w_grad.give(dw, w)).transpose()?.flatten(),
+            d_wo.map(|dw| self.wo_grad.give(dw, wo)).transpose()?.flatten(),
         ))
     }
 }
 
 /// `x + attention(rmsnorm(x))` for f32 CPU tensors over whole sequences (positions from 0, no
-/// cache): `x (B, T, D)`, `stacked = [Wq; Wk; Wv; gain]` `((H + 2·KV)·hd + 1, D)`, `wo (D, H·hd)`,
-/// the rotary tables `(max_seq_len, hd / 2)`; with `packing`, each query sees its own sequence
-/// only. Returns `(B, T, D)`.
+/// cache): `x (B, T, D)`, `[wq, wk, wv]` `(H·hd, D)`, `(KV·hd, D)` twice, the norm's `gain (D)`,
+/// `wo (D, H·hd)`, the rotary tables `(max_seq_len, hd / 2)`; with `packing`, each query sees its
+/// own sequence only. Returns `(B, T, D)`. The op reads `[wq; wk; wv; gain]` stacked
+/// `((H + 2·KV)·hd + 1, D)`; with a gradient sink open the weights' gradients go there
+/// ([`super::grad_sink`]).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_block(
     x: &Tensor,
-    stacked: &Tensor,
+    [wq, wk, wv]: [&Tensor; 3],
+    gain: &Tensor,
     wo: &Tensor,
     (heads, kv_heads): (usize, usize),
     (cos, sin): (&Tensor, &Tensor),
@@ -196,6 +202,9 @@ pub fn attn_block(
     let hd = wo.dim(1)? / heads.max(1);
     let (cos, sin) = tables(cos, sin, 0, t)?;
     let attention = Attention::new((1.0 / (hd as f64).sqrt()) as f32, 0, packing);
-    let op = AttnBlock { eps: eps as f32, heads, kv_heads, attention, cos, sin, saved: Mutex::new(None) };
+    let (stacked, w_grad) = stack(&[wq, wk, wv, gain], x.dim(2)?)?;
+    let (wo, wo_grad) = stack(&[wo], wo.dim(1)?)?;
+    let op =
+        AttnBlock { eps: eps as f32, heads, kv_heads, attention, cos, sin, w_grad, wo_grad, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&stacked.contiguous()?, &wo.contiguous()?, op)
 }

@@ -10,6 +10,7 @@
 //! the memory.
 
 use super::cross_entropy::{loss_and_gradient_in_place, scored};
+use super::grad_sink::{stack, WeightGrad};
 use super::linear_logprobs::{chunk_logits, projected, Projected};
 use super::{matmul, zeros};
 use crate::ops::IGNORE;
@@ -22,8 +23,9 @@ const CHUNK: usize = 512;
 struct LinearCrossEntropy {
     /// Whether a backward pass can follow (otherwise only the loss is computed).
     need_grads: bool,
-    /// Whether the weight takes a gradient (a frozen output layer does not).
+    /// Whether the weight takes a gradient (a frozen output layer does not), and where it goes.
     need_dw: bool,
+    w_grad: WeightGrad,
     /// `dh (N × d)` and `dW (V × d)` of the mean loss, computed by the forward pass.
     grads: Mutex<Option<(Vec<f32>, Vec<f32>)>>,
 }
@@ -90,20 +92,25 @@ impl CustomOp3 for LinearCrossEntropy {
             candle_core::bail!("linear cross-entropy: backward called twice");
         };
         let g = grad.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        let scaled = |x: Vec<f32>, shape: &Tensor| -> Result<Tensor> {
-            let x = if g == 1.0 { x } else { x.into_iter().map(|e| e * g).collect() };
-            Tensor::from_vec(x, shape.shape(), shape.device())
+        let scaled = |x: Vec<f32>| -> Vec<f32> {
+            if g == 1.0 {
+                x
+            } else {
+                x.into_iter().map(|e| e * g).collect()
+            }
         };
-        let dw = if self.need_dw { Some(scaled(dw, w)?) } else { None };
-        Ok((Some(scaled(dh, h)?), dw, None))
+        let dw = if self.need_dw { self.w_grad.give(scaled(dw), w)? } else { None };
+        Ok((Some(Tensor::from_vec(scaled(dh), h.shape(), h.device())?), dw, None))
     }
 }
 
 /// Mean cross-entropy of the logits `h · wᵀ` against u32 `targets`, for f32 CPU tensors
 /// `h (N, d)` and `w (V, d)`; the logits are never held whole. The gradients are computed in the
-/// forward pass when either input carries them.
+/// forward pass when either input carries them; with a gradient sink open the weight's goes there
+/// ([`super::grad_sink`]).
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let op =
-        LinearCrossEntropy { need_grads: h.track_op() || w.track_op(), need_dw: w.track_op(), grads: Mutex::new(None) };
+    let (w, w_grad) = stack(&[w], w.dim(1)?)?;
+    let need_dw = w_grad.needed();
+    let op = LinearCrossEntropy { need_grads: h.track_op() || need_dw, need_dw, w_grad, grads: Mutex::new(None) };
     h.contiguous()?.apply_op3(&w.contiguous()?, &targets.contiguous()?, op)
 }

@@ -8,6 +8,7 @@
 //! residual add is the down projection accumulating into a copy of `x`, and the backward pass
 //! writes one gradient per input.
 
+use super::grad_sink::{stack, WeightGrad};
 use super::rms_norm::{backward_rows, forward_rows};
 use super::swiglu;
 use super::{copied, f32s, matmul, new_product, rows_per_task, zeros, F32View};
@@ -17,6 +18,9 @@ use std::sync::Mutex;
 
 struct MlpBlock {
     eps: f32,
+    /// Where the gradients of the stacked weights and of the down projection go.
+    w_grad: WeightGrad,
+    down_grad: WeightGrad,
     /// What the backward pass reads again: each row's inverse RMS, the normalised input and the
     /// gate and up projections side by side (`rows × 2F`).
     saved: Mutex<Option<Saved>>,
@@ -110,27 +114,29 @@ impl CustomOp3 for MlpBlock {
                 swiglu::forward_backward(gate, up, &dh[r * f..(r + 1) * f], hrow, dg, du);
             }
         });
-        let d_down = down.track_op().then(|| new_product(d, f, rows, (g, 1, d), (&h, f, 1), true));
+        let d_down = self.down_grad.needed().then(|| new_product(d, f, rows, (g, 1, d), (&h, f, 1), true));
         let d_normed = new_product(rows, d, 2 * f, (&d_gate_up, 2 * f, 1), (wv, d, 1), true);
         let mut dx = zeros(rows * d);
         let d_gain = backward_rows(xv, &wv[2 * f * d..], &d_normed, inv, Some(g), &mut dx);
-        let dw = w.track_op().then(|| {
+        let dw = self.w_grad.needed().then(|| {
             let mut dw = new_product(2 * f, d, rows, (&d_gate_up, 1, 2 * f), (normed, d, 1), true);
             dw.extend_from_slice(&d_gain);
             dw
         });
-        let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            dw.map(|dw| Tensor::from_vec(dw, w.shape(), dev)).transpose()?,
-            d_down.map(|dd| Tensor::from_vec(dd, (d, f), dev)).transpose()?,
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            dw.map(|dw| self.w_grad.give(dw, w)).transpose()?.flatten(),
+            d_down.map(|dd| self.down_grad.give(dd, down)).transpose()?.flatten(),
         ))
     }
 }
 
-/// `x + swiglu_down(rmsnorm(x))` for f32 CPU tensors: `x (…, D)`, `stacked = [Wg; Wu; gain]`
-/// `(2F + 1, D)` and `down (D, F)`. Returns `(…, D)`.
-pub fn mlp_block(x: &Tensor, stacked: &Tensor, down: &Tensor, eps: f64) -> Result<Tensor> {
-    let op = MlpBlock { eps: eps as f32, saved: Mutex::new(None) };
+/// `x + swiglu_down(rmsnorm(x))` for f32 CPU tensors: `x (…, D)`, `gate` and `up` `(F, D)`, the
+/// norm's `gain (D)` and `down (D, F)`. Returns `(…, D)`. The op reads `[gate; up; gain]` stacked
+/// `(2F + 1, D)`; with a gradient sink open the weights' gradients go there ([`super::grad_sink`]).
+pub fn mlp_block(x: &Tensor, gate: &Tensor, up: &Tensor, gain: &Tensor, down: &Tensor, eps: f64) -> Result<Tensor> {
+    let (stacked, w_grad) = stack(&[gate, up, gain], x.dim(candle_core::D::Minus1)?)?;
+    let (down, down_grad) = stack(&[down], down.dim(candle_core::D::Minus1)?)?;
+    let op = MlpBlock { eps: eps as f32, w_grad, down_grad, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&stacked.contiguous()?, &down.contiguous()?, op)
 }

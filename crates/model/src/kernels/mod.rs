@@ -12,6 +12,7 @@ pub mod attention;
 pub mod attn_block;
 pub mod cross_entropy;
 pub mod gemv;
+pub mod grad_sink;
 pub mod linear;
 pub mod linear_cross_entropy;
 pub mod linear_logprobs;
