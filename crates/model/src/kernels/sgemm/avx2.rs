@@ -9,10 +9,9 @@ pub(super) struct Avx2;
 impl MicroKernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
-    // A 6 × 384 panel of `a` and a 384 × 16 panel of `b` (33 KiB) sit in L1; as deep as the
-    // model's width so that most products write `c` in one pass.
+    // A 6 × 384 panel of `a` (9 KiB) stays in L1 and a 384 × 768 block of `b` (1.1 MiB) in L2;
+    // as deep as the model's width so that most products write `c` in one pass.
     const KC: usize = 384;
-    // 144 × 384 floats of `a` (216 KiB) stay in L2.
     const MC: usize = 144;
 
     fn available() -> bool {

@@ -12,13 +12,11 @@ pub(super) struct Avx512;
 impl MicroKernel for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
-    // A 512 × 32 panel of `b` is 64 KiB, more than a 48 KiB L1, yet deeper blocks measured
-    // faster: each block past the first reads and rewrites the whole of `c`, and the kernel's
-    // reads of `b` (128 bytes per 24 FMAs) are well within L2's bandwidth. GFLOP/s on the
+    // A 12 × 512 panel of `a` (24 KiB) stays in L1. Deeper blocks measured faster than 256 or
+    // 384 (each block past the first reads and rewrites the whole of `c`): GFLOP/s on the
     // benchmark's shapes 317–374 at 256, 333–364 at 384, 331–373 at 512, 313–362 at 768; a
     // training step 2–4% faster at 512 than at 384 (docs/PERF.md, step 30).
     const KC: usize = 512;
-    // 288 × 512 floats of `a` (576 KiB) stay in L2.
     const MC: usize = 288;
 
     fn available() -> bool {
