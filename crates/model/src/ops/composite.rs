@@ -9,19 +9,33 @@ use super::IGNORE;
 use crate::packing::Packing;
 use candle_core::{DType, Device, Result, Tensor, D};
 
-/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
-pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(weight)
+/// `x` in f32 when it is in half precision (bf16 or f16), else `x` itself: the norms, softmaxes and
+/// losses compute their statistics, exponentials and sums in f32, as autocast does, since a sum
+/// kept in bf16 stops growing once its spacing exceeds the terms (at 256 for terms near 1).
+fn widened(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32),
+        _ => Ok(x.clone()),
+    }
 }
 
-/// Softmax over the last dimension, shifted by the row maximum for stability.
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
+/// Computed in f32 for half-precision inputs, returned in x's dtype.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let xw = widened(x)?;
+    let ms = xw.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    xw.broadcast_mul(&inv)?.broadcast_mul(&widened(weight)?)?.to_dtype(x.dtype())
+}
+
+/// Softmax over the last dimension, shifted by the row maximum for stability. Computed in f32 for
+/// half-precision inputs, returned in x's dtype.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let xw = widened(x)?;
     // The maximum is a constant shift: detaching it leaves the gradient unchanged and cheaper.
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    let max = xw.max_keepdim(D::Minus1)?.detach();
+    let e = xw.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?.to_dtype(x.dtype())
 }
 
 /// Rotary tables for positions `0..max_seq_len`: `(cos, sin)`, each `(max_seq_len, head_dim / 2)`.
@@ -90,8 +104,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// Mean cross-entropy of `logits (N, V)` against `targets (N)` (u32) over the targets that are not
-/// [`IGNORE`], composed so it carries gradients (0 when every target is ignored).
+/// [`IGNORE`], composed so it carries gradients (0 when every target is ignored). Half-precision
+/// logits are taken in f32, and the loss is then an f32 scalar.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = &widened(logits)?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -110,8 +126,10 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 /// Log-probability of each u32 target under `logits (N, V)`, 0 where the target is [`IGNORE`];
-/// returns `(N)`, composed so it carries gradients.
+/// returns `(N)`, composed so it carries gradients. Half-precision logits are taken in f32, and the
+/// log-probabilities are then f32.
 pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = &widened(logits)?;
     let max = logits.max_keepdim(D::Minus1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;

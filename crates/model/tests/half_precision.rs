@@ -1,0 +1,53 @@
+//! Half-precision inputs to the composite ops: the statistics, exponentials and sums run in f32
+//! (as autocast does), so the results equal the f32 computation on the same rounded inputs to
+//! within the output's rounding, where sums kept in bf16 stall on long rows.
+
+use candle_core::{DType, Device, Tensor, Var};
+use tsukuru_model::ops::composite;
+
+/// A row-major `(rows, cols)` tensor of deterministic values in `lo..lo + span`, rounded to bf16.
+fn values(rows: usize, cols: usize, lo: f32, span: f32) -> Tensor {
+    let v: Vec<f32> = (0..rows * cols)
+        .map(|i| lo + span * (((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0))
+        .collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap()
+}
+
+/// Largest difference relative to the largest magnitude of `want`.
+fn rel(got: &Tensor, want: &Tensor) -> f32 {
+    let (g, w) = (got.to_dtype(DType::F32).unwrap(), want.to_dtype(DType::F32).unwrap());
+    let max = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    max(&(g - &w).unwrap()) / max(&w).max(1e-6)
+}
+
+#[test]
+fn bf16_norm_softmax_and_loss_reduce_in_f32() {
+    // 4,096-wide rows of values near 1: a bf16 running sum stops growing at 256 (its spacing is 2
+    // there), which would put the mean square near 1/16 of its value.
+    let x = values(3, 4096, 0.9, 0.2);
+    let gain = values(1, 4096, 0.5, 1.0).squeeze(0).unwrap();
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let norm = composite::rms_norm(&x, &gain, 1e-5).unwrap();
+    assert_eq!(norm.dtype(), DType::BF16);
+    let want = composite::rms_norm(&f32_of(&x), &f32_of(&gain), 1e-5).unwrap();
+    assert!(rel(&norm, &want) < 1e-2, "rms_norm off by {}", rel(&norm, &want));
+
+    let p = composite::softmax_last(&x).unwrap();
+    assert_eq!(p.dtype(), DType::BF16);
+    let want = composite::softmax_last(&f32_of(&x)).unwrap();
+    assert!(rel(&p, &want) < 1e-2, "softmax off by {}", rel(&p, &want));
+
+    // The loss comes back in f32; its gradient reaches the bf16 logits in bf16.
+    let logits = Var::from_tensor(&values(4, 4096, -2.0, 4.0)).unwrap();
+    let targets = Tensor::new(&[1u32, 7, 4095, 0], &Device::Cpu).unwrap();
+    let loss = composite::cross_entropy(logits.as_tensor(), &targets).unwrap();
+    assert_eq!(loss.dtype(), DType::F32);
+    let lf = Var::from_tensor(&f32_of(logits.as_tensor())).unwrap();
+    let want = composite::cross_entropy(lf.as_tensor(), &targets).unwrap();
+    let (l, w) = (loss.to_scalar::<f32>().unwrap(), want.to_scalar::<f32>().unwrap());
+    assert!((l - w).abs() < 1e-4 * w.abs(), "loss {l} vs {w}");
+    let (g, gw) = (loss.backward().unwrap(), want.backward().unwrap());
+    let (g, gw) = (g.get(logits.as_tensor()).unwrap(), gw.get(lf.as_tensor()).unwrap());
+    assert_eq!(g.dtype(), DType::BF16);
+    assert!(rel(g, gw) < 1e-2, "loss gradient off by {}", rel(g, gw));
+}
