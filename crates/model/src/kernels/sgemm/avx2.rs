@@ -12,6 +12,7 @@ impl MicroKernel for Avx2 {
     // A 6 × 384 panel of `a` (9 KiB) stays in L1 and a 384 × 768 block of `b` (1.1 MiB) in L2;
     // as deep as the model's width so that most products write `c` in one pass.
     const KC: usize = 384;
+    // A 144 × 384 block of `a` (216 KiB) packed at a time.
     const MC: usize = 144;
 
     fn available() -> bool {
