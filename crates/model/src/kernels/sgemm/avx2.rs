@@ -81,44 +81,12 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, out: Out) {
     // `out = scale · acc`; then on to the next row.
     macro_rules! add_row {
         ($lo:literal, $hi:literal) => {
-            concat!(
-                "vfmadd213ps ",
-                $lo,
-                ", ymm0, ymmword ptr [{c}]\n",
-                "vmovups ymmword ptr [{c}], ",
-                $lo,
-                "\n",
-                "vfmadd213ps ",
-                $hi,
-                ", ymm0, ymmword ptr [{c} + 32]\n",
-                "vmovups ymmword ptr [{c} + 32], ",
-                $hi,
-                "\n",
-                "add {c}, {ldc}\n",
-            )
+            tile_row!(add, "ymmword", "32", "ymm0", $lo, $hi)
         };
     }
     macro_rules! set_row {
         ($lo:literal, $hi:literal) => {
-            concat!(
-                "vmulps ",
-                $lo,
-                ", ",
-                $lo,
-                ", ymm0\n",
-                "vmovups ymmword ptr [{c}], ",
-                $lo,
-                "\n",
-                "vmulps ",
-                $hi,
-                ", ",
-                $hi,
-                ", ymm0\n",
-                "vmovups ymmword ptr [{c} + 32], ",
-                $hi,
-                "\n",
-                "add {c}, {ldc}\n",
-            )
+            tile_row!(set, "ymmword", "32", "ymm0", $lo, $hi)
         };
     }
     std::arch::asm!(

@@ -92,44 +92,12 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, out: Out) {
     // `out = scale · acc`; then on to the next row.
     macro_rules! add_row {
         ($lo:literal, $hi:literal) => {
-            concat!(
-                "vfmadd213ps ",
-                $lo,
-                ", zmm0, zmmword ptr [{c}]\n",
-                "vmovups zmmword ptr [{c}], ",
-                $lo,
-                "\n",
-                "vfmadd213ps ",
-                $hi,
-                ", zmm0, zmmword ptr [{c} + 64]\n",
-                "vmovups zmmword ptr [{c} + 64], ",
-                $hi,
-                "\n",
-                "add {c}, {ldc}\n",
-            )
+            tile_row!(add, "zmmword", "64", "zmm0", $lo, $hi)
         };
     }
     macro_rules! set_row {
         ($lo:literal, $hi:literal) => {
-            concat!(
-                "vmulps ",
-                $lo,
-                ", ",
-                $lo,
-                ", zmm0\n",
-                "vmovups zmmword ptr [{c}], ",
-                $lo,
-                "\n",
-                "vmulps ",
-                $hi,
-                ", ",
-                $hi,
-                ", zmm0\n",
-                "vmovups zmmword ptr [{c} + 64], ",
-                $hi,
-                "\n",
-                "add {c}, {ldc}\n",
-            )
+            tile_row!(set, "zmmword", "64", "zmm0", $lo, $hi)
         };
     }
     std::arch::asm!(

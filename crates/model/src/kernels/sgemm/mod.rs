@@ -1,10 +1,10 @@
 //! Single-precision matrix product for x86-64 (the module exists on x86-64 only), in the
 //! GotoBLAS structure: the operands are copied into panels laid out in the order the micro-kernel
 //! reads them, blocked so that a block of `b` stays in L2 while a panel of `a` in L1 runs across
-//! it, and the micro-kernel keeps its tile of `c` in registers and writes it straight into `c` (scaled, added
-//! when accumulating). Two micro-kernels, chosen at run time: 12 × 32 with AVX-512 ([`avx512`]),
-//! 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing and the edge-tile stores are shared,
-//! generic over the tile shape.
+//! it, and the micro-kernel keeps its tile of `c` in registers and writes it straight into `c`
+//! (scaled, added when accumulating). Two micro-kernels, chosen at run time: 12 × 32 with AVX-512
+//! ([`avx512`]), 6 × 16 with AVX2 + FMA ([`avx2`]); the driver, the packing, the epilogue's
+//! assembly text and the edge-tile stores are shared, generic over the tile shape.
 //!
 //! Why not the `gemm` crate that candle uses: its f32 kernel reads `b` through run-time strides
 //! (an address computation per broadcast) and runs the k loop one step at a time; on this class of
@@ -16,10 +16,81 @@
 //! transposed views cost only the packing. `c = scale · a · b`, or `c += scale · a · b`; `c` is
 //! never read when not accumulating, so it may hold anything.
 //!
-//! The packing routines, the micro-kernel and the edge-tile store stay out of line (one call per panel
-//! or tile, so the cost is nil) so that a profile shows how the time splits between them.
+//! The packing routines, the micro-kernel and the edge-tile store stay out of line (one call per
+//! panel or tile, so the cost is nil) so that a profile shows how the time splits between them.
 //!
 //! `TSUKURU_CPU=avx2` keeps the AVX2 kernel on a CPU with AVX-512 ([`simd::avx512`]).
+
+/// One row of a micro-kernel's tile written out by its epilogue, as assembly text: the row's two
+/// halves `lo` and `hi` (`$w`-sized vectors, `$half` bytes apart in `c`) times the scale held in
+/// `$s`, added to what `{c}` points at (`add`) or not (`set`); then `{c}` moves on by `{ldc}`
+/// bytes. Shared by both kernels, which differ only in vector width.
+macro_rules! tile_row {
+    (add, $w:literal, $half:literal, $s:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "vfmadd213ps ",
+            $lo,
+            ", ",
+            $s,
+            ", ",
+            $w,
+            " ptr [{c}]\n",
+            "vmovups ",
+            $w,
+            " ptr [{c}], ",
+            $lo,
+            "\n",
+            "vfmadd213ps ",
+            $hi,
+            ", ",
+            $s,
+            ", ",
+            $w,
+            " ptr [{c} + ",
+            $half,
+            "]\n",
+            "vmovups ",
+            $w,
+            " ptr [{c} + ",
+            $half,
+            "], ",
+            $hi,
+            "\n",
+            "add {c}, {ldc}\n",
+        )
+    };
+    (set, $w:literal, $half:literal, $s:literal, $lo:literal, $hi:literal) => {
+        concat!(
+            "vmulps ",
+            $lo,
+            ", ",
+            $lo,
+            ", ",
+            $s,
+            "\n",
+            "vmovups ",
+            $w,
+            " ptr [{c}], ",
+            $lo,
+            "\n",
+            "vmulps ",
+            $hi,
+            ", ",
+            $hi,
+            ", ",
+            $s,
+            "\n",
+            "vmovups ",
+            $w,
+            " ptr [{c} + ",
+            $half,
+            "], ",
+            $hi,
+            "\n",
+            "add {c}, {ldc}\n",
+        )
+    };
+}
 
 mod avx2;
 mod avx512;
