@@ -112,6 +112,15 @@ impl Proj {
         Ok(())
     }
 
+    /// The same projection with every tensor (weight and adapter) passed through `f`.
+    pub(crate) fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let lora = match &self.lora {
+            None => None,
+            Some(l) => Some(Lora { a: f(&l.a)?, b: f(&l.b)?, scale: l.scale }),
+        };
+        Ok(Self { name: self.name.clone(), weight: f(&self.weight)?, lora })
+    }
+
     /// The weight with the adapter folded in, `W + s · B · A` (the base weight when none).
     pub fn merged(&self) -> Result<Tensor> {
         match &self.lora {

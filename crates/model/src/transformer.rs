@@ -11,7 +11,7 @@ use crate::ops::{
 };
 use crate::packing::Packing;
 use crate::paged::{Chunk, KvBlocks};
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 /// Keys and values of earlier positions of one sequence (or one batch), for incremental decoding.
@@ -76,6 +76,19 @@ impl Attention {
         })
     }
 
+    fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let norm = |n: &Option<Tensor>| n.as_ref().map(f).transpose();
+        Ok(Self {
+            q: self.q.map(f)?,
+            k: self.k.map(f)?,
+            v: self.v.map(f)?,
+            o: self.o.map(f)?,
+            q_norm: norm(&self.q_norm)?,
+            k_norm: norm(&self.k_norm)?,
+            ..*self
+        })
+    }
+
     /// x (B, T, D) at positions `start..start + T` → (B, T, D).
     fn forward(
         &self,
@@ -132,6 +145,11 @@ impl Mlp {
             down: Proj::new(vb, cfg.d_model, cfg.ffn_dim, "down_proj")?,
             activation: cfg.activation,
         })
+    }
+
+    fn map(&self, f: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let gate = self.gate.as_ref().map(|g| g.map(f)).transpose()?;
+        Ok(Self { gate, up: self.up.map(f)?, down: self.down.map(f)?, activation: self.activation })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -282,6 +300,38 @@ impl Transformer {
                 .into_iter()
                 .chain(mlp.gate.as_mut())
         })
+    }
+
+    /// The same model computing in `dtype`: every weight (adapters included) and the RoPE tables
+    /// cast, differentiably, so the gradients of a loss computed with the copy reach this model's
+    /// variables in their own dtype. Mixed-precision training builds one per step from the f32
+    /// master weights: products in bf16, master weights and optimiser state in f32. A tied
+    /// embedding is cast once per use, so its two gradients meet in the master's dtype.
+    pub fn cast(&self, dtype: DType) -> Result<Self> {
+        let f = |t: &Tensor| t.to_dtype(dtype);
+        let blocks = self.blocks.iter().map(|b| {
+            Ok(Block {
+                input_norm: f(&b.input_norm)?,
+                attn: b.attn.map(&f)?,
+                post_norm: f(&b.post_norm)?,
+                mlp: b.mlp.map(&f)?,
+                eps: b.eps,
+            })
+        });
+        Ok(Self {
+            cfg: self.cfg.clone(),
+            embed: Embedding::new(f(self.embed.embeddings())?, self.cfg.d_model),
+            blocks: blocks.collect::<Result<_>>()?,
+            norm: f(&self.norm)?,
+            lm_head: Linear::new(f(self.lm_head.weight())?, None),
+            rope: (f(&self.rope.0)?, f(&self.rope.1)?),
+            device: self.device.clone(),
+        })
+    }
+
+    /// The dtype its weights compute in.
+    pub fn dtype(&self) -> DType {
+        self.norm.dtype()
     }
 
     /// The model's config.

@@ -51,3 +51,49 @@ fn bf16_norm_softmax_and_loss_reduce_in_f32() {
     assert_eq!(g.dtype(), DType::BF16);
     assert!(rel(g, gw) < 1e-2, "loss gradient off by {}", rel(g, gw));
 }
+
+/// Norm of `a − b` relative to the norm of `b`, in f32.
+fn rel_norm(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+    let (a, b) = (a.to_dtype(DType::F32).unwrap(), b.to_dtype(DType::F32).unwrap());
+    norm(&(&a - &b).unwrap()) / norm(&b).max(1e-12)
+}
+
+#[test]
+fn a_bf16_cast_passes_f32_gradients_to_every_master_weight() {
+    use candle_nn::{VarBuilder, VarMap};
+    use tsukuru_model::{init::init_params, LoraSpec, ModelConfig, Transformer};
+    let dev = Device::Cpu;
+    let base = ModelConfig { n_layers: 2, ..ModelConfig::from_depth(2, 64, 32) };
+    let ids = Tensor::from_vec((0..48u32).map(|i| (i * 37 + 5) % 64).collect(), (2, 24), &dev).unwrap();
+    let targets = Tensor::from_vec((0..48u32).map(|i| (i * 11 + 3) % 64).collect(), 48, &dev).unwrap();
+    for (tie, lora) in [(false, false), (true, false), (false, true)] {
+        let cfg = ModelConfig { tie_embeddings: tie, ..base.clone() };
+        let map = init_params(&cfg, 7, DType::F32, &dev).unwrap();
+        let mut model = Transformer::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+        let trained = if lora {
+            let adapters = VarMap::new();
+            model.attach_lora(LoraSpec { rank: 4, alpha: 8.0 }, &adapters, 1).unwrap();
+            adapters
+        } else {
+            map
+        };
+        let cast = model.cast(DType::BF16).unwrap();
+        assert_eq!(cast.dtype(), DType::BF16);
+        let want = model.loss(&ids, &targets, None).unwrap();
+        let got = cast.loss(&ids, &targets, None).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let (w, g) = (want.to_scalar::<f32>().unwrap(), got.to_scalar::<f32>().unwrap());
+        assert!((w - g).abs() < 1e-2 * w, "tie {tie}, lora {lora}: loss {g} vs f32 {w}");
+        let (gw, gg) = (want.backward().unwrap(), got.backward().unwrap());
+        for (name, var) in trained.data().lock().unwrap().iter() {
+            let Some(g) = gg.get(var.as_tensor()) else { panic!("tie {tie}, lora {lora}: no gradient for {name}") };
+            assert_eq!(g.dtype(), DType::F32, "{name}");
+            let w = gw.get(var.as_tensor()).unwrap();
+            // LoRA's A starts with a zero gradient (B is zero): nothing to compare.
+            if w.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0 {
+                assert!(rel_norm(g, w) < 5e-2, "tie {tie}, lora {lora}: {name} off by {}", rel_norm(g, w));
+            }
+        }
+    }
+}

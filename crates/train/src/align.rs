@@ -317,6 +317,7 @@ pub fn align(
         grad_accum: 1,
         clip: cfg.clip,
         max_bad_steps: cfg.max_bad_steps,
+        precision: Default::default(),
     };
     let mut trainer = Trainer::over(named, cfg.adamw, loop_cfg)?;
     let ckpt_root = dir.path().to_path_buf();

@@ -20,7 +20,7 @@ pub mod tunable;
 
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
-pub use trainer::{LoopConfig, NextToken, Objective, StepReport, Trainer};
+pub use trainer::{LoopConfig, NextToken, Objective, Precision, StepReport, Trainer};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]

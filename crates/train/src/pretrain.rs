@@ -11,7 +11,7 @@ pub use crate::job::JobOptions;
 use crate::job::{claim, step_seconds, truncate_metrics, Claim};
 use crate::optim::AdamWConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{LoopConfig, NextToken, Objective, Trainer};
+use crate::trainer::{LoopConfig, NextToken, Objective, Precision, Trainer};
 use crate::TrainError;
 use candle_core::{DType, Device, Var};
 use candle_nn::VarBuilder;
@@ -96,6 +96,9 @@ pub struct PretrainConfig {
     /// Peak FLOP/s of the hardware for the MFU estimate (0: not reported).
     #[serde(default)]
     pub peak_flops: f64,
+    /// What the steps compute in: `float32`, or `bfloat16` (mixed precision, f32 master weights).
+    #[serde(default, skip_serializing_if = "Precision::is_float32")]
+    pub precision: Precision,
 }
 
 impl PretrainConfig {
@@ -145,6 +148,7 @@ impl PretrainConfig {
             grad_accum: self.grad_accum,
             clip: self.clip,
             max_bad_steps: self.max_bad_steps,
+            precision: self.precision,
         }
     }
 }

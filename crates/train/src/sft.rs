@@ -162,6 +162,7 @@ impl SftConfig {
             grad_accum: 1,
             clip: self.clip,
             max_bad_steps: self.max_bad_steps,
+            precision: Default::default(),
         }
     }
 }

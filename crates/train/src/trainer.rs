@@ -6,7 +6,7 @@ use crate::optim::AdamW;
 use crate::schedule::Schedule;
 use crate::TrainError;
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use tsukuru_model::kernels::grad_sink;
 use tsukuru_model::{Packing, Transformer};
@@ -34,6 +34,36 @@ impl Objective for NextToken {
     }
 }
 
+/// The arithmetic a training step computes in. Master weights, gradients and the optimiser's
+/// moments are f32 either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    Float32,
+    /// Mixed precision: each step computes with a bf16 copy of the weights ([`Transformer::cast`]),
+    /// activations and their gradients in bf16; norm statistics, softmaxes and the loss reduce in
+    /// f32, and the weight gradients reach the f32 masters through the cast. bf16 has f32's
+    /// exponent range, so unlike f16 it needs no loss scaling.
+    Bfloat16,
+}
+
+impl Precision {
+    /// The dtype the forward and backward passes compute in.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::Float32 => DType::F32,
+            Precision::Bfloat16 => DType::BF16,
+        }
+    }
+
+    /// True for the default, f32 throughout (configs leave it out, so their fingerprints stay).
+    pub fn is_float32(&self) -> bool {
+        *self == Precision::Float32
+    }
+}
+
 /// Settings of the loop.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +80,9 @@ pub struct LoopConfig {
     pub clip: f64,
     /// Non-finite steps in a row after which training stops with an error.
     pub max_bad_steps: u32,
+    /// What the forward and backward passes compute in.
+    #[serde(default, skip_serializing_if = "Precision::is_float32")]
+    pub precision: Precision,
 }
 
 /// What one optimiser step did.
@@ -132,6 +165,15 @@ impl Trainer {
         next_batch: &mut dyn FnMut() -> Batch,
     ) -> Result<StepReport, TrainError> {
         let accum = self.cfg.grad_accum;
+        // Cast once per step: the weights change only at the optimiser's update.
+        let cast;
+        let model = match self.cfg.precision.compute_dtype() {
+            dtype if dtype == model.dtype() => model,
+            dtype => {
+                cast = model.cast(dtype)?;
+                &cast
+            }
+        };
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0.0;
         for _ in 0..accum {
@@ -140,7 +182,7 @@ impl Trainer {
             // walk (zero-fill and add on one thread); they join candle's store after it.
             let (loss, sink) = grad_sink::collect(|| objective.loss(model, &batch, device));
             let loss = loss?;
-            loss_sum += loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let mut grads = loss.backward()?;
             sink.add_to(&mut grads)?;
             total = Some(match total {

@@ -41,6 +41,7 @@ fn setup(model_cfg: &ModelConfig, seed: u64) -> (VarMap, Transformer, Trainer) {
         grad_accum: 2,
         clip: 1.0,
         max_bad_steps: 3,
+        precision: Default::default(),
     };
     let t = Trainer::new(vars.into_iter().map(|(_, v)| v).collect(), opt, lc).unwrap();
     (map, m, t)
