@@ -8,6 +8,8 @@
 
 pub mod config;
 pub mod gguf;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod init;
 pub mod kernels;
 pub mod lora;

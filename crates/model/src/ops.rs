@@ -45,6 +45,10 @@ pub fn fused(ts: &[&Tensor]) -> bool {
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[x, weight]) {
+        return crate::gpu::rms_norm::rms_norm(x, weight, eps);
+    }
     if fused(&[x, weight]) {
         kernels::rms_norm::rms_norm(x, weight, eps)
     } else {
@@ -55,6 +59,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Rotary embeddings (Llama's half-split convention) of `x (B, H, T, head_dim)` at positions
 /// `start..start + T`, from the tables of [`rope_tables`].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[x]) {
+        return crate::gpu::rope::rope(x, cos, sin, start);
+    }
     if fused(&[x]) {
         kernels::rope::rope(x, cos, sin, start)
     } else {
@@ -77,7 +85,7 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
     if fused(&[gate, up, w]) {
         kernels::swiglu_down::swiglu_down(gate, up, w)
     } else {
-        candle_nn::Linear::new(w.clone(), None).forward(&composite::swiglu(gate, up)?)
+        linear(&swiglu(gate, up)?, w)
     }
 }
 
@@ -119,6 +127,10 @@ pub fn attention(
         }
         p.check(b, t)?;
     }
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[q, k, v]) && crate::gpu::attention::supports_head_dim(q.dim(3)?) {
+        return crate::gpu::attention::attention(q, k, v, scale, start, packing);
+    }
     if fused(&[q, k, v]) {
         kernels::attention::attention(q, k, v, scale, start, packing)
     } else {
@@ -128,6 +140,10 @@ pub fn attention(
 
 /// SwiGLU's gate: `silu(gate) ⊙ up`.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[gate, up]) {
+        return crate::gpu::swiglu::swiglu(gate, up);
+    }
     if fused(&[gate, up]) {
         kernels::swiglu::swiglu(gate, up)
     } else {
@@ -139,6 +155,10 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// (those that are not [`IGNORE`]): the output projection and the loss together, without holding
 /// all the logits on the CPU.
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[h, w]) {
+        return crate::gpu::linear_cross_entropy::linear_cross_entropy(h, w, targets);
+    }
     if fused(&[h, w]) {
         kernels::linear_cross_entropy::linear_cross_entropy(h, w, targets)
     } else {

@@ -1,0 +1,253 @@
+//! Causal attention on the GPU without the `(T × S)` scores (`cuda/attention.cu`, after
+//! FlashAttention-2): the forward keeps each query row's log-sum-exp, the backward recomputes the
+//! probabilities tile by tile (one kernel for dQ, one for dK and dV). Queries, keys and values are
+//! read through their strides; grouped-query heads and packed rows are handled in the kernels.
+//! The output is `(B, T, H · hd)`, ready for the output projection.
+
+use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchConfig, ATTENTION};
+use crate::packing::Packing;
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use std::sync::Mutex;
+
+/// Rows per tile and threads per block, as in the kernels.
+const TILE: usize = 64;
+const THREADS: u32 = 256;
+
+/// Head sizes the kernels are built for.
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+
+struct Attention {
+    scale: f32,
+    start: usize,
+    /// Per position of the batch, where its packed sequence starts (u32 on the device).
+    seg: Option<Tensor>,
+    /// Each query row's log-sum-exp `(B, H, T)`, from the forward.
+    lse: Mutex<Option<Tensor>>,
+}
+
+/// What the kernels take about one operand: its address and its (b, head, position) strides.
+fn operand(s: &CudaStorage, l: &Layout, what: &str) -> Result<[Arg; 4]> {
+    let st = l.stride();
+    if l.dims().len() != 4 || st[3] != 1 {
+        candle_core::bail!(
+            "gpu-attention: {what} {:?} (strides {st:?}) needs 4 dimensions, the last contiguous",
+            l.dims()
+        );
+    }
+    Ok([
+        Arg::Ptr(storage_base(s, l.start_offset(), "gpu-attention")?),
+        Arg::Long(st[0] as i64),
+        Arg::Long(st[1] as i64),
+        Arg::Long(st[2] as i64),
+    ])
+}
+
+/// Shared memory for `tiles` tiles of 64 rows of `hd` f32 (rows padded by 4) plus `extra` floats.
+fn shared(hd: usize, tiles: usize, extra: usize) -> u32 {
+    ((tiles * TILE * (hd + 4) + extra) * 4) as u32
+}
+
+impl Attention {
+    /// Sizes `(b, h, kv, t, s, hd)` from the operands' shapes, checked.
+    fn sizes(&self, q: &Shape, k: &Shape, v: &Shape) -> Result<(usize, usize, usize, usize, usize, usize)> {
+        let (b, h, t, hd) = q.dims4()?;
+        let (bk, kv, s, hdk) = k.dims4()?;
+        if (bk, hdk) != (b, hd) || k != v || kv == 0 || h % kv != 0 || !HEAD_DIMS.contains(&hd) || s < self.start + t {
+            candle_core::bail!("gpu-attention: q {q:?}, k {k:?} and v {v:?} do not fit (start {})", self.start);
+        }
+        Ok((b, h, kv, t, s, hd))
+    }
+
+    fn seg_arg(&self) -> Result<Arg> {
+        Ok(Arg::Ptr(match &self.seg {
+            Some(s) => ptr(s, "gpu-attention")?,
+            None => 0,
+        }))
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "gpu-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gpu-attention runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &CudaStorage,
+        lq: &Layout,
+        k: &CudaStorage,
+        lk: &Layout,
+        v: &CudaStorage,
+        lv: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (b, h, kv, t, s, hd) = self.sizes(lq.shape(), lk.shape(), lv.shape())?;
+        let dev = &q.device;
+        let shape = Shape::from((b, t, h * hd));
+        let o = alloc(dev, &shape, q.dtype())?;
+        let lse = output(dev, (b, h, t), DType::F32)?;
+        let [qp, qb, qh, qt] = operand(q, lq, "q")?;
+        let [kp, kb, kh, kt] = operand(k, lk, "k")?;
+        let [vp, vb, vh, vt] = operand(v, lv, "v")?;
+        let args = [
+            qp,
+            kp,
+            vp,
+            Arg::Ptr(storage_base(&o, 0, self.name())?),
+            Arg::Ptr(ptr(&lse, self.name())?),
+            self.seg_arg()?,
+            int(h, "heads")?,
+            int(kv, "kv heads")?,
+            int(t, "queries")?,
+            int(s, "keys")?,
+            int(self.start, "start")?,
+            Arg::Float(self.scale),
+            qb,
+            qh,
+            qt,
+            kb,
+            kh,
+            kt,
+            vb,
+            vh,
+            vt,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(TILE) as u32, (b * h) as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared(hd, 3, 0),
+        };
+        launch(dev, &ATTENTION, &format!("attention_fwd_hd{hd}"), q.dtype(), cfg, &args)?;
+        *self.lse.lock().expect("not poisoned") = Some(lse);
+        Ok((o, shape))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = "gpu-attention backward";
+        let Some(lse) = self.lse.lock().expect("not poisoned").clone() else {
+            candle_core::bail!("{name}: backward before forward")
+        };
+        let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
+        let dev = device(q)?;
+        let dtype = q.dtype();
+        let dout = grad.contiguous()?;
+        // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32.
+        let dsum =
+            (dout.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?.reshape((b, t, h, hd))?.sum(3)?.contiguous()?;
+        let (dq, dk, dv) = (
+            output(&dev, (b, h, t, hd), dtype)?,
+            output(&dev, (b, kv, s, hd), dtype)?,
+            output(&dev, (b, kv, s, hd), dtype)?,
+        );
+        let strided = |x: &Tensor, what: &str| -> Result<[Arg; 4]> {
+            let (st, l) = x.storage_and_layout();
+            match &*st {
+                Storage::Cuda(c) => operand(c, l, what),
+                _ => candle_core::bail!("{name}: {what} is not on a CUDA device"),
+            }
+        };
+        let sizes = || -> Result<[Arg; 6]> {
+            Ok([
+                int(h, "heads")?,
+                int(kv, "kv heads")?,
+                int(t, "queries")?,
+                int(s, "keys")?,
+                int(self.start, "start")?,
+                Arg::Float(self.scale),
+            ])
+        };
+        let common = || -> Result<Vec<Arg>> {
+            let [qp, ..] = strided(q, "q")?;
+            let [kp, ..] = strided(k, "k")?;
+            let [vp, ..] = strided(v, "v")?;
+            Ok(vec![
+                qp,
+                kp,
+                vp,
+                Arg::Ptr(ptr(&dout, name)?),
+                Arg::Ptr(ptr(&lse, name)?),
+                Arg::Ptr(ptr(&dsum, name)?),
+                self.seg_arg()?,
+            ])
+        };
+        let strides = || -> Result<Vec<Arg>> {
+            let mut out = Vec::new();
+            for (x, what) in [(q, "q"), (k, "k"), (v, "v")] {
+                let [_, sb, sh, st] = strided(x, what)?;
+                out.extend([sb, sh, st]);
+            }
+            Ok(out)
+        };
+        let mut args = common()?;
+        args.push(Arg::Ptr(ptr(&dq, name)?));
+        args.extend(sizes()?);
+        args.extend(strides()?);
+        let cfg = LaunchConfig {
+            grid_dim: (t.div_ceil(TILE) as u32, (b * h) as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared(hd, 4, 0),
+        };
+        launch(&dev, &ATTENTION, &format!("attention_bwd_dq_hd{hd}"), dtype, cfg, &args)?;
+        let mut args = common()?;
+        args.extend([Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)]);
+        args.extend(sizes()?);
+        args.extend(strides()?);
+        let cfg = LaunchConfig {
+            grid_dim: (s.div_ceil(TILE) as u32, (b * kv) as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: shared(hd, 4, 2 * TILE),
+        };
+        launch(&dev, &ATTENTION, &format!("attention_bwd_dkv_hd{hd}"), dtype, cfg, &args)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// True when the kernels take this head size.
+pub fn supports_head_dim(hd: usize) -> bool {
+    HEAD_DIMS.contains(&hd)
+}
+
+/// Causal attention of q `(B, H, T, hd)` against k and v `(B, KV, S, hd)` (any strides with the
+/// last dimension contiguous, hd in [`HEAD_DIMS`], one dtype), the queries at positions
+/// `start..start + T`, kept within their packed sequences with `packing`; `(B, T, H · hd)`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    start: usize,
+    packing: Option<&Packing>,
+) -> Result<Tensor> {
+    if q.dtype() != k.dtype() || q.dtype() != v.dtype() {
+        candle_core::bail!(
+            "gpu attention: q, k and v differ in dtype ({:?}, {:?}, {:?})",
+            q.dtype(),
+            k.dtype(),
+            v.dtype()
+        );
+    }
+    let last = |x: &Tensor| if x.stride().last() == Some(&1) { Ok(x.clone()) } else { x.contiguous() };
+    let seg = packing.map(|p| Tensor::from_slice(&p.starts(), p.batch() * p.seq(), q.device())).transpose()?;
+    let op = Attention { scale: scale as f32, start, seg, lse: Mutex::new(None) };
+    last(q)?.apply_op3(&last(k)?, &last(v)?, op)
+}

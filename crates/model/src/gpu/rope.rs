@@ -1,0 +1,84 @@
+//! Rotary embeddings on the GPU (`cuda/rope.cu`). The input is read through its strides, so the
+//! projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy; the output is
+//! contiguous. The backward is the rotation by the opposite angle.
+
+use super::{alloc, elementwise, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    start: usize,
+}
+
+impl Rope {
+    /// `x` (its storage as `l` describes it, last dimension contiguous) rotated by `sign` times the
+    /// tables' angles, into new contiguous storage.
+    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32) -> Result<CudaStorage> {
+        let name = "gpu-rope";
+        let (b, h, t, hd) = l.shape().dims4()?;
+        let (rows, half) = self.cos.dims2()?;
+        let st = l.stride();
+        if hd != 2 * half || self.start + t > rows || st[3] != 1 {
+            candle_core::bail!(
+                "{name}: x {:?} (strides {st:?}) does not fit tables {:?} at start {}",
+                l.dims(),
+                self.cos.dims(),
+                self.start
+            );
+        }
+        let dtype = x.dtype();
+        let (cos, sin) = (self.cos.to_dtype(dtype)?.contiguous()?, self.sin.to_dtype(dtype)?.contiguous()?);
+        let y = alloc(&x.device, l.shape(), dtype)?;
+        let pairs = b * h * t * half;
+        let args = [
+            Arg::Ptr(storage_base(x, l.start_offset(), name)?),
+            Arg::Ptr(ptr(&cos, name)?),
+            Arg::Ptr(ptr(&sin, name)?),
+            Arg::Ptr(storage_ptr(&y, &Layout::contiguous(l.shape()), name)?),
+            int(h, "heads")?,
+            int(t, "positions")?,
+            int(hd, "head_dim")?,
+            Arg::Long(st[0] as i64),
+            Arg::Long(st[1] as i64),
+            Arg::Long(st[2] as i64),
+            int(self.start, "start")?,
+            Arg::Float(sign),
+            Arg::Count(pairs as u64),
+        ];
+        launch(&x.device, &ROPE, "rope", dtype, elementwise(pairs), &args)?;
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "gpu-rope"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gpu-rope runs on CUDA tensors only")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((self.rotate(x, l, 1.0)?, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = if grad.stride().last() == Some(&1) { grad.clone() } else { grad.contiguous()? };
+        let (s, l) = grad.storage_and_layout();
+        let Storage::Cuda(g) = &*s else { candle_core::bail!("gpu-rope: gradient not on a CUDA device") };
+        let dx = self.rotate(g, l, -1.0)?;
+        Ok(Some(Tensor::from_storage(Storage::Cuda(dx), grad.shape().clone(), BackpropOp::none(), false)))
+    }
+}
+
+/// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions
+/// `start..start + T`, from the tables of [`crate::ops::rope_tables`], on a CUDA device.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    let x = if x.stride().last() == Some(&1) { x.clone() } else { x.contiguous()? };
+    x.apply_op1(Rope { cos: cos.clone(), sin: sin.clone(), start })
+}

@@ -1,0 +1,175 @@
+//! The fused GPU kernels against the composite ops, on a CUDA device (this file builds only with
+//! the `cuda` feature and fails without a GPU). Each check draws fresh random inputs, runs the
+//! kernel with its outputs poisoned (NaN before the launch, so an unwritten element fails), and
+//! compares value and gradients with the composite computed in f32 on the same (rounded) inputs:
+//! ‖fused − reference‖ / ‖reference‖ under 1e-5 for f32 storage and 1e-2 for bf16.
+#![cfg(feature = "cuda")]
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use tsukuru_model::gpu;
+use tsukuru_model::ops::composite;
+
+fn device() -> Device {
+    gpu::set_poison(true);
+    Device::new_cuda(0).expect("these checks need a CUDA device")
+}
+
+/// ‖a − b‖ / ‖b‖ in f64 (NaN when either holds a NaN, which fails every bound).
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f32> = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(&b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    if dtype == DType::BF16 {
+        1e-2
+    } else {
+        1e-5
+    }
+}
+
+/// Runs `fused` on the inputs in `dtype` and `reference` on the same values in f32, and compares
+/// the outputs and the gradients of `Σ out ⊙ r` (r random) with respect to every input.
+fn check(
+    what: &str,
+    dtype: DType,
+    inputs: &[Tensor],
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    reference: impl Fn(&[Tensor]) -> Result<Tensor>,
+) {
+    let dev = device();
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(&t.to_device(&dev).unwrap().to_dtype(dtype).unwrap()).unwrap())
+        .collect();
+    let refs: Vec<Var> =
+        vars.iter().map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap()).collect();
+    let out = fused(&vars.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>()).unwrap();
+    let want = reference(&refs.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>()).unwrap();
+    assert_eq!(out.dims(), want.dims(), "{what}: shape");
+    let e = rel(&out, &want);
+    assert!(e < tolerance(dtype), "{what} ({dtype:?}): output off by {e:.2e}");
+    let r = Tensor::randn(0f32, 1.0, out.shape(), &dev).unwrap();
+    let g = (out.to_dtype(DType::F32).unwrap() * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gw = (want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, (v, rv)) in vars.iter().zip(&refs).enumerate() {
+        let (a, b) = (g.get(v.as_tensor()), gw.get(rv.as_tensor()));
+        let (Some(a), Some(b)) = (a, b) else { panic!("{what}: input {i} has no gradient") };
+        let e = rel(a, b);
+        assert!(e < tolerance(dtype), "{what} ({dtype:?}): gradient of input {i} off by {e:.2e}");
+    }
+}
+
+fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn rms_norm_matches_the_composite() {
+    for dtype in [DType::F32, DType::BF16] {
+        for (rows, d) in [(7, 64), (300, 768), (33, 2048 + 96)] {
+            let w = randn(&[d]).affine(0.2, 1.0).unwrap();
+            check(
+                &format!("rms_norm {rows}×{d}"),
+                dtype,
+                &[randn(&[rows, d]), w],
+                |t| gpu::rms_norm::rms_norm(&t[0], &t[1], 1e-5),
+                |t| composite::rms_norm(&t[0], &t[1], 1e-5),
+            );
+        }
+    }
+}
+
+#[test]
+fn swiglu_matches_the_composite() {
+    for dtype in [DType::F32, DType::BF16] {
+        for shape in [[3, 5, 7], [4, 256, 2048]] {
+            check(
+                &format!("swiglu {shape:?}"),
+                dtype,
+                &[randn(&shape), randn(&shape)],
+                |t| gpu::swiglu::swiglu(&t[0], &t[1]),
+                |t| composite::swiglu(&t[0], &t[1]),
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_matches_the_composite_on_transposed_views() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        for (b, t, h, hd, start) in [(2, 5, 3, 8, 0), (2, 300, 4, 64, 0), (1, 7, 2, 128, 100)] {
+            let (cos, sin) = composite::rope_tables(hd, 512, 10_000.0, dtype, &dev).unwrap();
+            let (cos32, sin32) = (cos.to_dtype(DType::F32).unwrap(), sin.to_dtype(DType::F32).unwrap());
+            // As the attention calls it: the projection's (B, T, H, hd) output seen as (B, H, T, hd).
+            check(
+                &format!("rope b{b} t{t} h{h} hd{hd} start {start}"),
+                dtype,
+                &[randn(&[b, t, h, hd])],
+                |x| gpu::rope::rope(&x[0].transpose(1, 2)?, &cos, &sin, start),
+                |x| composite::rope(&x[0].transpose(1, 2)?, &cos32, &sin32, start),
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_cross_entropy_matches_the_composite() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        // 40,000 rows at 4,096 words take several chunks; one target in seven ignored.
+        for (n, d, v) in [(9, 16, 50), (40_000, 64, 4096)] {
+            let ids: Vec<u32> = (0..n as u32)
+                .map(|i| if i % 7 == 3 { u32::MAX } else { i.wrapping_mul(2_654_435_761) % v as u32 })
+                .collect();
+            let targets = Tensor::from_vec(ids, n, &dev).unwrap();
+            check(
+                &format!("linear_cross_entropy n{n} d{d} v{v}"),
+                dtype,
+                &[randn(&[n, d]), randn(&[v, d]).affine(0.1, 0.0).unwrap()],
+                |t| gpu::linear_cross_entropy::linear_cross_entropy(&t[0], &t[1], &targets),
+                |t| composite::cross_entropy(&t[0].matmul(&t[1].t()?)?, &targets),
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_matches_the_composite() {
+    use tsukuru_model::packing::Packing;
+    // (B, H, KV, T, S, hd, start, packed): whole sequences, grouped heads, a ragged last tile,
+    // queries after a cache, packed rows.
+    let cases = [
+        (2, 4, 4, 64, 64, 64, 0, false),
+        (2, 6, 2, 200, 200, 64, 0, false),
+        (1, 4, 1, 77, 77, 128, 0, false),
+        (1, 2, 2, 5, 150, 64, 145, false),
+        (2, 4, 2, 130, 130, 64, 0, true),
+    ];
+    for dtype in [DType::F32, DType::BF16] {
+        for (b, h, kv, t, s, hd, start, packed) in cases {
+            let packing = packed.then(|| Packing::from_lengths(t, &[vec![60, 1, 50], vec![t]]).unwrap());
+            let scale = 1.0 / (hd as f64).sqrt();
+            // Queries as the model makes them (contiguous after RoPE); keys and values as transposed
+            // views of the projections' (B, S, KV, hd) output.
+            check(
+                &format!("attention b{b} h{h} kv{kv} t{t} s{s} hd{hd} start {start} packed {packed}"),
+                dtype,
+                &[randn(&[b, h, t, hd]), randn(&[b, s, kv, hd]), randn(&[b, s, kv, hd])],
+                |x| {
+                    let (k, v) = (x[1].transpose(1, 2)?, x[2].transpose(1, 2)?);
+                    gpu::attention::attention(&x[0], &k, &v, scale, start, packing.as_ref())
+                },
+                |x| {
+                    let (k, v) = (x[1].transpose(1, 2)?, x[2].transpose(1, 2)?);
+                    composite::attention(&x[0], &k, &v, scale, start, packing.as_ref())
+                },
+            );
+        }
+    }
+}
