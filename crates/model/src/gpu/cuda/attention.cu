@@ -94,7 +94,7 @@ __device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int
 template <typename T, int HD>
 __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, const unsigned* seg, int heads,
                         int kv_heads, int t, int s, int start, float scale, Strides qs, Strides ks, Strides vs) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sq = smem, *sk = sq + TILE * LD, *sv = sk + TILE * LD;
     const int r = threadIdx.x >> 2, j = threadIdx.x & 3;
@@ -150,7 +150,7 @@ template <typename T, int HD>
 __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                             const unsigned* seg, T* dq, int heads, int kv_heads, int t, int s, int start, float scale,
                             Strides qs, Strides ks, Strides vs) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sq = smem, *sdo = sq + TILE * LD, *sk = sdo + TILE * LD, *sv = sk + TILE * LD;
     const int r = threadIdx.x >> 2, j = threadIdx.x & 3;
@@ -194,7 +194,7 @@ template <typename T, int HD>
 __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                              const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start,
                              float scale, Strides qs, Strides ks, Strides vs) {
-    extern __shared__ float smem[];
+    DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sk = smem, *sv = sk + TILE * LD, *sq = sv + TILE * LD, *sdo = sq + TILE * LD;
     float* slse = sdo + TILE * LD;

@@ -44,5 +44,10 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(lane < warps ? scratch[lane] : -INFINITY);
 }
 
+// The block's dynamic shared memory as f32 (a host emulation of the kernels defines it otherwise).
+#ifndef DYNAMIC_SHARED
+#define DYNAMIC_SHARED(name) extern __shared__ float name[]
+#endif
+
 // One extern "C" entry point per storage type for a kernel template: NAME_f32 and NAME_bf16.
 #define FOR_EACH_TYPE(MACRO) MACRO(float, f32) MACRO(__nv_bfloat16, bf16)

@@ -1,0 +1,350 @@
+// Checks the kernels of src/gpu/cuda, compiled for the host with host.h, against direct f64
+// computations: RMSNorm, SwiGLU, RoPE, cross-entropy and attention (forward and backward, grouped
+// heads, packed rows, queries after a cache, a ragged last tile), in f32 and bf16 storage, on
+// fresh random inputs (the seed is printed), with outputs poisoned (NaN) before each launch.
+// Prints one line per check and exits non-zero on the first failure.
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+thread_local dim3 threadIdx, blockIdx;
+dim3 blockDim, gridDim;
+EmuBlock emu_block;
+
+using bf16 = __nv_bfloat16;
+using u64 = unsigned long long;
+using ll = long long;
+
+#define DECLARE(T, S)                                                                                    \
+    extern "C" void rms_norm_fwd_##S(const T*, const T*, T*, float*, int, float);                        \
+    extern "C" void rms_norm_bwd_dx_##S(const T*, const T*, const T*, const float*, T*, int);            \
+    extern "C" void rms_norm_bwd_dw_partial_##S(const T*, const T*, const float*, float*, int, int);      \
+    extern "C" void rms_norm_bwd_dw_sum_##S(const float*, T*, int, int);                                 \
+    extern "C" void swiglu_fwd_##S(const T*, const T*, T*, u64);                                         \
+    extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, u64);                           \
+    extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, int, float, u64); \
+    extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, int);                \
+    extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
+                                           int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
+    extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
+                                              const float*, const unsigned*, T*, int, int, int, int, int, \
+                                              float, ll, ll, ll, ll, ll, ll, ll, ll, ll);                 \
+    extern "C" void attention_bwd_dkv_hd64_##S(const T*, const T*, const T*, const T*, const float*,      \
+                                               const float*, const unsigned*, T*, T*, int, int, int, int, \
+                                               int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll);           \
+    extern "C" void attention_fwd_hd128_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int, \
+                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
+    extern "C" void attention_bwd_dq_hd128_##S(const T*, const T*, const T*, const T*, const float*,      \
+                                               const float*, const unsigned*, T*, int, int, int, int, int, \
+                                               float, ll, ll, ll, ll, ll, ll, ll, ll, ll);                \
+    extern "C" void attention_bwd_dkv_hd128_##S(const T*, const T*, const T*, const T*, const float*,     \
+                                                const float*, const unsigned*, T*, T*, int, int, int, int, \
+                                                int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll);
+DECLARE(float, f32)
+DECLARE(bf16, bf16)
+
+// The attention kernels for a storage type and head size.
+template <typename T, int HD> struct Kernels;
+#define KERNELS(T, S, HD)                                                                                \
+    template <> struct Kernels<T, HD> {                                                                  \
+        static constexpr auto fwd = attention_fwd_hd##HD##_##S;                                          \
+        static constexpr auto dq = attention_bwd_dq_hd##HD##_##S;                                        \
+        static constexpr auto dkv = attention_bwd_dkv_hd##HD##_##S;                                      \
+    };
+KERNELS(float, f32, 64)
+KERNELS(float, f32, 128)
+KERNELS(bf16, bf16, 64)
+KERNELS(bf16, bf16, 128)
+
+static std::mt19937_64 rng;
+
+float val(float x) { return x; }
+float val(bf16 x) { return __bfloat162float(x); }
+template <typename T> T make(float x);
+template <> float make<float>(float x) { return x; }
+template <> bf16 make<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// n values drawn from N(mean, sd), stored as T; `ref` gets the stored (rounded) values.
+template <typename T> std::vector<T> randn(size_t n, std::vector<double>& ref, double mean = 0, double sd = 1) {
+    std::normal_distribution<double> d(mean, sd);
+    std::vector<T> out(n);
+    ref.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+        out[i] = make<T>(float(d(rng)));
+        ref[i] = val(out[i]);
+    }
+    return out;
+}
+
+template <typename T> std::vector<T> poisoned(size_t n) { return std::vector<T>(n, make<T>(NAN)); }
+
+static int failures = 0;
+
+// ‖got − want‖ / ‖want‖ under tol, else a failure; NaN (an unwritten element) always fails.
+template <typename T> void expect(const char* what, const std::string& kind, const std::vector<T>& got,
+                                  const std::vector<double>& want, double tol) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+        const double g = val(got[i]);
+        num += (g - want[i]) * (g - want[i]);
+        den += want[i] * want[i];
+    }
+    const double rel = std::sqrt(num / std::max(den, 1e-300));
+    const bool ok = rel < tol;
+    std::printf("%-4s %-46s %-5s rel %.2e (bound %.0e)\n", ok ? "ok" : "FAIL", what, kind.c_str(), rel, tol);
+    if (!ok) ++failures;
+}
+
+template <typename T> double tolerance() { return sizeof(T) == 4 ? 1e-5 : 1e-2; }
+template <typename T> std::string kind() { return sizeof(T) == 4 ? "f32" : "bf16"; }
+
+template <typename T> void rms_norm(int rows, int d) {
+    std::vector<double> x, w, g;
+    auto xs = randn<T>(size_t(rows) * d, x);
+    auto ws = randn<T>(d, w, 1.0, 0.2);
+    auto gs = randn<T>(size_t(rows) * d, g);
+    const float eps = 1e-5f;
+    std::vector<double> y(x.size()), dx(x.size()), dw(d, 0.0);
+    for (int r = 0; r < rows; ++r) {
+        double ss = 0, inner = 0;
+        for (int i = 0; i < d; ++i) ss += x[r * d + i] * x[r * d + i];
+        const double inv = 1 / std::sqrt(ss / d + eps);
+        for (int i = 0; i < d; ++i) {
+            y[r * d + i] = x[r * d + i] * inv * w[i];
+            inner += x[r * d + i] * w[i] * g[r * d + i];
+            dw[i] += g[r * d + i] * x[r * d + i] * inv;
+        }
+        for (int i = 0; i < d; ++i)
+            dx[r * d + i] = inv * (w[i] * g[r * d + i] - x[r * d + i] * inner * inv * inv / d);
+    }
+    auto ys = poisoned<T>(x.size()), dxs = poisoned<T>(x.size()), dws = poisoned<T>(d);
+    std::vector<float> inv(rows, NAN);
+    const unsigned threads = std::min(1024u, std::max(32u, unsigned((d + 31) / 32 * 32)));
+    const int groups = std::min(128, std::max(1, (rows + 7) / 8));
+    std::vector<float> partial(size_t(groups) * d, NAN);
+    if constexpr (sizeof(T) == 4) {
+        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_fwd_f32(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
+        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_bwd_dx_f32(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
+        emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { rms_norm_bwd_dw_partial_f32(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
+        emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { rms_norm_bwd_dw_sum_f32(partial.data(), dws.data(), groups, d); });
+    } else {
+        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_fwd_bf16(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
+        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_bwd_dx_bf16(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
+        emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { rms_norm_bwd_dw_partial_bf16(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
+        emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { rms_norm_bwd_dw_sum_bf16(partial.data(), dws.data(), groups, d); });
+    }
+    const std::string what = "rms_norm " + std::to_string(rows) + "x" + std::to_string(d);
+    expect((what + " y").c_str(), kind<T>(), ys, y, tolerance<T>());
+    expect((what + " dx").c_str(), kind<T>(), dxs, dx, tolerance<T>());
+    expect((what + " dw").c_str(), kind<T>(), dws, dw, tolerance<T>());
+}
+
+template <typename T> void swiglu(size_t n) {
+    std::vector<double> a, b, g;
+    auto as = randn<T>(n, a), bs = randn<T>(n, b), gs = randn<T>(n, g);
+    std::vector<double> h(n), da(n), db(n);
+    for (size_t i = 0; i < n; ++i) {
+        const double s = 1 / (1 + std::exp(-a[i]));
+        h[i] = a[i] * s * b[i];
+        da[i] = g[i] * b[i] * s * (1 + a[i] * (1 - s));
+        db[i] = g[i] * a[i] * s;
+    }
+    auto hs = poisoned<T>(n), das = poisoned<T>(n), dbs = poisoned<T>(n);
+    const unsigned blocks = unsigned(std::min<size_t>((n + 255) / 256, 3));  // grid-stride loops cover the rest
+    if constexpr (sizeof(T) == 4) {
+        emu_launch({blocks}, {256}, 0, [&] { swiglu_fwd_f32(as.data(), bs.data(), hs.data(), n); });
+        emu_launch({blocks}, {256}, 0, [&] { swiglu_bwd_f32(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
+    } else {
+        emu_launch({blocks}, {256}, 0, [&] { swiglu_fwd_bf16(as.data(), bs.data(), hs.data(), n); });
+        emu_launch({blocks}, {256}, 0, [&] { swiglu_bwd_bf16(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
+    }
+    const std::string what = "swiglu n" + std::to_string(n);
+    expect((what + " h").c_str(), kind<T>(), hs, h, tolerance<T>());
+    expect((what + " da").c_str(), kind<T>(), das, da, tolerance<T>());
+    expect((what + " db").c_str(), kind<T>(), dbs, db, tolerance<T>());
+}
+
+// x stored (B, T, H, hd) and read as (B, H, T, hd) through strides, as the model calls it.
+template <typename T> void rope(int b, int t, int h, int hd, int start) {
+    const int half = hd / 2, rows = start + t + 3;
+    std::vector<double> x, cosr(size_t(rows) * half), sinr(size_t(rows) * half);
+    auto xs = randn<T>(size_t(b) * t * h * hd, x);
+    std::vector<T> cs(cosr.size()), ss(sinr.size());
+    for (int p = 0; p < rows; ++p)
+        for (int i = 0; i < half; ++i) {
+            const double a = p * std::pow(10000.0, -2.0 * i / hd);
+            cs[p * half + i] = make<T>(float(std::cos(a)));
+            ss[p * half + i] = make<T>(float(std::sin(a)));
+            cosr[p * half + i] = val(cs[p * half + i]);
+            sinr[p * half + i] = val(ss[p * half + i]);
+        }
+    std::vector<double> fwd(x.size()), back(x.size());
+    for (int bi = 0; bi < b; ++bi)
+        for (int hi = 0; hi < h; ++hi)
+            for (int p = 0; p < t; ++p)
+                for (int i = 0; i < half; ++i) {
+                    const size_t in = ((size_t(bi) * t + p) * h + hi) * hd, out = ((size_t(bi) * h + hi) * t + p) * hd;
+                    const double c = cosr[(start + p) * half + i], s = sinr[(start + p) * half + i];
+                    const double x1 = x[in + i], x2 = x[in + i + half];
+                    fwd[out + i] = x1 * c - x2 * s;
+                    fwd[out + i + half] = x2 * c + x1 * s;
+                    back[out + i] = x1 * c + x2 * s;
+                    back[out + i + half] = x2 * c - x1 * s;
+                }
+    const u64 pairs = u64(b) * h * t * half;
+    const ll sb = ll(t) * h * hd, sh = hd, st = ll(h) * hd;
+    for (float sign : {1.f, -1.f}) {
+        auto ys = poisoned<T>(x.size());
+        if constexpr (sizeof(T) == 4)
+            emu_launch({2}, {256}, 0, [&] { rope_f32(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
+        else
+            emu_launch({2}, {256}, 0, [&] { rope_bf16(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
+        const std::string what = "rope b" + std::to_string(b) + " t" + std::to_string(t) + " h" + std::to_string(h) +
+                                 " hd" + std::to_string(hd) + " start " + std::to_string(start) + (sign > 0 ? " fwd" : " bwd");
+        expect(what.c_str(), kind<T>(), ys, sign > 0 ? fwd : back, tolerance<T>());
+    }
+}
+
+template <typename T> void cross_entropy(int n, int v) {
+    std::vector<double> x;
+    auto xs = randn<T>(size_t(n) * v, x, 0, 3);
+    std::vector<unsigned> targets(n);
+    int scored = 0;
+    for (int i = 0; i < n; ++i) {
+        targets[i] = i % 5 == 2 ? 0xFFFFFFFFu : unsigned(rng() % v);
+        scored += targets[i] != 0xFFFFFFFFu;
+    }
+    const double scale = 1.0 / scored;
+    std::vector<double> loss(n), grad(x.size());
+    for (int i = 0; i < n; ++i) {
+        double m = -INFINITY, s = 0;
+        for (int j = 0; j < v; ++j) m = std::max(m, x[size_t(i) * v + j]);
+        for (int j = 0; j < v; ++j) s += std::exp(x[size_t(i) * v + j] - m);
+        const double lse = m + std::log(s);
+        const bool ignored = targets[i] == 0xFFFFFFFFu;
+        loss[i] = ignored ? 0 : lse - x[size_t(i) * v + targets[i]];
+        for (int j = 0; j < v; ++j)
+            grad[size_t(i) * v + j] =
+                ignored ? 0 : (std::exp(x[size_t(i) * v + j] - lse) - (j == int(targets[i]))) * scale;
+    }
+    std::vector<float> ls(n, NAN);
+    if constexpr (sizeof(T) == 4)
+        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_f32(xs.data(), targets.data(), ls.data(), v, float(scale), 1); });
+    else
+        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_bf16(xs.data(), targets.data(), ls.data(), v, float(scale), 1); });
+    const std::string what = "cross_entropy n" + std::to_string(n) + " v" + std::to_string(v);
+    expect((what + " loss").c_str(), kind<T>(), ls, loss, tolerance<T>());
+    expect((what + " grad").c_str(), kind<T>(), xs, grad, tolerance<T>());
+}
+
+// Attention: q (B, H, T, hd) contiguous; k and v stored (B, S, KV, hd), read as (B, KV, S, hd).
+template <typename T, int HD> void attention(int b, int h, int kv, int t, int s, int start, bool packed) {
+    std::vector<double> q, k, v, dout;
+    auto qs = randn<T>(size_t(b) * h * t * HD, q);
+    auto ks = randn<T>(size_t(b) * s * kv * HD, k);
+    auto vs = randn<T>(size_t(b) * s * kv * HD, v);
+    auto dos = randn<T>(size_t(b) * t * h * HD, dout);  // (B, T, H, hd)
+    std::vector<unsigned> seg;
+    if (packed) {
+        for (int bi = 0; bi < b; ++bi)
+            for (int i = 0; i < t; ++i) seg.push_back(bi == 0 ? (i < 60 ? 0 : i < 61 ? 60 : i < 111 ? 61 : 111) : 0);
+    }
+    const double scale = 1 / std::sqrt(double(HD));
+    const int group = h / kv;
+    auto Q = [&](int bi, int hi, int i, int d) { return q[((size_t(bi) * h + hi) * t + i) * HD + d]; };
+    auto K = [&](int bi, int g, int j, int d) { return k[((size_t(bi) * s + j) * kv + g) * HD + d]; };
+    auto V = [&](int bi, int g, int j, int d) { return v[((size_t(bi) * s + j) * kv + g) * HD + d]; };
+    auto DO = [&](int bi, int hi, int i, int d) { return dout[((size_t(bi) * t + i) * h + hi) * HD + d]; };
+    auto sees = [&](int bi, int i, int j) { return j <= start + i && (!packed || j >= int(seg[size_t(bi) * t + i])); };
+    std::vector<double> o(size_t(b) * t * h * HD), lse(size_t(b) * h * t), dq(q.size(), 0.0), dk(k.size(), 0.0),
+        dv(v.size(), 0.0);
+    std::vector<float> dsum(size_t(b) * t * h);
+    for (int bi = 0; bi < b; ++bi)
+        for (int hi = 0; hi < h; ++hi) {
+            const int g = hi / group;
+            for (int i = 0; i < t; ++i) {
+                std::vector<double> p(s, 0.0), dp(s, 0.0);
+                double m = -INFINITY, z = 0;
+                for (int j = 0; j < s; ++j) {
+                    if (!sees(bi, i, j)) continue;
+                    double dot = 0;
+                    for (int d = 0; d < HD; ++d) dot += Q(bi, hi, i, d) * K(bi, g, j, d);
+                    p[j] = dot * scale;
+                    m = std::max(m, p[j]);
+                }
+                for (int j = 0; j < s; ++j) z += sees(bi, i, j) ? std::exp(p[j] - m) : 0;
+                lse[(size_t(bi) * h + hi) * t + i] = m + std::log(z);
+                for (int j = 0; j < s; ++j) p[j] = sees(bi, i, j) ? std::exp(p[j] - m) / z : 0;
+                double dsi = 0;
+                for (int d = 0; d < HD; ++d) {
+                    double acc = 0;
+                    for (int j = 0; j < s; ++j) acc += p[j] * V(bi, g, j, d);
+                    o[((size_t(bi) * t + i) * h + hi) * HD + d] = acc;
+                    dsi += acc * DO(bi, hi, i, d);
+                }
+                dsum[(size_t(bi) * t + i) * h + hi] = float(dsi);
+                for (int j = 0; j < s; ++j) {
+                    for (int d = 0; d < HD; ++d) dp[j] += DO(bi, hi, i, d) * V(bi, g, j, d);
+                    const double ds = p[j] * (dp[j] - dsi);
+                    for (int d = 0; d < HD; ++d) {
+                        dq[((size_t(bi) * h + hi) * t + i) * HD + d] += scale * ds * K(bi, g, j, d);
+                        dk[((size_t(bi) * kv + g) * s + j) * HD + d] += scale * ds * Q(bi, hi, i, d);
+                        dv[((size_t(bi) * kv + g) * s + j) * HD + d] += p[j] * DO(bi, hi, i, d);
+                    }
+                }
+            }
+        }
+    auto os = poisoned<T>(o.size()), dqs = poisoned<T>(q.size()), dks = poisoned<T>(k.size()), dvs = poisoned<T>(v.size());
+    std::vector<float> lses(lse.size(), NAN);
+    const unsigned* sp = packed ? seg.data() : nullptr;
+    const ll qb = ll(h) * t * HD, qh = ll(t) * HD, qt = HD, kb = ll(s) * kv * HD, kh = HD, kt = ll(kv) * HD;
+    const float sc = float(scale);
+    const unsigned qtiles = unsigned((t + 63) / 64), ktiles = unsigned((s + 63) / 64);
+    const size_t tile = 64 * (HD + 4) * 4;
+    using K_ = Kernels<T, HD>;
+    emu_launch({qtiles, unsigned(b * h)}, {256}, 3 * tile, [&] {
+        K_::fwd(qs.data(), ks.data(), vs.data(), os.data(), lses.data(), sp, h, kv, t, s, start, sc, qb, qh, qt, kb, kh,
+                kt, kb, kh, kt);
+    });
+    emu_launch({qtiles, unsigned(b * h)}, {256}, 4 * tile, [&] {
+        K_::dq(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dqs.data(), h, kv, t, s, start,
+               sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
+    });
+    emu_launch({ktiles, unsigned(b * kv)}, {256}, 4 * tile + 2 * 64 * 4, [&] {
+        K_::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks.data(), dvs.data(), h, kv, t,
+                s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
+    });
+    char what[96];
+    std::snprintf(what, sizeof what, "attention b%d h%d kv%d t%d s%d hd%d start %d%s", b, h, kv, t, s, HD, start,
+                  packed ? " packed" : "");
+    const std::string w(what);
+    expect((w + " o").c_str(), kind<T>(), os, o, tolerance<T>());
+    expect((w + " lse").c_str(), kind<T>(), lses, lse, 1e-5);
+    expect((w + " dq").c_str(), kind<T>(), dqs, dq, tolerance<T>());
+    expect((w + " dk").c_str(), kind<T>(), dks, dk, tolerance<T>());
+    expect((w + " dv").c_str(), kind<T>(), dvs, dv, tolerance<T>());
+}
+
+template <typename T> void all() {
+    rms_norm<T>(5, 64);
+    rms_norm<T>(37, 2144);
+    swiglu<T>(3000);
+    rope<T>(2, 5, 3, 8, 0);
+    rope<T>(1, 70, 2, 64, 9);
+    cross_entropy<T>(6, 50);
+    cross_entropy<T>(3, 5000);
+    attention<T, 64>(1, 4, 2, 130, 130, 0, true);
+    attention<T, 64>(1, 2, 2, 5, 150, 145, false);
+    attention<T, 128>(2, 2, 1, 70, 70, 0, false);
+}
+
+int main() {
+    const unsigned long long seed = std::random_device{}();
+    std::printf("seed %llu\n", seed);
+    rng.seed(seed);
+    all<float>();
+    all<bf16>();
+    if (failures) std::printf("%d checks failed\n", failures);
+    return failures ? 1 : 0;
+}
