@@ -173,3 +173,36 @@ fn attention_matches_the_composite() {
         }
     }
 }
+
+#[test]
+fn adamw_and_the_gradient_norm_match_the_cpu_kernels() {
+    use tsukuru_model::kernels::adamw::{adamw_step, sum_squares, AdamWStep};
+    let dev = device();
+    let n = 300_001;
+    let step = AdamWStep {
+        lr: 3e-3,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        bias_corrections: (1.0 - 0.9f64.powi(3), 1.0 - 0.95f64.powi(3)),
+        grad_scale: 0.7,
+    };
+    let (w, m, g) = (randn(&[n]), randn(&[n]).affine(0.1, 0.0).unwrap(), randn(&[n]));
+    let v = randn(&[n]).affine(0.1, 0.0).unwrap().sqr().unwrap();
+    let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+    let (gw, gm, gv, gg) = (on_gpu(&w), on_gpu(&m), on_gpu(&v), on_gpu(&g));
+    // Fresh CPU copies: the CPU kernel updates in place too.
+    let copy = |t: &Tensor| t.copy().unwrap();
+    let (cw, cm, cv) = (copy(&w), copy(&m), copy(&v));
+    gpu::adamw::adamw_step(&gw, &gm, &gv, &gg, &step).unwrap();
+    adamw_step(&cw, &cm, &cv, &g, &step).unwrap();
+    for (what, a, b) in [("w", &gw, &cw), ("m", &gm, &cm), ("v", &gv, &cv)] {
+        let e = rel(a, b);
+        assert!(e < 1e-6, "adamw {what} off by {e:.2e}");
+    }
+    let gm0 = on_gpu(&m);
+    let gpu_sum = gpu::adamw::sum_squares(&[&gg, &gm0]).unwrap();
+    let cpu_sum = sum_squares(&g).unwrap() + sum_squares(&m).unwrap();
+    assert!((gpu_sum - cpu_sum).abs() < 1e-9 * cpu_sum, "sum of squares {gpu_sum} vs {cpu_sum}");
+}

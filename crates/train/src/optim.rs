@@ -74,6 +74,14 @@ impl AdamW {
 
     /// Global L2 norm of all gradients.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        #[cfg(feature = "cuda")]
+        {
+            // On the GPU: every gradient's sum of squares on the device, one read back.
+            let gs: Vec<&Tensor> = self.slots.iter().filter_map(|s| grads.get(s.var.as_tensor())).collect();
+            if !gs.is_empty() && tsukuru_model::gpu::supported(&gs) {
+                return Ok(tsukuru_model::gpu::adamw::sum_squares(&gs)?.sqrt());
+            }
+        }
         let mut total = 0.0;
         for s in &self.slots {
             if let Some(g) = grads.get(s.var.as_tensor()) {
@@ -97,17 +105,22 @@ impl AdamW {
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             let w = s.var.as_tensor();
+            let step = AdamWStep {
+                lr,
+                weight_decay: if s.decay { weight_decay } else { 0.0 },
+                beta1,
+                beta2,
+                eps,
+                bias_corrections: (bc1, bc2),
+                grad_scale,
+            };
+            #[cfg(feature = "cuda")]
+            if tsukuru_model::gpu::supported(&[w, g]) && w.dtype() == DType::F32 && w.is_contiguous() {
+                tsukuru_model::gpu::adamw::adamw_step(w, &s.m, &s.v, g, &step)?;
+                continue;
+            }
             let fusable = [w, &s.m, &s.v, g].iter().all(|t| t.is_contiguous() && kernels::supported(t));
             if fusable && tsukuru_model::ops::fused_enabled() {
-                let step = AdamWStep {
-                    lr,
-                    weight_decay: if s.decay { weight_decay } else { 0.0 },
-                    beta1,
-                    beta2,
-                    eps,
-                    bias_corrections: (bc1, bc2),
-                    grad_scale,
-                };
                 adamw_step(w, &s.m, &s.v, g, &step)?;
                 continue;
             }

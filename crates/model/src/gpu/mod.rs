@@ -8,6 +8,7 @@
 //! [`set_poison`] is on, so an element a kernel fails to write shows in a check) and launch a
 //! kernel by name, `NAME_f32` or `NAME_bf16` after the data type.
 
+pub mod adamw;
 pub mod attention;
 pub mod linear_cross_entropy;
 pub mod rms_norm;
@@ -34,6 +35,7 @@ macro_rules! module {
             Module { name: $file, ptx: include_str!(concat!(env!("OUT_DIR"), "/", $file, ".ptx")) };
     };
 }
+module!(ADAMW, "adamw");
 module!(ATTENTION, "attention");
 module!(CROSS_ENTROPY, "cross_entropy");
 module!(RMS_NORM, "rms_norm");
@@ -89,6 +91,7 @@ pub(crate) fn storage_base(s: &CudaStorage, offset: usize, op: &str) -> Result<u
         CudaStorageSlice::F32(v) => (v.device_ptr(&stream).0, 4),
         CudaStorageSlice::BF16(v) => (v.device_ptr(&stream).0, 2),
         CudaStorageSlice::U32(v) => (v.device_ptr(&stream).0, 4),
+        CudaStorageSlice::F64(v) => (v.device_ptr(&stream).0, 8),
         _ => candle_core::bail!("{op}: unsupported data type {:?}", s.dtype()),
     };
     Ok(base + (offset * size) as u64)

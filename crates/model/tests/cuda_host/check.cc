@@ -24,6 +24,10 @@ using ll = long long;
     extern "C" void swiglu_fwd_##S(const T*, const T*, T*, u64);                                         \
     extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, u64);                           \
     extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, int, float, u64); \
+    extern "C" void adamw_update_##S(float*, float*, float*, const T*, u64, float, float, float, float, float, \
+                                     float, float, float);                                               \
+    extern "C" void sum_squares_##S(const T*, double*, u64);                                             \
+    extern "C" void sum_partials_##S(const double*, int, double*);                                       \
     extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, int);                \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
@@ -60,6 +64,7 @@ KERNELS(bf16, bf16, 128)
 static std::mt19937_64 rng;
 
 float val(float x) { return x; }
+double val(double x) { return x; }
 float val(bf16 x) { return __bfloat162float(x); }
 template <typename T> T make(float x);
 template <> float make<float>(float x) { return x; }
@@ -326,7 +331,46 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
     expect((w + " dv").c_str(), kind<T>(), dvs, dv, tolerance<T>());
 }
 
+template <typename T> void adamw(size_t n) {
+    std::vector<double> w, m, v, g;
+    auto ws = randn<float>(n, w), gs = randn<T>(n, g);
+    auto ms = randn<float>(n, m, 0, 0.1);
+    std::vector<double> v0;
+    auto vs = randn<float>(n, v0, 0, 0.1);
+    for (auto& x : vs) x = x * x;  // second moments are non-negative
+    v.resize(n);
+    for (size_t i = 0; i < n; ++i) v[i] = vs[i];
+    const double scale = 0.7, b1 = 0.9, b2 = 0.95, lr = 3e-3, bc1 = 1 - std::pow(b1, 3), bc2 = 1 - std::pow(b2, 3),
+                 eps = 1e-8, keep = 1 - lr * 0.1;
+    std::vector<double> w2(n), m2(n), v2(n);
+    double squares = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const double x = g[i] * scale;
+        m2[i] = b1 * m[i] + (1 - b1) * x;
+        v2[i] = b2 * v[i] + (1 - b2) * x * x;
+        w2[i] = w[i] * keep - lr * (m2[i] / bc1) / (std::sqrt(v2[i] / bc2) + eps);
+        squares += g[i] * g[i];
+    }
+    const unsigned blocks = 3;  // fewer than the elements need: the loops stride over the grid
+    std::vector<double> partial(blocks, NAN), total(1, NAN);
+    if constexpr (sizeof(T) == 4) {
+        emu_launch({blocks}, {256}, 0, [&] { adamw_update_f32(ws.data(), ms.data(), vs.data(), gs.data(), n, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps), float(keep)); });
+        emu_launch({blocks}, {256}, 0, [&] { sum_squares_f32(gs.data(), partial.data(), n); });
+        emu_launch({1}, {256}, 0, [&] { sum_partials_f32(partial.data(), blocks, total.data()); });
+    } else {
+        emu_launch({blocks}, {256}, 0, [&] { adamw_update_bf16(ws.data(), ms.data(), vs.data(), gs.data(), n, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps), float(keep)); });
+        emu_launch({blocks}, {256}, 0, [&] { sum_squares_bf16(gs.data(), partial.data(), n); });
+        emu_launch({1}, {256}, 0, [&] { sum_partials_bf16(partial.data(), blocks, total.data()); });
+    }
+    const std::string what = "adamw n" + std::to_string(n);
+    expect((what + " w").c_str(), kind<T>(), ws, w2, 1e-5);
+    expect((what + " m").c_str(), kind<T>(), ms, m2, 1e-5);
+    expect((what + " v").c_str(), kind<T>(), vs, v2, 1e-5);
+    expect((what + " sum of squares").c_str(), kind<T>(), total, {squares}, 1e-12);
+}
+
 template <typename T> void all() {
+    adamw<T>(5000);
     rms_norm<T>(5, 64);
     rms_norm<T>(37, 2144);
     swiglu<T>(3000);

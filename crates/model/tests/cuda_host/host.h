@@ -56,7 +56,7 @@ using std::min;
 // The block being run: its barrier, the shuffle buffer and the dynamic shared memory.
 struct EmuBlock {
     std::barrier<>* barrier;
-    std::vector<float> exchange;
+    std::vector<double> exchange;
     std::vector<float> dynamic;
 };
 extern EmuBlock emu_block;
@@ -66,15 +66,15 @@ inline void __syncthreads() { emu_block.barrier->arrive_and_wait(); }
 
 inline unsigned emu_linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
-inline float __shfl_sync(unsigned, float v, int src) {
+template <typename V> V __shfl_sync(unsigned, V v, int src) {
     const unsigned t = emu_linear_thread();
     emu_block.exchange[t] = v;
     __syncthreads();
-    const float r = emu_block.exchange[(t & ~31u) + (unsigned(src) & 31u)];
+    const V r = V(emu_block.exchange[(t & ~31u) + (unsigned(src) & 31u)]);
     __syncthreads();
     return r;
 }
-inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) {
+template <typename V> V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
     return __shfl_sync(mask, v, int((emu_linear_thread() & 31u) ^ unsigned(lane_mask)));
 }
 
