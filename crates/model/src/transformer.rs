@@ -14,13 +14,64 @@ use crate::paged::{Chunk, KvBlocks};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
+/// One layer's cached keys and values: `(B, KV, capacity, head_dim)` buffers whose first `len`
+/// positions are filled. New positions are written in place, the capacity doubling when full, so a
+/// decoding step copies its own keys and values rather than the whole cache.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+/// Positions a layer's cache holds at first.
+const FIRST_CAPACITY: usize = 256;
+
+impl LayerCache {
+    /// Appends `k` and `v` `(B, KV, T, head_dim)` to the cache in `slot` (made on first use) and
+    /// returns views of every cached position.
+    fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kv, t, hd) = k.dims4()?;
+        let len = slot.as_ref().map_or(0, |c| c.len);
+        let capacity = match slot {
+            Some(c) => c.k.dim(2)?,
+            None => 0,
+        };
+        if len + t > capacity {
+            let grown = (len + t).max(2 * capacity).max(FIRST_CAPACITY);
+            let buffer = || Tensor::zeros((b, kv, grown, hd), k.dtype(), k.device());
+            let (nk, nv) = (buffer()?, buffer()?);
+            if let Some(old) = slot.as_ref().filter(|c| c.len > 0) {
+                nk.slice_set(&old.k.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                nv.slice_set(&old.v.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            }
+            *slot = Some(LayerCache { k: nk, v: nv, len });
+        }
+        let c = slot.as_mut().expect("made above");
+        c.k.slice_set(&k.contiguous()?, 2, c.len)?;
+        c.v.slice_set(&v.contiguous()?, 2, c.len)?;
+        c.len += t;
+        Ok((c.k.narrow(2, 0, c.len)?, c.v.narrow(2, 0, c.len)?))
+    }
+}
+
+impl Clone for LayerCache {
+    /// A copy with buffers of its own: the buffers are written in place, so sharing them would let
+    /// one copy's new positions overwrite the other's.
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| t.copy().expect("copying a cache buffer");
+        Self { k: copy(&self.k), v: copy(&self.v), len: self.len }
+    }
+}
+
 /// Keys and values of earlier positions of one sequence (or one batch), for incremental decoding.
 ///
 /// On the CPU in f32 a single sequence is cached in blocks of its own ([`KvBlocks`]) and decoded
-/// by the paged pass; otherwise each layer keeps `(B, KV, len, head_dim)` tensors.
+/// by the paged pass; otherwise each layer keeps `(B, KV, capacity, head_dim)` buffers written in
+/// place.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     paged: Option<KvBlocks>,
     len: usize,
 }
@@ -95,7 +146,7 @@ impl Attention {
         x: &Tensor,
         rope_t: &(Tensor, Tensor),
         start: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -111,14 +162,7 @@ impl Attention {
         let q = rope(&q, &rope_t.0, &rope_t.1, start)?;
         let k = rope(&k, &rope_t.0, &rope_t.1, start)?;
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => LayerCache::append(slot, &k, &v)?,
             None => (k, v),
         };
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -184,7 +228,7 @@ impl Block {
         x: &Tensor,
         rope: &(Tensor, Tensor),
         start: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let a = &self.attn;
