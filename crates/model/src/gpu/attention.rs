@@ -1,13 +1,14 @@
 //! Causal attention on the GPU without the `(T × S)` scores (`cuda/attention.cu`, after
 //! FlashAttention-2): the forward keeps each query row's log-sum-exp, the backward recomputes the
-//! probabilities tile by tile (one kernel for dQ, one for dK and dV). Queries, keys and values are
+//! probabilities tile by tile (one kernel for dQ, one for dK and dV). In bf16 every product runs on
+//! the tensor cores (`cuda/attention_tc.cu`); f32 keeps FMA kernels (`cuda/attention.cu`). Queries, keys and values are
 //! read through their strides; grouped-query heads and packed rows are handled in the kernels.
 //! The output is `(B, T, H · hd)`, ready for the output projection.
 
-use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchConfig, ATTENTION};
+use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchConfig, ATTENTION, ATTENTION_TC};
 use crate::packing::Packing;
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
@@ -44,9 +45,33 @@ fn operand(s: &CudaStorage, l: &Layout, what: &str) -> Result<[Arg; 4]> {
     ])
 }
 
-/// Shared memory for `tiles` tiles of 64 rows of `hd` f32 (rows padded by 4) plus `extra` floats.
-fn shared(hd: usize, tiles: usize, extra: usize) -> u32 {
-    ((tiles * TILE * (hd + 4) + extra) * 4) as u32
+/// The three kernels of the op.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Forward,
+    Dq,
+    Dkv,
+}
+
+/// Launches `kernel` for head size `hd`: in bf16 the tensor-core version (attention_tc.cu, four
+/// warps), in f32 the FMA one (attention.cu, 256 threads), each with the shared memory its layout
+/// takes (64-row tiles: f32 rows padded by 4, bf16 rows by 8).
+fn run(dev: &CudaDevice, kernel: Kernel, dtype: DType, hd: usize, grid: (u32, u32, u32), args: &[Arg]) -> Result<()> {
+    let (f32_tile, bf16_tile) = (TILE * (hd + 4) * 4, TILE * (hd + 8) * 2);
+    let (scores, probs) = (TILE * (TILE + 4) * 4, TILE * (TILE + 8) * 2);
+    let (name, block, bytes) = match (kernel, dtype) {
+        (Kernel::Forward, DType::BF16) => ("attention_fwd_tc", 128, f32_tile + scores + 3 * bf16_tile + probs),
+        (Kernel::Dq, DType::BF16) => ("attention_bwd_dq_tc", 128, f32_tile + 2 * scores + 4 * bf16_tile + probs),
+        (Kernel::Dkv, DType::BF16) => {
+            ("attention_bwd_dkv_tc", 128, 2 * f32_tile + 2 * scores + 2 * TILE * 4 + 4 * bf16_tile + 2 * probs)
+        }
+        (Kernel::Forward, _) => ("attention_fwd", THREADS, 3 * f32_tile),
+        (Kernel::Dq, _) => ("attention_bwd_dq", THREADS, 4 * f32_tile),
+        (Kernel::Dkv, _) => ("attention_bwd_dkv", THREADS, 4 * f32_tile + 2 * TILE * 4),
+    };
+    let module = if dtype == DType::BF16 { &ATTENTION_TC } else { &ATTENTION };
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: bytes as u32 };
+    launch(dev, module, &format!("{name}_hd{hd}"), dtype, cfg, args)
 }
 
 impl Attention {
@@ -125,12 +150,8 @@ impl CustomOp3 for Attention {
             vh,
             vt,
         ];
-        let cfg = LaunchConfig {
-            grid_dim: (t.div_ceil(TILE) as u32, (b * h) as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: shared(hd, 3, 0),
-        };
-        launch(dev, &ATTENTION, &format!("attention_fwd_hd{hd}"), q.dtype(), cfg, &args)?;
+        let grid = (t.div_ceil(TILE) as u32, (b * h) as u32, 1);
+        run(dev, Kernel::Forward, q.dtype(), hd, grid, &args)?;
         *self.lse.lock().expect("not poisoned") = Some(lse);
         Ok((o, shape))
     }
@@ -202,22 +223,12 @@ impl CustomOp3 for Attention {
         args.push(Arg::Ptr(ptr(&dq, name)?));
         args.extend(sizes()?);
         args.extend(strides()?);
-        let cfg = LaunchConfig {
-            grid_dim: (t.div_ceil(TILE) as u32, (b * h) as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: shared(hd, 4, 0),
-        };
-        launch(&dev, &ATTENTION, &format!("attention_bwd_dq_hd{hd}"), dtype, cfg, &args)?;
+        run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
         let mut args = common()?;
         args.extend([Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)]);
         args.extend(sizes()?);
         args.extend(strides()?);
-        let cfg = LaunchConfig {
-            grid_dim: (s.div_ceil(TILE) as u32, (b * kv) as u32, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: shared(hd, 4, 2 * TILE),
-        };
-        launch(&dev, &ATTENTION, &format!("attention_bwd_dkv_hd{hd}"), dtype, cfg, &args)?;
+        run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -37,6 +37,7 @@ macro_rules! module {
 }
 module!(ADAMW, "adamw");
 module!(ATTENTION, "attention");
+module!(ATTENTION_TC, "attention_tc");
 module!(CROSS_ENTROPY, "cross_entropy");
 module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");

@@ -47,6 +47,23 @@ using ll = long long;
                                                 int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll);
 DECLARE(float, f32)
 DECLARE(bf16, bf16)
+#define DECLARE_TC(HD)                                                                                  \
+    extern "C" void attention_fwd_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, bf16*, float*,  \
+                                                   const unsigned*, int, int, int, int, int, float, ll, ll, \
+                                                   ll, ll, ll, ll, ll, ll, ll);
+DECLARE_TC(64)
+DECLARE_TC(128)
+#define DECLARE_TC_BWD(HD)                                                                              \
+    extern "C" void attention_bwd_dq_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
+                                                      const float*, const float*, const unsigned*, bf16*, int, \
+                                                      int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, \
+                                                      ll);                                              \
+    extern "C" void attention_bwd_dkv_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
+                                                       const float*, const float*, const unsigned*, bf16*, bf16*, \
+                                                       int, int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, \
+                                                       ll, ll);
+DECLARE_TC_BWD(64)
+DECLARE_TC_BWD(128)
 
 // The attention kernels for a storage type and head size.
 template <typename T, int HD> struct Kernels;
@@ -60,6 +77,25 @@ KERNELS(float, f32, 64)
 KERNELS(float, f32, 128)
 KERNELS(bf16, bf16, 64)
 KERNELS(bf16, bf16, 128)
+
+// The tensor-core forward for a head size (bf16 only), and its shared memory.
+template <int HD> struct TensorCores;
+template <> struct TensorCores<64> {
+    static constexpr auto fwd = attention_fwd_tc_hd64_bf16;
+    static constexpr auto dq = attention_bwd_dq_tc_hd64_bf16;
+    static constexpr auto dkv = attention_bwd_dkv_tc_hd64_bf16;
+};
+template <> struct TensorCores<128> {
+    static constexpr auto fwd = attention_fwd_tc_hd128_bf16;
+    static constexpr auto dq = attention_bwd_dq_tc_hd128_bf16;
+    static constexpr auto dkv = attention_bwd_dkv_tc_hd128_bf16;
+};
+// Shared memory of the three kernels, as attention_tc.cu lays it out.
+size_t tc_fwd_shared(int hd) { return 64 * (hd + 4) * 4 + 64 * 68 * 4 + 3 * 64 * (hd + 8) * 2 + 64 * 72 * 2; }
+size_t tc_dq_shared(int hd) { return 64 * (hd + 4) * 4 + 2 * 64 * 68 * 4 + 4 * 64 * (hd + 8) * 2 + 64 * 72 * 2; }
+size_t tc_dkv_shared(int hd) {
+    return 2 * 64 * (hd + 4) * 4 + 2 * 64 * 68 * 4 + 2 * 64 * 4 + 4 * 64 * (hd + 8) * 2 + 2 * 64 * 72 * 2;
+}
 
 static std::mt19937_64 rng;
 
@@ -320,6 +356,27 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
         K_::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks.data(), dvs.data(), h, kv, t,
                 s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
     });
+    std::vector<T> os_tc, dqs_tc, dks_tc, dvs_tc;
+    std::vector<float> lses_tc;
+    if constexpr (sizeof(T) == 2) {
+        os_tc = poisoned<T>(o.size());
+        lses_tc.assign(lse.size(), NAN);
+        emu_launch({qtiles, unsigned(b * h)}, {128}, tc_fwd_shared(HD), [&] {
+            TensorCores<HD>::fwd(qs.data(), ks.data(), vs.data(), os_tc.data(), lses_tc.data(), sp, h, kv, t, s, start,
+                                 sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
+        });
+        dqs_tc = poisoned<T>(q.size());
+        dks_tc = poisoned<T>(k.size());
+        dvs_tc = poisoned<T>(v.size());
+        emu_launch({qtiles, unsigned(b * h)}, {128}, tc_dq_shared(HD), [&] {
+            TensorCores<HD>::dq(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dqs_tc.data(),
+                                h, kv, t, s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
+        });
+        emu_launch({ktiles, unsigned(b * kv)}, {128}, tc_dkv_shared(HD), [&] {
+            TensorCores<HD>::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks_tc.data(),
+                                 dvs_tc.data(), h, kv, t, s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
+        });
+    }
     char what[96];
     std::snprintf(what, sizeof what, "attention b%d h%d kv%d t%d s%d hd%d start %d%s", b, h, kv, t, s, HD, start,
                   packed ? " packed" : "");
@@ -329,6 +386,13 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
     expect((w + " dq").c_str(), kind<T>(), dqs, dq, tolerance<T>());
     expect((w + " dk").c_str(), kind<T>(), dks, dk, tolerance<T>());
     expect((w + " dv").c_str(), kind<T>(), dvs, dv, tolerance<T>());
+    if constexpr (sizeof(T) == 2) {
+        expect((w + " o, tensor cores").c_str(), kind<T>(), os_tc, o, tolerance<T>());
+        expect((w + " lse, tensor cores").c_str(), kind<T>(), lses_tc, lse, 1e-4);
+        expect((w + " dq, tensor cores").c_str(), kind<T>(), dqs_tc, dq, tolerance<T>());
+        expect((w + " dk, tensor cores").c_str(), kind<T>(), dks_tc, dk, tolerance<T>());
+        expect((w + " dv, tensor cores").c_str(), kind<T>(), dvs_tc, dv, tolerance<T>());
+    }
 }
 
 template <typename T> void adamw(size_t n) {

@@ -9,6 +9,8 @@
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <thread>
@@ -19,6 +21,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) alignas(n)
 #define __shared__ static
 
 struct dim3 {
@@ -64,6 +67,10 @@ extern EmuBlock emu_block;
 
 inline void __syncthreads() { emu_block.barrier->arrive_and_wait(); }
 
+// Synchronises the whole block, which is at least the warp (every kernel here calls it with all
+// of its threads).
+inline void __syncwarp() { emu_block.barrier->arrive_and_wait(); }
+
 inline unsigned emu_linear_thread() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
 
 template <typename V> V __shfl_sync(unsigned, V v, int src) {
@@ -90,7 +97,9 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                 std::barrier<> barrier(n);
                 emu_block.barrier = &barrier;
                 emu_block.exchange.assign(n, NAN);
-                emu_block.dynamic.assign(shared_bytes / 4, NAN);
+                // A canary past the end shows a kernel using more shared memory than it was given.
+                emu_block.dynamic.assign(shared_bytes / 4 + 256, NAN);
+                for (size_t i = shared_bytes / 4; i < emu_block.dynamic.size(); ++i) emu_block.dynamic[i] = 12345.f;
                 std::vector<std::thread> threads;
                 for (unsigned t = 0; t < n; ++t)
                     threads.emplace_back([&, t] {
@@ -99,5 +108,10 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                         kernel();
                     });
                 for (auto& th : threads) th.join();
+                for (size_t i = shared_bytes / 4; i < emu_block.dynamic.size(); ++i)
+                    if (emu_block.dynamic[i] != 12345.f) {
+                        std::fprintf(stderr, "a kernel wrote past its %zu bytes of shared memory\n", shared_bytes);
+                        std::exit(1);
+                    }
             }
 }

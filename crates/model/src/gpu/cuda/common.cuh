@@ -46,7 +46,7 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 
 // The block's dynamic shared memory as f32 (a host emulation of the kernels defines it otherwise).
 #ifndef DYNAMIC_SHARED
-#define DYNAMIC_SHARED(name) extern __shared__ float name[]
+#define DYNAMIC_SHARED(name) extern __shared__ __align__(128) float name[]
 #endif
 
 // One extern "C" entry point per storage type for a kernel template: NAME_f32 and NAME_bf16.
