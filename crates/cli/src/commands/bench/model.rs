@@ -168,6 +168,9 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
         "loss_step0": round(f64::from(first), 4), "loss_last": round(last, 4), "threads": threads,
         "peak_rss_mib": peak_rss_mib(),
     });
+    if let Some(gib) = peak_gpu_gib(&device) {
+        out["peak_mem_gib"] = round(gib, 2).into();
+    }
     if a.peak_tflops > 0.0 {
         // The reference's count: 6 FLOPs per non-embedding weight plus the attention term.
         let flops = 6.0 * nonemb as f64 + 12.0 * (cfg.n_layers * cfg.d_model * a.seq) as f64;
@@ -234,6 +237,29 @@ fn round(x: f64, digits: i32) -> f64 {
 }
 
 /// Peak resident memory of this process (Linux's VmHWM), in MiB.
+/// Peak bytes taken from the GPU's memory pool so far (every candle allocation comes from it), in
+/// GiB: the counterpart of PyTorch's `max_memory_allocated`. None off the GPU.
+#[cfg(feature = "cuda")]
+fn peak_gpu_gib(device: &candle_core::Device) -> Option<f64> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let candle_core::Device::Cuda(d) = device else { return None };
+    let ctx = d.cuda_stream().context().clone();
+    ctx.bind_to_thread().ok()?;
+    let (mut pool, mut high) = (std::ptr::null_mut(), 0u64);
+    // SAFETY: plain queries of the current context's default pool into local variables.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().ok()?;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        sys::cuMemPoolGetAttribute(pool, attr, (&mut high as *mut u64).cast()).result().ok()?;
+    }
+    Some(high as f64 / f64::from(1u32 << 30))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn peak_gpu_gib(_: &candle_core::Device) -> Option<f64> {
+    None
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 =
