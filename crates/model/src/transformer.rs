@@ -349,8 +349,10 @@ impl Transformer {
     /// The same model computing in `dtype`: every weight (adapters included) and the RoPE tables
     /// cast, differentiably, so the gradients of a loss computed with the copy reach this model's
     /// variables in their own dtype. Mixed-precision training builds one per step from the f32
-    /// master weights: products in bf16, master weights and optimiser state in f32. A tied
-    /// embedding is cast once per use, so its two gradients meet in the master's dtype.
+    /// master weights: products in bf16, master weights and optimiser state in f32. The embedding
+    /// table is not cast; the rows it looks up are (as autocast leaves embeddings alone): its
+    /// gradient sums every occurrence of a token, a sum bf16 would round after a few hundred terms.
+    /// A tied output layer gets a cast of its own, so the two gradients meet in the master's dtype.
     pub fn cast(&self, dtype: DType) -> Result<Self> {
         let f = |t: &Tensor| t.to_dtype(dtype);
         let blocks = self.blocks.iter().map(|b| {
@@ -364,7 +366,7 @@ impl Transformer {
         });
         Ok(Self {
             cfg: self.cfg.clone(),
-            embed: Embedding::new(f(self.embed.embeddings())?, self.cfg.d_model),
+            embed: self.embed.clone(),
             blocks: blocks.collect::<Result<_>>()?,
             norm: f(&self.norm)?,
             lm_head: Linear::new(f(self.lm_head.weight())?, None),
@@ -464,7 +466,8 @@ impl Transformer {
         let (_, t) = ids.dims2()?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         self.check_length(start + t)?;
-        let mut x = self.embed.forward(ids)?;
+        // A cast model looks its rows up in the master table and computes in its own dtype.
+        let mut x = self.embed.forward(ids)?.to_dtype(self.dtype())?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.attn_residual(&x, &self.rope, start, slot, packing)?;
