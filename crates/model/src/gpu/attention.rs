@@ -28,21 +28,37 @@ struct Attention {
     lse: Mutex<Option<Tensor>>,
 }
 
-/// What the kernels take about one operand: its address and its (b, head, position) strides.
-fn operand(s: &CudaStorage, l: &Layout, what: &str) -> Result<[Arg; 4]> {
-    let st = l.stride();
-    if l.dims().len() != 4 || st[3] != 1 {
-        candle_core::bail!(
-            "gpu-attention: {what} {:?} (strides {st:?}) needs 4 dimensions, the last contiguous",
-            l.dims()
-        );
+/// What every kernel takes about q, k and v: their addresses, and their (b, head, position)
+/// strides after the scalars.
+struct Operands {
+    ptrs: [Arg; 3],
+    strides: [Arg; 9],
+}
+
+impl Operands {
+    fn of(parts: [(&CudaStorage, &Layout); 3]) -> Result<Self> {
+        let mut ptrs = Vec::with_capacity(3);
+        let mut strides = Vec::with_capacity(9);
+        for ((s, l), what) in parts.into_iter().zip(["q", "k", "v"]) {
+            let st = l.stride();
+            if l.dims().len() != 4 || st[3] != 1 {
+                candle_core::bail!(
+                    "gpu-attention: {what} {:?} (strides {st:?}) needs 4 dimensions, the last contiguous",
+                    l.dims()
+                );
+            }
+            ptrs.push(Arg::Ptr(storage_base(s, l.start_offset(), "gpu-attention")?));
+            strides.extend(st[..3].iter().map(|&x| Arg::Long(x as i64)));
+        }
+        let ptrs = ptrs.try_into().unwrap_or_else(|_| unreachable!("three operands"));
+        let strides = strides.try_into().unwrap_or_else(|_| unreachable!("three operands"));
+        Ok(Self { ptrs, strides })
     }
-    Ok([
-        Arg::Ptr(storage_base(s, l.start_offset(), "gpu-attention")?),
-        Arg::Long(st[0] as i64),
-        Arg::Long(st[1] as i64),
-        Arg::Long(st[2] as i64),
-    ])
+
+    /// `ptrs`, then `middle`, then `scalars`, then the strides: every kernel's argument order.
+    fn args(self, middle: impl IntoIterator<Item = Arg>, scalars: [Arg; 6]) -> Vec<Arg> {
+        self.ptrs.into_iter().chain(middle).chain(scalars).chain(self.strides).collect()
+    }
 }
 
 /// The three kernels of the op.
@@ -85,6 +101,18 @@ impl Attention {
         Ok((b, h, kv, t, s, hd))
     }
 
+    /// Head counts, lengths, start and scale, as the kernels take them.
+    fn scalars(&self, h: usize, kv: usize, t: usize, s: usize) -> Result<[Arg; 6]> {
+        Ok([
+            int(h, "heads")?,
+            int(kv, "kv heads")?,
+            int(t, "queries")?,
+            int(s, "keys")?,
+            int(self.start, "start")?,
+            Arg::Float(self.scale),
+        ])
+    }
+
     fn seg_arg(&self) -> Result<Arg> {
         Ok(Arg::Ptr(match &self.seg {
             Some(s) => ptr(s, "gpu-attention")?,
@@ -124,32 +152,8 @@ impl CustomOp3 for Attention {
         let shape = Shape::from((b, t, h * hd));
         let o = alloc(dev, &shape, q.dtype())?;
         let lse = output(dev, (b, h, t), DType::F32)?;
-        let [qp, qb, qh, qt] = operand(q, lq, "q")?;
-        let [kp, kb, kh, kt] = operand(k, lk, "k")?;
-        let [vp, vb, vh, vt] = operand(v, lv, "v")?;
-        let args = [
-            qp,
-            kp,
-            vp,
-            Arg::Ptr(storage_base(&o, 0, self.name())?),
-            Arg::Ptr(ptr(&lse, self.name())?),
-            self.seg_arg()?,
-            int(h, "heads")?,
-            int(kv, "kv heads")?,
-            int(t, "queries")?,
-            int(s, "keys")?,
-            int(self.start, "start")?,
-            Arg::Float(self.scale),
-            qb,
-            qh,
-            qt,
-            kb,
-            kh,
-            kt,
-            vb,
-            vh,
-            vt,
-        ];
+        let middle = [Arg::Ptr(storage_base(&o, 0, self.name())?), Arg::Ptr(ptr(&lse, self.name())?), self.seg_arg()?];
+        let args = Operands::of([(q, lq), (k, lk), (v, lv)])?.args(middle, self.scalars(h, kv, t, s)?);
         let grid = (t.div_ceil(TILE) as u32, (b * h) as u32, 1);
         run(dev, Kernel::Forward, q.dtype(), hd, grid, &args)?;
         *self.lse.lock().expect("not poisoned") = Some(lse);
@@ -180,54 +184,18 @@ impl CustomOp3 for Attention {
             output(&dev, (b, kv, s, hd), dtype)?,
             output(&dev, (b, kv, s, hd), dtype)?,
         );
-        let strided = |x: &Tensor, what: &str| -> Result<[Arg; 4]> {
-            let (st, l) = x.storage_and_layout();
-            match &*st {
-                Storage::Cuda(c) => operand(c, l, what),
-                _ => candle_core::bail!("{name}: {what} is not on a CUDA device"),
-            }
+        let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+        let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
+            candle_core::bail!("{name}: q, k and v must be on a CUDA device")
         };
-        let sizes = || -> Result<[Arg; 6]> {
-            Ok([
-                int(h, "heads")?,
-                int(kv, "kv heads")?,
-                int(t, "queries")?,
-                int(s, "keys")?,
-                int(self.start, "start")?,
-                Arg::Float(self.scale),
-            ])
-        };
-        let common = || -> Result<Vec<Arg>> {
-            let [qp, ..] = strided(q, "q")?;
-            let [kp, ..] = strided(k, "k")?;
-            let [vp, ..] = strided(v, "v")?;
-            Ok(vec![
-                qp,
-                kp,
-                vp,
-                Arg::Ptr(ptr(&dout, name)?),
-                Arg::Ptr(ptr(&lse, name)?),
-                Arg::Ptr(ptr(&dsum, name)?),
-                self.seg_arg()?,
-            ])
-        };
-        let strides = || -> Result<Vec<Arg>> {
-            let mut out = Vec::new();
-            for (x, what) in [(q, "q"), (k, "k"), (v, "v")] {
-                let [_, sb, sh, st] = strided(x, what)?;
-                out.extend([sb, sh, st]);
-            }
-            Ok(out)
-        };
-        let mut args = common()?;
-        args.push(Arg::Ptr(ptr(&dq, name)?));
-        args.extend(sizes()?);
-        args.extend(strides()?);
+        let operands = || Operands::of([(sq, gq.1), (sk, gk.1), (sv, gv.1)]);
+        let common =
+            [Arg::Ptr(ptr(&dout, name)?), Arg::Ptr(ptr(&lse, name)?), Arg::Ptr(ptr(&dsum, name)?), self.seg_arg()?];
+        let args =
+            operands()?.args(common.iter().cloned().chain([Arg::Ptr(ptr(&dq, name)?)]), self.scalars(h, kv, t, s)?);
         run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
-        let mut args = common()?;
-        args.extend([Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)]);
-        args.extend(sizes()?);
-        args.extend(strides()?);
+        let outputs = [Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)];
+        let args = operands()?.args(common.into_iter().chain(outputs), self.scalars(h, kv, t, s)?);
         run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }

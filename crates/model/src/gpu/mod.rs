@@ -137,6 +137,7 @@ pub(crate) fn output(dev: &CudaDevice, shape: impl Into<Shape>, dtype: DType) ->
 }
 
 /// A kernel argument.
+#[derive(Clone, Copy)]
 pub(crate) enum Arg {
     /// A device address.
     Ptr(u64),
