@@ -14,7 +14,7 @@ use crate::job::{claim, step_seconds, truncate_metrics, Claim, JobOptions};
 use crate::optim::AdamWConfig;
 use crate::preference::{sequence_logprobs, PairStats, Preference, PreferenceLoss};
 use crate::schedule::Schedule;
-use crate::trainer::{LoopConfig, Trainer};
+use crate::trainer::{LoopConfig, Precision, Trainer};
 use crate::tunable::Tunable;
 use crate::TrainError;
 use candle_core::{DType, Device};
@@ -77,6 +77,9 @@ pub struct AlignConfig {
     pub max_train_pairs: usize,
     /// Train LoRA adapters on the projections instead of every weight (merged into the saved model).
     pub lora: Option<LoraSpec>,
+    /// What the steps compute in: `float32`, or `bfloat16` (mixed precision, f32 master weights).
+    #[serde(skip_serializing_if = "Precision::is_float32")]
+    pub precision: Precision,
 }
 
 impl Default for AlignConfig {
@@ -99,6 +102,7 @@ impl Default for AlignConfig {
             val_fraction: 0.05,
             max_train_pairs: 0,
             lora: None,
+            precision: Precision::Float32,
         }
     }
 }
@@ -307,8 +311,10 @@ pub fn align(
     };
     let tunable = Tunable::load(&base_dir, &model_cfg, cfg.lora, cfg.seed, device)?;
     let model = &tunable.model;
-    // Before any step (LoRA's B is zero) the model is the reference.
-    let refs = references(&dir.path().join("reference.json"), model, &set, cfg, device, progress)?;
+    // Before any step (LoRA's B is zero) the model is the reference, taken in the precision the
+    // steps compute in so that the policy starts exactly at it.
+    let reference = model.cast(cfg.precision.compute_dtype())?;
+    let refs = references(&dir.path().join("reference.json"), &reference, &set, cfg, device, progress)?;
     let named = tunable.named_vars();
     let loop_cfg = LoopConfig {
         steps: cfg.steps,
@@ -317,7 +323,7 @@ pub fn align(
         grad_accum: 1,
         clip: cfg.clip,
         max_bad_steps: cfg.max_bad_steps,
-        precision: Default::default(),
+        precision: cfg.precision,
     };
     let mut trainer = Trainer::over(named, cfg.adamw, loop_cfg)?;
     let ckpt_root = dir.path().to_path_buf();

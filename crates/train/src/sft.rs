@@ -13,7 +13,7 @@ use crate::checkpoint::{self, Meta};
 use crate::job::{claim, step_seconds, truncate_metrics, Claim, JobOptions};
 use crate::optim::AdamWConfig;
 use crate::schedule::Schedule;
-use crate::trainer::{LoopConfig, NextToken, Objective, Trainer};
+use crate::trainer::{LoopConfig, NextToken, Objective, Precision, Trainer};
 use crate::tunable::Tunable;
 use crate::TrainError;
 use candle_core::{DType, Device};
@@ -97,6 +97,9 @@ pub struct SftConfig {
     pub system: Option<String>,
     /// Train LoRA adapters on the projections instead of every weight (merged into the saved model).
     pub lora: Option<LoraSpec>,
+    /// What the steps compute in: `float32`, or `bfloat16` (mixed precision, f32 master weights).
+    #[serde(skip_serializing_if = "Precision::is_float32")]
+    pub precision: Precision,
 }
 
 impl Default for SftConfig {
@@ -119,6 +122,7 @@ impl Default for SftConfig {
             val_fraction: 0.05,
             system: None,
             lora: None,
+            precision: Precision::Float32,
         }
     }
 }
@@ -162,7 +166,7 @@ impl SftConfig {
             grad_accum: 1,
             clip: self.clip,
             max_bad_steps: self.max_bad_steps,
-            precision: Default::default(),
+            precision: self.precision,
         }
     }
 }
