@@ -184,8 +184,9 @@ pub(crate) fn launch(
             Arg::Count(x) => b.arg(x),
         };
     }
-    // SAFETY: the argument lists match the kernels' signatures in gpu/cuda (checked on the device
-    // by the GPU tests), and every buffer outlives the launch on the stream.
+    // SAFETY: the argument lists follow the kernels' signatures in gpu/cuda (the device checks in
+    // tests/gpu_kernels.rs run every one), and buffers dropped before a kernel runs are freed in
+    // stream order (cudarc frees asynchronously on this one stream), so none is reused under it.
     unsafe { b.launch(cfg) }.w()?;
     Ok(())
 }
