@@ -178,7 +178,6 @@ fn attention_matches_the_composite() {
 fn adamw_and_the_gradient_norm_match_the_cpu_kernels() {
     use tsukuru_model::kernels::adamw::{adamw_step, sum_squares, AdamWStep};
     let dev = device();
-    let n = 300_001;
     let step = AdamWStep {
         lr: 3e-3,
         weight_decay: 0.1,
@@ -188,21 +187,32 @@ fn adamw_and_the_gradient_norm_match_the_cpu_kernels() {
         bias_corrections: (1.0 - 0.9f64.powi(3), 1.0 - 0.95f64.powi(3)),
         grad_scale: 0.7,
     };
-    let (w, m, g) = (randn(&[n]), randn(&[n]).affine(0.1, 0.0).unwrap(), randn(&[n]));
-    let v = randn(&[n]).affine(0.1, 0.0).unwrap().sqr().unwrap();
-    let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
-    let (gw, gm, gv, gg) = (on_gpu(&w), on_gpu(&m), on_gpu(&v), on_gpu(&g));
-    // Fresh CPU copies: the CPU kernel updates in place too.
-    let copy = |t: &Tensor| t.copy().unwrap();
-    let (cw, cm, cv) = (copy(&w), copy(&m), copy(&v));
-    gpu::adamw::adamw_step(&gw, &gm, &gv, &gg, &step).unwrap();
-    adamw_step(&cw, &cm, &cv, &g, &step).unwrap();
-    for (what, a, b) in [("w", &gw, &cw), ("m", &gm, &cm), ("v", &gv, &cv)] {
-        let e = rel(a, b);
-        assert!(e < 1e-6, "adamw {what} off by {e:.2e}");
+    // Two parameters in one launch, one decayed and one not, one shorter than a chunk.
+    let params: Vec<(usize, f64)> = vec![(300_001, 0.1), (1_000, 0.0)];
+    let mut cpu = Vec::new();
+    let mut gpu_tensors = Vec::new();
+    for &(n, wd) in &params {
+        let (w, m, g) = (randn(&[n]), randn(&[n]).affine(0.1, 0.0).unwrap(), randn(&[n]));
+        let v = randn(&[n]).affine(0.1, 0.0).unwrap().sqr().unwrap();
+        let on_gpu = |t: &Tensor| t.to_device(&dev).unwrap();
+        gpu_tensors.push((on_gpu(&w), on_gpu(&m), on_gpu(&v), on_gpu(&g), wd));
+        // The CPU kernel updates in place too.
+        let (cw, cm, cv) = (w.copy().unwrap(), m.copy().unwrap(), v.copy().unwrap());
+        adamw_step(&cw, &cm, &cv, &g, &AdamWStep { weight_decay: wd, ..step }).unwrap();
+        cpu.push((cw, cm, cv, g, m));
     }
-    let gm0 = on_gpu(&m);
-    let gpu_sum = gpu::adamw::sum_squares(&[&gg, &gm0]).unwrap();
-    let cpu_sum = sum_squares(&g).unwrap() + sum_squares(&m).unwrap();
+    let list: Vec<gpu::adamw::Param> =
+        gpu_tensors.iter().map(|(w, m, v, g, wd)| gpu::adamw::Param { w, m, v, g, weight_decay: *wd }).collect();
+    gpu::adamw::adamw_step(&list, &step).unwrap();
+    for (i, ((gw, gm, gv, ..), (cw, cm, cv, ..))) in gpu_tensors.iter().zip(&cpu).enumerate() {
+        for (what, a, b) in [("w", gw, cw), ("m", gm, cm), ("v", gv, cv)] {
+            let e = rel(a, b);
+            assert!(e < 1e-6, "adamw parameter {i} {what} off by {e:.2e}");
+        }
+    }
+    // The gradients and the first moments as they were: sums of squares over two tensors.
+    let (g0, m0) = (&cpu[0].3, &cpu[1].4);
+    let gpu_sum = gpu::adamw::sum_squares(&[&g0.to_device(&dev).unwrap(), &m0.to_device(&dev).unwrap()]).unwrap();
+    let cpu_sum = sum_squares(g0).unwrap() + sum_squares(m0).unwrap();
     assert!((gpu_sum - cpu_sum).abs() < 1e-9 * cpu_sum, "sum of squares {gpu_sum} vs {cpu_sum}");
 }

@@ -102,23 +102,15 @@ impl AdamW {
         let AdamWConfig { beta1, beta2, eps, weight_decay } = self.cfg;
         let bc1 = 1.0 - beta1.powi(self.step as i32);
         let bc2 = 1.0 - beta2.powi(self.step as i32);
+        let shared = AdamWStep { lr, weight_decay, beta1, beta2, eps, bias_corrections: (bc1, bc2), grad_scale };
+        #[cfg(feature = "cuda")]
+        if self.gpu_step(grads, &shared)? {
+            return Ok(());
+        }
         for s in &mut self.slots {
             let Some(g) = grads.get(s.var.as_tensor()) else { continue };
             let w = s.var.as_tensor();
-            let step = AdamWStep {
-                lr,
-                weight_decay: if s.decay { weight_decay } else { 0.0 },
-                beta1,
-                beta2,
-                eps,
-                bias_corrections: (bc1, bc2),
-                grad_scale,
-            };
-            #[cfg(feature = "cuda")]
-            if tsukuru_model::gpu::supported(&[w, g]) && w.dtype() == DType::F32 && w.is_contiguous() {
-                tsukuru_model::gpu::adamw::adamw_step(w, &s.m, &s.v, g, &step)?;
-                continue;
-            }
+            let step = AdamWStep { weight_decay: if s.decay { weight_decay } else { 0.0 }, ..shared };
             let fusable = [w, &s.m, &s.v, g].iter().all(|t| t.is_contiguous() && kernels::supported(t));
             if fusable && tsukuru_model::ops::fused_enabled() {
                 adamw_step(w, &s.m, &s.v, g, &step)?;
@@ -134,6 +126,31 @@ impl AdamW {
             s.var.set(&new.to_dtype(s.var.dtype())?)?;
         }
         Ok(())
+    }
+
+    /// On the GPU: every parameter with a gradient in one launch, when all of them can take it
+    /// (f32 weights, one gradient dtype); false to leave the step to the other paths.
+    #[cfg(feature = "cuda")]
+    fn gpu_step(&self, grads: &GradStore, shared: &AdamWStep) -> Result<bool> {
+        use tsukuru_model::gpu::adamw::{adamw_step, Param};
+        let params: Vec<Param> = self
+            .slots
+            .iter()
+            .filter_map(|s| {
+                let g = grads.get(s.var.as_tensor())?;
+                let weight_decay = if s.decay { shared.weight_decay } else { 0.0 };
+                Some(Param { w: s.var.as_tensor(), m: &s.m, v: &s.v, g, weight_decay })
+            })
+            .collect();
+        let Some(first) = params.first() else { return Ok(false) };
+        let takes = |p: &Param| {
+            tsukuru_model::gpu::supported(&[p.w, p.g]) && p.w.dtype() == DType::F32 && p.g.dtype() == first.g.dtype()
+        };
+        if !params.iter().all(takes) {
+            return Ok(false);
+        }
+        adamw_step(&params, shared)?;
+        Ok(true)
     }
 
     /// Optimiser state for a checkpoint: `m.NAME` and `v.NAME` moments, plus the update count.

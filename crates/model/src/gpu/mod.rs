@@ -93,6 +93,7 @@ pub(crate) fn storage_base(s: &CudaStorage, offset: usize, op: &str) -> Result<u
         CudaStorageSlice::BF16(v) => (v.device_ptr(&stream).0, 2),
         CudaStorageSlice::U32(v) => (v.device_ptr(&stream).0, 4),
         CudaStorageSlice::F64(v) => (v.device_ptr(&stream).0, 8),
+        CudaStorageSlice::I64(v) => (v.device_ptr(&stream).0, 8),
         _ => candle_core::bail!("{op}: unsupported data type {:?}", s.dtype()),
     };
     Ok(base + (offset * size) as u64)

@@ -24,10 +24,9 @@ using ll = long long;
     extern "C" void swiglu_fwd_##S(const T*, const T*, T*, u64);                                         \
     extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, u64);                           \
     extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, int, float, u64); \
-    extern "C" void adamw_update_##S(float*, float*, float*, const T*, u64, float, float, float, float, float, \
-                                     float, float, float);                                               \
-    extern "C" void sum_squares_##S(const T*, double*, u64);                                             \
-    extern "C" void sum_partials_##S(const double*, int, double*);                                       \
+    extern "C" void adamw_update_##S(const u64*, int, u64, float, float, float, float, float, float, float); \
+    extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
+    extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
     extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, int);                \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
@@ -395,46 +394,65 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
     }
 }
 
-template <typename T> void adamw(size_t n) {
-    std::vector<double> w, m, v, g;
-    auto ws = randn<float>(n, w), gs = randn<T>(n, g);
-    auto ms = randn<float>(n, m, 0, 0.1);
-    std::vector<double> v0;
-    auto vs = randn<float>(n, v0, 0, 0.1);
-    for (auto& x : vs) x = x * x;  // second moments are non-negative
-    v.resize(n);
-    for (size_t i = 0; i < n; ++i) v[i] = vs[i];
+// Three tensors of different lengths (one under a chunk, one across several, one exactly two) and
+// decays, updated in one launch over a table, and their gradients' sum of squares.
+template <typename T> void adamw() {
+    const size_t sizes[3] = {1000, 9000, 8192};
+    const double decays[3] = {0.1, 0.0, 0.1};
     const double scale = 0.7, b1 = 0.9, b2 = 0.95, lr = 3e-3, bc1 = 1 - std::pow(b1, 3), bc2 = 1 - std::pow(b2, 3),
-                 eps = 1e-8, keep = 1 - lr * 0.1;
-    std::vector<double> w2(n), m2(n), v2(n);
+                 eps = 1e-8;
+    std::vector<std::vector<float>> ws(3), ms(3), vs(3);
+    std::vector<std::vector<T>> gs(3);
+    std::vector<std::vector<double>> w2(3), m2(3), v2(3);
+    std::vector<u64> table;
+    u64 chunk = 0;
     double squares = 0;
-    for (size_t i = 0; i < n; ++i) {
-        const double x = g[i] * scale;
-        m2[i] = b1 * m[i] + (1 - b1) * x;
-        v2[i] = b2 * v[i] + (1 - b2) * x * x;
-        w2[i] = w[i] * keep - lr * (m2[i] / bc1) / (std::sqrt(v2[i] / bc2) + eps);
-        squares += g[i] * g[i];
+    for (int t = 0; t < 3; ++t) {
+        const size_t n = sizes[t];
+        std::vector<double> w, m, v, g;
+        ws[t] = randn<float>(n, w);
+        ms[t] = randn<float>(n, m, 0, 0.1);
+        vs[t] = randn<float>(n, v, 0, 0.1);
+        for (size_t i = 0; i < n; ++i) v[i] = vs[t][i] = vs[t][i] * vs[t][i];  // non-negative
+        gs[t] = randn<T>(n, g);
+        const double keep = 1 - lr * decays[t];
+        w2[t].resize(n), m2[t].resize(n), v2[t].resize(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double x = g[i] * scale;
+            m2[t][i] = b1 * m[i] + (1 - b1) * x;
+            v2[t][i] = b2 * v[i] + (1 - b2) * x * x;
+            w2[t][i] = w[i] * keep - lr * (m2[t][i] / bc1) / (std::sqrt(v2[t][i] / bc2) + eps);
+            squares += g[i] * g[i];
+        }
+        const float keepf = float(keep);
+        uint32_t bits;
+        std::memcpy(&bits, &keepf, 4);
+        table.insert(table.end(), {u64(ws[t].data()), u64(ms[t].data()), u64(vs[t].data()), u64(gs[t].data()), u64(n),
+                                   chunk, u64(bits), 0});
+        chunk += (n + 4095) / 4096;
     }
-    const unsigned blocks = 3;  // fewer than the elements need: the loops stride over the grid
-    std::vector<double> partial(blocks, NAN), total(1, NAN);
+    const unsigned blocks = 2;  // fewer than the chunks: the loops stride over the grid
+    std::vector<double> partial(chunk, NAN), total(1, NAN);
     if constexpr (sizeof(T) == 4) {
-        emu_launch({blocks}, {256}, 0, [&] { adamw_update_f32(ws.data(), ms.data(), vs.data(), gs.data(), n, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps), float(keep)); });
-        emu_launch({blocks}, {256}, 0, [&] { sum_squares_f32(gs.data(), partial.data(), n); });
-        emu_launch({1}, {256}, 0, [&] { sum_partials_f32(partial.data(), blocks, total.data()); });
+        emu_launch({blocks}, {256}, 0, [&] { adamw_update_f32(table.data(), 3, chunk, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps)); });
+        emu_launch({blocks}, {256}, 0, [&] { sum_squares_f32(table.data(), 3, chunk, partial.data()); });
+        emu_launch({1}, {256}, 0, [&] { sum_partials_f32(partial.data(), chunk, total.data()); });
     } else {
-        emu_launch({blocks}, {256}, 0, [&] { adamw_update_bf16(ws.data(), ms.data(), vs.data(), gs.data(), n, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps), float(keep)); });
-        emu_launch({blocks}, {256}, 0, [&] { sum_squares_bf16(gs.data(), partial.data(), n); });
-        emu_launch({1}, {256}, 0, [&] { sum_partials_bf16(partial.data(), blocks, total.data()); });
+        emu_launch({blocks}, {256}, 0, [&] { adamw_update_bf16(table.data(), 3, chunk, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps)); });
+        emu_launch({blocks}, {256}, 0, [&] { sum_squares_bf16(table.data(), 3, chunk, partial.data()); });
+        emu_launch({1}, {256}, 0, [&] { sum_partials_bf16(partial.data(), chunk, total.data()); });
     }
-    const std::string what = "adamw n" + std::to_string(n);
-    expect((what + " w").c_str(), kind<T>(), ws, w2, 1e-5);
-    expect((what + " m").c_str(), kind<T>(), ms, m2, 1e-5);
-    expect((what + " v").c_str(), kind<T>(), vs, v2, 1e-5);
-    expect((what + " sum of squares").c_str(), kind<T>(), total, {squares}, 1e-12);
+    for (int t = 0; t < 3; ++t) {
+        const std::string what = "adamw tensor " + std::to_string(t) + " of 3, n" + std::to_string(sizes[t]);
+        expect((what + " w").c_str(), kind<T>(), ws[t], w2[t], 1e-5);
+        expect((what + " m").c_str(), kind<T>(), ms[t], m2[t], 1e-5);
+        expect((what + " v").c_str(), kind<T>(), vs[t], v2[t], 1e-5);
+    }
+    expect("adamw sum of squares of 3 gradients", kind<T>(), total, {squares}, 1e-12);
 }
 
 template <typename T> void all() {
-    adamw<T>(5000);
+    adamw<T>();
     rms_norm<T>(5, 64);
     rms_norm<T>(37, 2144);
     swiglu<T>(3000);

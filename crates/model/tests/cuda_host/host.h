@@ -52,6 +52,11 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 }
 
 inline float __expf(float x) { return std::exp(x); }
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 using std::max;
 using std::min;
