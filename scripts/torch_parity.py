@@ -1,5 +1,6 @@
 """Writes crates/model/tests/fixtures/torch_parity.json: logits, loss and every gradient of
-tsukuru's transformer computed by an independent PyTorch implementation on the same weights.
+tsukuru's transformer computed by an independent PyTorch implementation on the same weights, and
+the loss curves of a few AdamW steps on the first variant in float32 and under bf16 autocast.
 
 The weights are not stored: both sides compute them from one formula (`weight` below, mirrored in
 crates/model/tests/torch_parity.rs), in float64 and rounded to float32. Run through
@@ -128,6 +129,31 @@ for v in VARIANTS:
     variants.append(dict(config=c, batch=BATCH, seq=SEQ, inputs=ids.flatten().tolist(), targets=targets.tolist(),
                          loss=loss.item(), logits=rounded(logits),
                          grads={name: rounded(t.grad) for name, t in w.items()}))
-json.dump(dict(made_by="scripts/torch_parity.py", torch=torch.__version__, variants=variants),
+
+
+def curve(c, ids, targets, autocast):
+    """Losses of CURVE_STEPS AdamW steps on one batch, from the formula weights, in float32 or
+    with matrix products in bf16 under autocast (the loss in float32 either way)."""
+    w = {name: weight(p, shape).requires_grad_() for p, (name, shape) in enumerate(param_specs(c))}
+    opt = torch.optim.AdamW(list(w.values()), lr=CURVE_LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    losses = []
+    for _ in range(CURVE_STEPS):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = forward(c, w, ids)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(ids.numel(), -1), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+CURVE_STEPS, CURVE_LR = 30, 5e-3
+first = variants[0]
+c0 = first["config"]
+ids0 = torch.tensor(first["inputs"]).view(BATCH, SEQ)
+t0 = torch.tensor(first["targets"])
+curves = dict(steps=CURVE_STEPS, lr=CURVE_LR, float32=curve(c0, ids0, t0, False), bfloat16=curve(c0, ids0, t0, True))
+json.dump(dict(made_by="scripts/torch_parity.py", torch=torch.__version__, variants=variants, curves=curves),
           sys.stdout, separators=(",", ":"))
 sys.stdout.write("\n")
