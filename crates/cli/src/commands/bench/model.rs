@@ -236,7 +236,6 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * p).round() / p
 }
 
-/// Peak resident memory of this process (Linux's VmHWM), in MiB.
 /// Peak bytes taken from the GPU's memory pool so far (every candle allocation comes from it), in
 /// GiB: the counterpart of PyTorch's `max_memory_allocated`. None off the GPU.
 #[cfg(feature = "cuda")]
@@ -260,6 +259,7 @@ fn peak_gpu_gib(_: &candle_core::Device) -> Option<f64> {
     None
 }
 
+/// Peak resident memory of this process (Linux's VmHWM), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kib: f64 =
