@@ -2,7 +2,8 @@
 //! the `cuda` feature and fails without a GPU). Each check draws fresh random inputs, runs the
 //! kernel with its outputs poisoned (NaN before the launch, so an unwritten element fails), and
 //! compares value and gradients with the composite computed in f32 on the same (rounded) inputs:
-//! ‖fused − reference‖ / ‖reference‖ under 1e-5 for f32 storage and 1e-2 for bf16.
+//! ‖fused − reference‖ / ‖reference‖ under 1e-5 for f32 storage and 1e-2 for bf16. Last, a whole
+//! model's loss and gradients on the GPU (f32, and bf16 through a cast) against the CPU.
 #![cfg(feature = "cuda")]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -215,4 +216,40 @@ fn adamw_and_the_gradient_norm_match_the_cpu_kernels() {
     let gpu_sum = gpu::adamw::sum_squares(&[&g0.to_device(&dev).unwrap(), &m0.to_device(&dev).unwrap()]).unwrap();
     let cpu_sum = sum_squares(g0).unwrap() + sum_squares(m0).unwrap();
     assert!((gpu_sum - cpu_sum).abs() < 1e-9 * cpu_sum, "sum of squares {gpu_sum} vs {cpu_sum}");
+}
+
+#[test]
+fn a_whole_model_on_the_gpu_matches_the_cpu() {
+    use candle_nn::VarBuilder;
+    use tsukuru_model::{init::init_params, ModelConfig, Transformer};
+    let dev = device();
+    // Head size 64 (the kernels' size), grouped heads, an odd length: every fused GPU op runs.
+    let cfg = ModelConfig { vocab_size: 300, n_kv_heads: 2, ..ModelConfig::from_depth(4, 300, 96) };
+    let ids: Vec<u32> = (0..2 * 90u32).map(|i| i.wrapping_mul(2_654_435_761) % 300).collect();
+    let targets: Vec<u32> = ids.iter().map(|&i| (i * 7 + 1) % 300).collect();
+    let run = |device: &Device, dtype: DType| {
+        let map = init_params(&cfg, 11, DType::F32, device).unwrap();
+        let model = Transformer::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, device)).unwrap();
+        let inputs = Tensor::from_slice(&ids, (2, 90), device).unwrap();
+        let targets = Tensor::from_slice(&targets, 180, device).unwrap();
+        let loss = model.cast(dtype).unwrap().loss(&inputs, &targets, None).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = map.data().lock().unwrap();
+        let mut named: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), grads.get(v.as_tensor()).unwrap().to_device(&Device::Cpu).unwrap()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(), named)
+    };
+    let (want, want_grads) = run(&Device::Cpu, DType::F32);
+    // f32 allows for cuBLAS running f32 products in TF32 if candle asks it to.
+    for (dtype, tol) in [(DType::F32, 2e-3), (DType::BF16, 3e-2)] {
+        let (got, got_grads) = run(&dev, dtype);
+        assert!((got - want).abs() < tol as f32 * want, "{dtype:?}: loss {got} on the GPU, {want} on the CPU");
+        for ((name, g), (_, w)) in got_grads.iter().zip(&want_grads) {
+            let e = rel(g, w);
+            assert!(e < tol, "{dtype:?}: gradient of {name} off by {e:.2e}");
+        }
+    }
 }
