@@ -27,7 +27,9 @@ prepare)
   eval "$(CUDA_LINK=1 bash scripts/cuda_toolchain.sh)"
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tsukuru/target-cuda}"
   cargo build --quiet --release --features cuda -p tsukuru-cli
-  checks=$(cargo test --quiet --release --features cuda -p tsukuru-model --test gpu_kernels --no-run \
+  # With the CLI in the package set, the checks share its dependency build (features unify as
+  # for the binary); for tsukuru-model alone cargo would build candle a second time.
+  checks=$(cargo test --quiet --release --features cuda -p tsukuru-cli -p tsukuru-model --test gpu_kernels --no-run \
     --message-format=json | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
