@@ -168,8 +168,12 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
 
 /// The log-probability of each u32 target under the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`), 0 for
 /// [`IGNORE`]: `(N)`, for losses on sequence log-probabilities (preference optimisation). On the CPU
-/// the logits are never held whole.
+/// and the GPU the logits are never held whole.
 pub fn linear_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[h, w]) {
+        return crate::gpu::linear_logprobs::linear_logprobs(h, w, targets);
+    }
     if fused(&[h, w]) {
         kernels::linear_logprobs::linear_logprobs(h, w, targets)
     } else {

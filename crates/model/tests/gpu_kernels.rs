@@ -253,3 +253,23 @@ fn a_whole_model_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn linear_logprobs_match_the_composite() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        for (n, d, v) in [(9, 16, 50), (40_000, 64, 4096)] {
+            let ids: Vec<u32> = (0..n as u32)
+                .map(|i| if i % 7 == 3 { u32::MAX } else { i.wrapping_mul(2_654_435_761) % v as u32 })
+                .collect();
+            let targets = Tensor::from_vec(ids, n, &dev).unwrap();
+            check(
+                &format!("linear_logprobs n{n} d{d} v{v}"),
+                dtype,
+                &[randn(&[n, d]), randn(&[v, d]).affine(0.1, 0.0).unwrap()],
+                |t| gpu::linear_logprobs::linear_logprobs(&t[0], &t[1], &targets),
+                |t| composite::token_logprobs(&t[0].matmul(&t[1].t()?)?, &targets),
+            );
+        }
+    }
+}

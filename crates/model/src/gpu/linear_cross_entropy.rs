@@ -5,14 +5,102 @@
 //! forward pass thus computes `dh` and `dW` of the mean loss; the backward only scales them by the
 //! incoming gradient. `dW` is summed over chunks in f32.
 
-use super::{alloc, device, int, launch, output, ptr, storage_ptr, Arg, CROSS_ENTROPY};
+use super::{device, int, launch, output, ptr, storage_copy, Arg, CROSS_ENTROPY};
 use crate::ops::IGNORE;
-use candle_core::cuda_backend::cudarc::driver::result::memcpy_dtod_async;
-use candle_core::cuda_backend::{CudaStorage, WrapErr};
+use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// Logits held at a time: 2²⁷ values (256 MiB in bf16), 4,096 rows at 32,768 words.
 const CHUNK_VALUES: usize = 1 << 27;
+
+/// Rows per chunk at a vocabulary of `v`.
+pub(super) fn chunk_rows_for(v: usize) -> usize {
+    (CHUNK_VALUES / v).max(1)
+}
+
+/// The logits `hc · wᵀ` of one chunk of rows and the rows' losses (`lse − x[target]`, 0 where
+/// ignored); with `write_grad`, the logits are turned in place into the loss's gradient
+/// `(softmax − onehot) · scale`, times `row_scale` per row when given.
+pub(super) fn chunk_rows(
+    hc: &Tensor,
+    wd: &Tensor,
+    targets: &Tensor,
+    scale: f32,
+    row_scale: Option<&Tensor>,
+    write_grad: bool,
+) -> Result<(Tensor, Tensor)> {
+    let name = "gpu cross-entropy rows";
+    let dev = device(hc)?;
+    let (rows, v) = (hc.dim(0)?, wd.dim(0)?);
+    let logits = hc.matmul(&wd.t()?)?.contiguous()?;
+    let row_loss = output(&dev, rows, DType::F32)?;
+    let row_scale = row_scale.map(|r| r.to_dtype(DType::F32)?.contiguous()).transpose()?;
+    let args = [
+        Arg::Ptr(ptr(&logits, name)?),
+        Arg::Ptr(ptr(targets, name)?),
+        Arg::Ptr(ptr(&row_loss, name)?),
+        int(v, "vocabulary")?,
+        Arg::Float(scale),
+        Arg::Ptr(match &row_scale {
+            Some(r) => ptr(r, name)?,
+            None => 0,
+        }),
+        Arg::Int(i32::from(write_grad)),
+    ];
+    let cfg = super::grid((rows as u32, 1, 1), (1024, 1, 1));
+    launch(&dev, &CROSS_ENTROPY, "cross_entropy_rows", hc.dtype(), cfg, &args)?;
+    Ok((logits, row_loss))
+}
+
+/// Shapes and targets checked: `(N, V, the targets on the host)`.
+pub(super) fn checked(h: &Tensor, w: &Tensor, targets: &Tensor, name: &str) -> Result<(usize, usize, Vec<u32>)> {
+    let ((n, d), (v, dw)) = (h.dims2()?, w.dims2()?);
+    if d != dw || targets.dims() != [n] || h.dtype() != w.dtype() {
+        candle_core::bail!(
+            "{name}: h {:?} {:?}, w {:?} {:?} and targets {:?} do not fit",
+            h.dims(),
+            h.dtype(),
+            w.dims(),
+            w.dtype(),
+            targets.dims()
+        );
+    }
+    let host: Vec<u32> = targets.to_vec1()?;
+    if let Some(bad) = host.iter().find(|&&t| t != IGNORE && t as usize >= v) {
+        candle_core::bail!("{name}: target {bad} is outside the vocabulary of {v}");
+    }
+    Ok((n, v, host))
+}
+
+/// The backward's two products over chunks: `dh` chunk by chunk, `dW` summed in f32.
+#[derive(Default)]
+pub(super) struct Backward {
+    dh: Vec<Tensor>,
+    dw: Option<Tensor>,
+}
+
+impl Backward {
+    /// Adds one chunk: `grad` the gradient of its logits, `hc` its rows of `h`.
+    pub(super) fn add(&mut self, grad: &Tensor, hc: &Tensor, wd: &Tensor, (dh, dw): (bool, bool)) -> Result<()> {
+        if dh {
+            self.dh.push(grad.matmul(wd)?);
+        }
+        if dw {
+            let part = grad.t()?.matmul(hc)?.to_dtype(DType::F32)?;
+            self.dw = Some(match self.dw.take() {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// `dh` whole (when asked for) and `dW` in f32.
+    pub(super) fn finish(self) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dh = if self.dh.is_empty() { None } else { Some(Tensor::cat(&self.dh, 0)?) };
+        Ok((dh, self.dw))
+    }
+}
 
 /// Records the loss computed outside the graph as a node over `h` and `w`, with its gradients.
 struct Loss {
@@ -30,15 +118,8 @@ impl CustomOp2 for Loss {
         candle_core::bail!("gpu-linear-cross-entropy runs on CUDA tensors only")
     }
 
-    fn cuda_fwd(&self, h: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        let shape = Shape::from(());
-        let out = alloc(&h.device, &shape, DType::F32)?;
-        let dst = storage_ptr(&out, &Layout::contiguous(&shape), self.name())?;
-        let stream = h.device.cuda_stream();
-        // SAFETY: one f32 from the loss tensor (alive in self) into the fresh scalar, on the stream
-        // that wrote it.
-        unsafe { memcpy_dtod_async(dst, ptr(&self.loss, self.name())?, 4, stream.cu_stream()) }.w()?;
-        Ok((out, shape))
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((storage_copy(&self.loss, self.name())?, Shape::from(())))
     }
 
     fn bwd(&self, h: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -52,60 +133,24 @@ impl CustomOp2 for Loss {
 /// Mean cross-entropy of the logits `h · wᵀ` (`h (N, d)`, `w (V, d)`, f32 or bf16) against u32
 /// `targets (N)` that are not [`IGNORE`], on a CUDA device; an f32 scalar.
 pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let name = "gpu linear_cross_entropy";
-    let ((n, d), (v, dw_)) = (h.dims2()?, w.dims2()?);
-    if d != dw_ || targets.dims() != [n] || h.dtype() != w.dtype() {
-        candle_core::bail!(
-            "{name}: h {:?} {:?}, w {:?} {:?} and targets {:?} do not fit",
-            h.dims(),
-            h.dtype(),
-            w.dims(),
-            w.dtype(),
-            targets.dims()
-        );
-    }
-    let host: Vec<u32> = targets.to_vec1()?;
-    if let Some(bad) = host.iter().find(|&&t| t != IGNORE && t as usize >= v) {
-        candle_core::bail!("{name}: target {bad} is outside the vocabulary of {v}");
-    }
+    let (n, v, host) = checked(h, w, targets, "gpu linear_cross_entropy")?;
     let scored = host.iter().filter(|&&t| t != IGNORE).count();
-    let dev = device(h)?;
     let (hd, wd, targets) = (h.detach().contiguous()?, w.detach().contiguous()?, targets.contiguous()?);
     let (need_dh, need_dw) = (h.track_op(), w.track_op());
     let grads = need_dh || need_dw;
     let scale = 1.0 / scored.max(1) as f32;
-    let chunk = (CHUNK_VALUES / v).max(1);
+    let chunk = chunk_rows_for(v);
     let mut loss = Tensor::zeros((), DType::F32, h.device())?;
-    let (mut dh_parts, mut dw): (Vec<Tensor>, Option<Tensor>) = (Vec::new(), None);
+    let mut back = Backward::default();
     for start in (0..n).step_by(chunk) {
         let rows = chunk.min(n - start);
         let hc = hd.narrow(0, start, rows)?;
-        let logits = hc.matmul(&wd.t()?)?.contiguous()?;
-        let row_loss = output(&dev, rows, DType::F32)?;
-        let args = [
-            Arg::Ptr(ptr(&logits, name)?),
-            Arg::Ptr(ptr(&targets.narrow(0, start, rows)?, name)?),
-            Arg::Ptr(ptr(&row_loss, name)?),
-            int(v, "vocabulary")?,
-            Arg::Float(scale),
-            Arg::Int(i32::from(grads)),
-        ];
-        let cfg = super::grid((rows as u32, 1, 1), (1024, 1, 1));
-        launch(&dev, &CROSS_ENTROPY, "cross_entropy_rows", h.dtype(), cfg, &args)?;
+        let (logits, row_loss) = chunk_rows(&hc, &wd, &targets.narrow(0, start, rows)?, scale, None, grads)?;
         loss = (loss + row_loss.sum_all()?)?;
         // `logits` now holds the chunk's gradient.
-        if need_dh {
-            dh_parts.push(logits.matmul(&wd)?);
-        }
-        if need_dw {
-            let part = logits.t()?.matmul(&hc)?.to_dtype(DType::F32)?;
-            dw = Some(match dw {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
-        }
+        back.add(&logits, &hc, &wd, (need_dh, need_dw))?;
     }
     let loss = (loss * f64::from(scale))?;
-    let dh = if need_dh { Some(Tensor::cat(&dh_parts, 0)?) } else { None };
+    let (dh, dw) = back.finish()?;
     h.apply_op2(w, Loss { loss, dh, dw })
 }

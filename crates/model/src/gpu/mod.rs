@@ -11,6 +11,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod linear_cross_entropy;
+pub mod linear_logprobs;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;
@@ -128,6 +129,28 @@ pub(crate) fn alloc(dev: &CudaDevice, shape: &Shape, dtype: DType) -> Result<Cud
         .w()?;
     }
     Ok(s)
+}
+
+/// A copy of a contiguous f32 CUDA tensor as fresh storage: what an op whose result was computed
+/// outside the graph returns from its forward.
+pub(crate) fn storage_copy(t: &Tensor, op: &str) -> Result<CudaStorage> {
+    let dev = device(t)?;
+    let out = alloc(&dev, t.shape(), t.dtype())?;
+    let dst = storage_ptr(&out, &Layout::contiguous(t.shape()), op)?;
+    let bytes = t.elem_count() * t.dtype().size_in_bytes();
+    let stream = dev.cuda_stream();
+    // SAFETY: `bytes` from `t` (alive here, contiguous) into the allocation just made, on the stream
+    // that wrote `t`.
+    unsafe {
+        candle_core::cuda_backend::cudarc::driver::result::memcpy_dtod_async(
+            dst,
+            ptr(t, op)?,
+            bytes,
+            stream.cu_stream(),
+        )
+    }
+    .w()?;
+    Ok(out)
 }
 
 /// A new tensor over fresh storage (see [`alloc`]), outside the graph.

@@ -27,7 +27,7 @@ using ll = long long;
     extern "C" void adamw_update_##S(const u64*, int, u64, float, float, float, float, float, float, float); \
     extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
     extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
-    extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, int);                \
+    extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, const float*, int);  \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
@@ -246,16 +246,20 @@ template <typename T> void rope(int b, int t, int h, int hd, int start) {
     }
 }
 
-template <typename T> void cross_entropy(int n, int v) {
+// Rows' losses and the gradient in place: of the mean loss (one scale), or with a scale per row
+// (upstream gradients of per-token log-probabilities).
+template <typename T> void cross_entropy(int n, int v, bool per_row) {
     std::vector<double> x;
     auto xs = randn<T>(size_t(n) * v, x, 0, 3);
     std::vector<unsigned> targets(n);
+    std::vector<float> row_scale(n);
     int scored = 0;
     for (int i = 0; i < n; ++i) {
         targets[i] = i % 5 == 2 ? 0xFFFFFFFFu : unsigned(rng() % v);
         scored += targets[i] != 0xFFFFFFFFu;
+        row_scale[i] = float(int(rng() % 7) - 3);
     }
-    const double scale = 1.0 / scored;
+    const double scale = per_row ? -1.0 : 1.0 / scored;
     std::vector<double> loss(n), grad(x.size());
     for (int i = 0; i < n; ++i) {
         double m = -INFINITY, s = 0;
@@ -263,17 +267,18 @@ template <typename T> void cross_entropy(int n, int v) {
         for (int j = 0; j < v; ++j) s += std::exp(x[size_t(i) * v + j] - m);
         const double lse = m + std::log(s);
         const bool ignored = targets[i] == 0xFFFFFFFFu;
+        const double k = per_row ? scale * row_scale[i] : scale;
         loss[i] = ignored ? 0 : lse - x[size_t(i) * v + targets[i]];
         for (int j = 0; j < v; ++j)
-            grad[size_t(i) * v + j] =
-                ignored ? 0 : (std::exp(x[size_t(i) * v + j] - lse) - (j == int(targets[i]))) * scale;
+            grad[size_t(i) * v + j] = ignored ? 0 : (std::exp(x[size_t(i) * v + j] - lse) - (j == int(targets[i]))) * k;
     }
     std::vector<float> ls(n, NAN);
+    const float* rs = per_row ? row_scale.data() : nullptr;
     if constexpr (sizeof(T) == 4)
-        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_f32(xs.data(), targets.data(), ls.data(), v, float(scale), 1); });
+        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_f32(xs.data(), targets.data(), ls.data(), v, float(scale), rs, 1); });
     else
-        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_bf16(xs.data(), targets.data(), ls.data(), v, float(scale), 1); });
-    const std::string what = "cross_entropy n" + std::to_string(n) + " v" + std::to_string(v);
+        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_bf16(xs.data(), targets.data(), ls.data(), v, float(scale), rs, 1); });
+    const std::string what = "cross_entropy n" + std::to_string(n) + " v" + std::to_string(v) + (per_row ? " per row" : "");
     expect((what + " loss").c_str(), kind<T>(), ls, loss, tolerance<T>());
     expect((what + " grad").c_str(), kind<T>(), xs, grad, tolerance<T>());
 }
@@ -458,8 +463,9 @@ template <typename T> void all() {
     swiglu<T>(3000);
     rope<T>(2, 5, 3, 8, 0);
     rope<T>(1, 70, 2, 64, 9);
-    cross_entropy<T>(6, 50);
-    cross_entropy<T>(3, 5000);
+    cross_entropy<T>(6, 50, false);
+    cross_entropy<T>(3, 5000, false);
+    cross_entropy<T>(7, 300, true);
     attention<T, 64>(1, 4, 2, 130, 130, 0, true);
     attention<T, 64>(1, 2, 2, 5, 150, 145, false);
     attention<T, 128>(2, 2, 1, 70, 70, 0, false);

@@ -1,7 +1,8 @@
 // Cross-entropy of rows of logits, in place: one block per row computes the row's log-sum-exp in
 // one pass (each thread a running maximum and sum, then combined over the block), writes the row's
 // loss lse − x[target] (0 for an ignored target), and when asked overwrites the logits with the
-// gradient of the mean loss, (softmax − onehot) · scale (0 for an ignored row).
+// loss's gradient, (softmax − onehot) · scale, times row_scale[row] when given (per-row upstream
+// gradients: the token log-probabilities of preference losses); 0 for an ignored row.
 #include "common.cuh"
 
 #define IGNORE 0xFFFFFFFFu
@@ -15,7 +16,8 @@ __device__ __forceinline__ void fold(float& m, float& s, float m2, float s2) {
 }
 
 template <typename T>
-__device__ void rows(T* logits, const unsigned* targets, float* loss, int v, float scale, int write_grad) {
+__device__ void rows(T* logits, const unsigned* targets, float* loss, int v, float scale, const float* row_scale,
+                     int write_grad) {
     __shared__ float sm[32], ss[32];
     const size_t row = blockIdx.x;
     T* x = logits + row * v;
@@ -45,15 +47,17 @@ __device__ void rows(T* logits, const unsigned* targets, float* loss, int v, flo
     if (threadIdx.x == 0) loss[row] = ignored ? 0.f : lse - picked;
     if (!write_grad) return;
     __syncthreads();
+    const float k = row_scale == nullptr ? scale : scale * row_scale[row];
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
         const float p = __expf(to_f32(x[j]) - lse);
-        x[j] = from_f32<T>(ignored ? 0.f : (p - (j == (int)t ? 1.f : 0.f)) * scale);
+        x[j] = from_f32<T>(ignored ? 0.f : (p - (j == (int)t ? 1.f : 0.f)) * k);
     }
 }
 
 #define ENTRY(T, S)                                                                                      \
     extern "C" __global__ void cross_entropy_rows_##S(T* logits, const unsigned* targets, float* loss,  \
-                                                      int v, float scale, int write_grad) {              \
-        rows<T>(logits, targets, loss, v, scale, write_grad);                                            \
+                                                      int v, float scale, const float* row_scale,        \
+                                                      int write_grad) {                                  \
+        rows<T>(logits, targets, loss, v, scale, row_scale, write_grad);                                 \
     }
 FOR_EACH_TYPE(ENTRY)
