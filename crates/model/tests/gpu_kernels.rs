@@ -120,7 +120,7 @@ fn rope_matches_the_composite_on_transposed_views() {
 }
 
 #[test]
-fn linear_cross_entropy_matches_the_composite() {
+fn the_output_layer_losses_match_the_composites() {
     let dev = device();
     for dtype in [DType::F32, DType::BF16] {
         // 40,000 rows at 4,096 words take several chunks; one target in seven ignored.
@@ -129,12 +129,20 @@ fn linear_cross_entropy_matches_the_composite() {
                 .map(|i| if i % 7 == 3 { u32::MAX } else { i.wrapping_mul(2_654_435_761) % v as u32 })
                 .collect();
             let targets = Tensor::from_vec(ids, n, &dev).unwrap();
+            let inputs = [randn(&[n, d]), randn(&[v, d]).affine(0.1, 0.0).unwrap()];
             check(
                 &format!("linear_cross_entropy n{n} d{d} v{v}"),
                 dtype,
-                &[randn(&[n, d]), randn(&[v, d]).affine(0.1, 0.0).unwrap()],
+                &inputs,
                 |t| gpu::linear_cross_entropy::linear_cross_entropy(&t[0], &t[1], &targets),
                 |t| composite::cross_entropy(&t[0].matmul(&t[1].t()?)?, &targets),
+            );
+            check(
+                &format!("linear_logprobs n{n} d{d} v{v}"),
+                dtype,
+                &inputs,
+                |t| gpu::linear_logprobs::linear_logprobs(&t[0], &t[1], &targets),
+                |t| composite::token_logprobs(&t[0].matmul(&t[1].t()?)?, &targets),
             );
         }
     }
@@ -250,26 +258,6 @@ fn a_whole_model_on_the_gpu_matches_the_cpu() {
         for ((name, g), (_, w)) in got_grads.iter().zip(&want_grads) {
             let e = rel(g, w);
             assert!(e < tol, "{dtype:?}: gradient of {name} off by {e:.2e}");
-        }
-    }
-}
-
-#[test]
-fn linear_logprobs_match_the_composite() {
-    let dev = device();
-    for dtype in [DType::F32, DType::BF16] {
-        for (n, d, v) in [(9, 16, 50), (40_000, 64, 4096)] {
-            let ids: Vec<u32> = (0..n as u32)
-                .map(|i| if i % 7 == 3 { u32::MAX } else { i.wrapping_mul(2_654_435_761) % v as u32 })
-                .collect();
-            let targets = Tensor::from_vec(ids, n, &dev).unwrap();
-            check(
-                &format!("linear_logprobs n{n} d{d} v{v}"),
-                dtype,
-                &[randn(&[n, d]), randn(&[v, d]).affine(0.1, 0.0).unwrap()],
-                |t| gpu::linear_logprobs::linear_logprobs(&t[0], &t[1], &targets),
-                |t| composite::token_logprobs(&t[0].matmul(&t[1].t()?)?, &targets),
-            );
         }
     }
 }
