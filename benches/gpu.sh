@@ -12,8 +12,9 @@
 # the same initialisation; `tsukuru bench train` in bf16 on the reference's GPT-2-small shape
 # (12 layers, width 768, vocabulary 32,768, 1,024 positions, batch 32); `tsukuru bench generate` at
 # batch 1 and 64; the PyTorch figures (gpu_reference.sh: the bf16 matrix peak, eager and
-# torch.compile training, batch 1 and 64 generation). The table last gives the ratios and the MFU
-# against the peak measured in the same call.
+# torch.compile training, batch 1 and 64 generation); where compute-sanitizer works, its memcheck
+# and racecheck over the kernel checks. The table last gives the ratios and the MFU against the
+# peak measured in the same call.
 # The reference files come from ../shared/bench beside the project, or $TORCH_REF_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,15 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   done
   echo "== PyTorch (gpu_reference.sh)"
   OUT="$out" timeout 420 bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
+  # Last, where the GPU's tools allow it: out-of-bounds accesses and shared-memory races in the
+  # kernels (compute-sanitizer runs only on some of these machines; each tool under a time limit).
+  if command -v compute-sanitizer > /dev/null; then
+    echo "== compute-sanitizer"
+    timeout 150 compute-sanitizer --tool memcheck "$out/gpu_kernels" --test-threads 1 > "$out/memcheck.txt" 2>&1
+    timeout 120 compute-sanitizer --tool racecheck "$out/gpu_kernels" --test-threads 1 attention \
+      > "$out/racecheck.txt" 2>&1
+    grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported" "$out/memcheck.txt" "$out/racecheck.txt"
+  fi
   rm -f "$out/tsukuru" "$out/gpu_kernels"  # not worth carrying back
   python3 - "$out" <<'PY'
 import json, os, sys
