@@ -76,6 +76,13 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
     timeout 180 "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
       | tee "$out/generate_b$b.json"
   done
+  # PyTorch's generation first, as gpu_reference.sh runs it (it comes last there, after a long
+  # compiled run that a time limit may cut short).
+  for b in 1 64; do
+    timeout 120 python3 "$dir/bench/torch_ref.py" generate --device cuda --dtype bfloat16 --layers 12 \
+      --d-model 768 --heads 12 --vocab 32768 --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
+      | tee -a "$out/gpu_reference.jsonl"
+  done
   echo "== PyTorch (gpu_reference.sh)"
   OUT="$out" timeout 420 bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
   # Last, where the GPU's tools allow it: out-of-bounds accesses and shared-memory races in the
