@@ -14,15 +14,9 @@
 // output dimensions 4j..4j+3, 4j+16.., so tile reads are 16-byte and free of bank conflicts; a
 // row's probabilities pass between its 4 lanes by warp shuffles. All arithmetic is f32; tiles are
 // held in shared memory as f32, rows padded by 4.
-#include "common.cuh"
+#include "attention.cuh"
 
-constexpr int TILE = 64;
 constexpr int THREADS = 256;
-constexpr unsigned FULL = 0xffffffffu;
-
-struct Strides {
-    long long b, h, t;
-};
 
 // Rows first..first+TILE of a (position-major) tensor at `base` into `dst` (zeros past `limit`).
 template <typename T, int HD>
@@ -83,12 +77,6 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
     v += __shfl_xor_sync(FULL, v, 1);
     return v + __shfl_xor_sync(FULL, v, 2);
-}
-
-// Whether query index qi (row b) may see key index kp.
-__device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int start, const unsigned* seg) {
-    if (qi >= t || kp >= s || kp > start + qi) return false;
-    return seg == nullptr || kp >= (int)seg[(size_t)b * t + qi];
 }
 
 template <typename T, int HD>

@@ -7,24 +7,13 @@
 // inputs and outputs as attention.cu.
 #include <mma.h>
 
-#include "common.cuh"
+#include "attention.cuh"
 
 namespace tc {
 
 using namespace nvcuda;
-constexpr int TILE = 64;
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
-constexpr unsigned FULL = 0xffffffffu;
-
-struct Strides {
-    long long b, h, t;
-};
-
-__device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int start, const unsigned* seg) {
-    if (qi >= t || kp >= s || kp > start + qi) return false;
-    return seg == nullptr || kp >= (int)seg[(size_t)b * t + qi];
-}
 
 // Rows first..first+TILE of a position-major bf16 tensor into `dst` (row stride ld; zeros past limit).
 template <int HD>
