@@ -5,7 +5,9 @@
 //! read through their strides; grouped-query heads and packed rows are handled in the kernels.
 //! The output is `(B, T, H · hd)`, ready for the output projection.
 
-use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchConfig, ATTENTION, ATTENTION_TC};
+use super::{
+    alloc, device, int, launch, output, ptr, rows_contiguous, storage_base, Arg, LaunchConfig, ATTENTION, ATTENTION_TC,
+};
 use crate::packing::Packing;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
@@ -225,8 +227,7 @@ pub fn attention(
             v.dtype()
         );
     }
-    let last = |x: &Tensor| if x.stride().last() == Some(&1) { Ok(x.clone()) } else { x.contiguous() };
     let seg = packing.map(|p| Tensor::from_slice(&p.starts(), p.batch() * p.seq(), q.device())).transpose()?;
     let op = Attention { scale: scale as f32, start, seg, lse: Mutex::new(None) };
-    last(q)?.apply_op3(&last(k)?, &last(v)?, op)
+    rows_contiguous(q)?.apply_op3(&rows_contiguous(k)?, &rows_contiguous(v)?, op)
 }

@@ -2,7 +2,7 @@
 //! projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy; the output is
 //! contiguous. The backward is the rotation by the opposite angle.
 
-use super::{alloc, elementwise, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
+use super::{alloc, elementwise, int, launch, ptr, rows_contiguous, storage_base, storage_ptr, Arg, ROPE};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::op::BackpropOp;
@@ -68,7 +68,7 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = if grad.stride().last() == Some(&1) { grad.clone() } else { grad.contiguous()? };
+        let grad = rows_contiguous(grad)?;
         let (s, l) = grad.storage_and_layout();
         let Storage::Cuda(g) = &*s else { candle_core::bail!("gpu-rope: gradient not on a CUDA device") };
         let dx = self.rotate(g, l, -1.0)?;
@@ -79,6 +79,6 @@ impl CustomOp1 for Rope {
 /// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions
 /// `start..start + T`, from the tables of [`crate::ops::rope_tables`], on a CUDA device.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
-    let x = if x.stride().last() == Some(&1) { x.clone() } else { x.contiguous()? };
+    let x = rows_contiguous(x)?;
     x.apply_op1(Rope { cos: cos.clone(), sin: sin.clone(), start })
 }
