@@ -64,6 +64,25 @@ DECLARE_TC(128)
 DECLARE_TC_BWD(64)
 DECLARE_TC_BWD(128)
 
+// The kernels for a storage type, by their names without the type suffix.
+template <typename T> struct Ops;
+#define OPS(T, S)                                                                                        \
+    template <> struct Ops<T> {                                                                          \
+        static constexpr auto rms_norm_fwd = rms_norm_fwd_##S;                                           \
+        static constexpr auto rms_norm_bwd_dx = rms_norm_bwd_dx_##S;                                     \
+        static constexpr auto rms_norm_bwd_dw_partial = rms_norm_bwd_dw_partial_##S;                     \
+        static constexpr auto rms_norm_bwd_dw_sum = rms_norm_bwd_dw_sum_##S;                             \
+        static constexpr auto swiglu_fwd = swiglu_fwd_##S;                                               \
+        static constexpr auto swiglu_bwd = swiglu_bwd_##S;                                               \
+        static constexpr auto rope = rope_##S;                                                           \
+        static constexpr auto cross_entropy_rows = cross_entropy_rows_##S;                               \
+        static constexpr auto adamw_update = adamw_update_##S;                                           \
+        static constexpr auto sum_squares = sum_squares_##S;                                             \
+        static constexpr auto sum_partials = sum_partials_##S;                                           \
+    };
+OPS(float, f32)
+OPS(bf16, bf16)
+
 // The attention kernels for a storage type and head size.
 template <typename T, int HD> struct Kernels;
 #define KERNELS(T, S, HD)                                                                                \
@@ -163,17 +182,10 @@ template <typename T> void rms_norm(int rows, int d) {
     const unsigned threads = std::min(1024u, std::max(32u, unsigned((d + 31) / 32 * 32)));
     const int groups = std::min(128, std::max(1, (rows + 7) / 8));
     std::vector<float> partial(size_t(groups) * d, NAN);
-    if constexpr (sizeof(T) == 4) {
-        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_fwd_f32(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
-        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_bwd_dx_f32(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
-        emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { rms_norm_bwd_dw_partial_f32(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
-        emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { rms_norm_bwd_dw_sum_f32(partial.data(), dws.data(), groups, d); });
-    } else {
-        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_fwd_bf16(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
-        emu_launch({unsigned(rows)}, {threads}, 0, [&] { rms_norm_bwd_dx_bf16(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
-        emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { rms_norm_bwd_dw_partial_bf16(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
-        emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { rms_norm_bwd_dw_sum_bf16(partial.data(), dws.data(), groups, d); });
-    }
+    emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_fwd(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
+    emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_bwd_dx(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
+    emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { Ops<T>::rms_norm_bwd_dw_partial(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
+    emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { Ops<T>::rms_norm_bwd_dw_sum(partial.data(), dws.data(), groups, d); });
     const std::string what = "rms_norm " + std::to_string(rows) + "x" + std::to_string(d);
     expect((what + " y").c_str(), kind<T>(), ys, y, tolerance<T>());
     expect((what + " dx").c_str(), kind<T>(), dxs, dx, tolerance<T>());
@@ -192,13 +204,8 @@ template <typename T> void swiglu(size_t n) {
     }
     auto hs = poisoned<T>(n), das = poisoned<T>(n), dbs = poisoned<T>(n);
     const unsigned blocks = unsigned(std::min<size_t>((n + 255) / 256, 3));  // grid-stride loops cover the rest
-    if constexpr (sizeof(T) == 4) {
-        emu_launch({blocks}, {256}, 0, [&] { swiglu_fwd_f32(as.data(), bs.data(), hs.data(), n); });
-        emu_launch({blocks}, {256}, 0, [&] { swiglu_bwd_f32(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
-    } else {
-        emu_launch({blocks}, {256}, 0, [&] { swiglu_fwd_bf16(as.data(), bs.data(), hs.data(), n); });
-        emu_launch({blocks}, {256}, 0, [&] { swiglu_bwd_bf16(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
-    }
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_fwd(as.data(), bs.data(), hs.data(), n); });
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_bwd(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
     const std::string what = "swiglu n" + std::to_string(n);
     expect((what + " h").c_str(), kind<T>(), hs, h, tolerance<T>());
     expect((what + " da").c_str(), kind<T>(), das, da, tolerance<T>());
@@ -236,10 +243,7 @@ template <typename T> void rope(int b, int t, int h, int hd, int start) {
     const ll sb = ll(t) * h * hd, sh = hd, st = ll(h) * hd;
     for (float sign : {1.f, -1.f}) {
         auto ys = poisoned<T>(x.size());
-        if constexpr (sizeof(T) == 4)
-            emu_launch({2}, {256}, 0, [&] { rope_f32(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
-        else
-            emu_launch({2}, {256}, 0, [&] { rope_bf16(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
+        emu_launch({2}, {256}, 0, [&] { Ops<T>::rope(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
         const std::string what = "rope b" + std::to_string(b) + " t" + std::to_string(t) + " h" + std::to_string(h) +
                                  " hd" + std::to_string(hd) + " start " + std::to_string(start) + (sign > 0 ? " fwd" : " bwd");
         expect(what.c_str(), kind<T>(), ys, sign > 0 ? fwd : back, tolerance<T>());
@@ -274,10 +278,7 @@ template <typename T> void cross_entropy(int n, int v, bool per_row) {
     }
     std::vector<float> ls(n, NAN);
     const float* rs = per_row ? row_scale.data() : nullptr;
-    if constexpr (sizeof(T) == 4)
-        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_f32(xs.data(), targets.data(), ls.data(), v, float(scale), rs, 1); });
-    else
-        emu_launch({unsigned(n)}, {1024}, 0, [&] { cross_entropy_rows_bf16(xs.data(), targets.data(), ls.data(), v, float(scale), rs, 1); });
+    emu_launch({unsigned(n)}, {1024}, 0, [&] { Ops<T>::cross_entropy_rows(xs.data(), targets.data(), ls.data(), v, float(scale), rs, 1); });
     const std::string what = "cross_entropy n" + std::to_string(n) + " v" + std::to_string(v) + (per_row ? " per row" : "");
     expect((what + " loss").c_str(), kind<T>(), ls, loss, tolerance<T>());
     expect((what + " grad").c_str(), kind<T>(), xs, grad, tolerance<T>());
@@ -438,15 +439,9 @@ template <typename T> void adamw() {
     }
     const unsigned blocks = 2;  // fewer than the chunks: the loops stride over the grid
     std::vector<double> partial(chunk, NAN), total(1, NAN);
-    if constexpr (sizeof(T) == 4) {
-        emu_launch({blocks}, {256}, 0, [&] { adamw_update_f32(table.data(), 3, chunk, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps)); });
-        emu_launch({blocks}, {256}, 0, [&] { sum_squares_f32(table.data(), 3, chunk, partial.data()); });
-        emu_launch({1}, {256}, 0, [&] { sum_partials_f32(partial.data(), chunk, total.data()); });
-    } else {
-        emu_launch({blocks}, {256}, 0, [&] { adamw_update_bf16(table.data(), 3, chunk, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps)); });
-        emu_launch({blocks}, {256}, 0, [&] { sum_squares_bf16(table.data(), 3, chunk, partial.data()); });
-        emu_launch({1}, {256}, 0, [&] { sum_partials_bf16(partial.data(), chunk, total.data()); });
-    }
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::adamw_update(table.data(), 3, chunk, float(scale), float(b1), float(b2), float(lr), float(bc1), float(bc2), float(eps)); });
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::sum_squares(table.data(), 3, chunk, partial.data()); });
+    emu_launch({1}, {256}, 0, [&] { Ops<T>::sum_partials(partial.data(), chunk, total.data()); });
     for (int t = 0; t < 3; ++t) {
         const std::string what = "adamw tensor " + std::to_string(t) + " of 3, n" + std::to_string(sizes[t]);
         expect((what + " w").c_str(), kind<T>(), ws[t], w2[t], 1e-5);
