@@ -403,8 +403,8 @@ impl Transformer {
         logits.narrow(1, t - 1, 1)?.squeeze(1)
     }
 
-    /// Logits `(B, T, V)`, or `(B, 1, V)` for the last position only unless `all` (the paged
-    /// path then projects only that row; the tensor path computes every row either way).
+    /// Logits `(B, T, V)`, or `(B, 1, V)` for the last position only unless `all`: then only that
+    /// row goes through the output projection, the largest product of a prompt's pass.
     fn forward_cached(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, all: bool) -> Result<Tensor> {
         let (b, _) = ids.dims2()?;
         if let (1, Some(cache)) = (b, cache.as_deref_mut()) {
@@ -415,7 +415,10 @@ impl Transformer {
         if cache.as_ref().is_some_and(|c| c.paged.is_some()) {
             candle_core::bail!("this cache holds one sequence decoded on the CPU path; start a new cache");
         }
-        linear(&self.hidden(ids, cache, None)?, self.lm_head.weight())
+        let h = self.hidden(ids, cache, None)?;
+        let t = h.dim(1)?;
+        let h = if all { h } else { h.narrow(1, t - 1, 1)?.contiguous()? };
+        linear(&h, self.lm_head.weight())
     }
 
     /// One sequence through the paged pass over blocks only its cache uses.

@@ -1,5 +1,6 @@
 //! Decoding with the KV cache gives the same logits as recomputing the whole sequence, for one
-//! sequence and for a batch whose cache grows and is copied.
+//! sequence and for a batch whose cache grows and is copied; the last position's logits alone equal
+//! that row of the whole pass.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -46,6 +47,11 @@ fn a_batch_cache_grows_in_place_and_a_copy_is_independent() {
     let ids: Vec<u32> = [row(1, 270), row(5, 270)].concat();
     let all = Tensor::from_vec(ids.clone(), (2, 270), &dev).unwrap();
     let full = model.forward(&all, None).unwrap();
+    // The last position's logits alone, as decoding asks for them: only that row is projected.
+    let last = model.forward_last(&all.narrow(1, 0, 250).unwrap(), Some(&mut KvCache::new(cfg.n_layers))).unwrap();
+    let want = full.narrow(1, 249, 1).unwrap().squeeze(1).unwrap();
+    let diff = (want - last).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff < 1e-4, "the last position's logits differ by {diff}");
     let mut cache = KvCache::new(cfg.n_layers);
     let mut steps = vec![model.forward(&all.narrow(1, 0, 250).unwrap(), Some(&mut cache)).unwrap()];
     let mut copy = None;
