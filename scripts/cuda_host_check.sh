@@ -9,7 +9,7 @@ src=crates/model/src/gpu/cuda
 host=crates/model/tests/cuda_host
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-flags=(-std=c++20 -O2 -pthread -w -I "$host" -I "$src" -include "$host/host.h")
+flags=(-std=c++20 -O2 -fno-strict-aliasing -pthread -w -I "$host" -I "$src" -include "$host/host.h")
 for cu in "$src"/*.cu; do
   g++ "${flags[@]}" -x c++ -c "$cu" -o "$out/$(basename "$cu" .cu).o"
 done

@@ -5,9 +5,7 @@
 //! read through their strides; grouped-query heads and packed rows are handled in the kernels.
 //! The output is `(B, T, H · hd)`, ready for the output projection.
 
-use super::{
-    alloc, device, int, launch, output, ptr, rows_contiguous, storage_base, Arg, LaunchConfig, ATTENTION, ATTENTION_TC,
-};
+use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchConfig, ATTENTION, ATTENTION_TC};
 use crate::packing::Packing;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
@@ -17,6 +15,10 @@ use std::sync::Mutex;
 /// Rows per tile and threads per block, as in the kernels.
 const TILE: usize = 64;
 const THREADS: u32 = 256;
+
+/// Elements every row of q, k and v starts on (their strides and offsets are multiples of it): the
+/// tensor-core kernels read 16 bytes at a time.
+const ALIGN: usize = 8;
 
 /// Head sizes the kernels are built for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
@@ -43,10 +45,12 @@ impl Operands {
         let mut strides = Vec::with_capacity(9);
         for ((s, l), what) in parts.into_iter().zip(["q", "k", "v"]) {
             let st = l.stride();
-            if l.dims().len() != 4 || st[3] != 1 {
+            if l.dims().len() != 4 || !rows_aligned(l) {
                 candle_core::bail!(
-                    "gpu-attention: {what} {:?} (strides {st:?}) needs 4 dimensions, the last contiguous",
-                    l.dims()
+                    "gpu-attention: {what} {:?} (strides {st:?}, offset {}) needs 4 dimensions, the last \
+                     contiguous, the others and the offset multiples of {ALIGN}",
+                    l.dims(),
+                    l.start_offset()
                 );
             }
             ptrs.push(Arg::Ptr(storage_base(s, l.start_offset(), "gpu-attention")?));
@@ -73,16 +77,15 @@ enum Kernel {
 
 /// Launches `kernel` for head size `hd`: in bf16 the tensor-core version (attention_tc.cu, four
 /// warps), in f32 the FMA one (attention.cu, 256 threads), each with the shared memory its layout
-/// takes (64-row tiles: f32 rows padded by 4, bf16 rows by 8).
+/// takes (64-row tiles: f32 rows padded by 4; bf16 tiles row-major, rows padded by 8, or transposed,
+/// `hd` rows of 64 + 8).
 fn run(dev: &CudaDevice, kernel: Kernel, dtype: DType, hd: usize, grid: (u32, u32, u32), args: &[Arg]) -> Result<()> {
-    let (f32_tile, bf16_tile) = (TILE * (hd + 4) * 4, TILE * (hd + 8) * 2);
-    let (scores, probs) = (TILE * (TILE + 4) * 4, TILE * (TILE + 8) * 2);
+    let f32_tile = TILE * (hd + 4) * 4;
+    let (rows, columns) = (TILE * (hd + 8) * 2, hd * (TILE + 8) * 2);
     let (name, block, bytes) = match (kernel, dtype) {
-        (Kernel::Forward, DType::BF16) => ("attention_fwd_tc", 128, f32_tile + scores + 3 * bf16_tile + probs),
-        (Kernel::Dq, DType::BF16) => ("attention_bwd_dq_tc", 128, f32_tile + 2 * scores + 4 * bf16_tile + probs),
-        (Kernel::Dkv, DType::BF16) => {
-            ("attention_bwd_dkv_tc", 128, 2 * f32_tile + 2 * scores + 2 * TILE * 4 + 4 * bf16_tile + 2 * probs)
-        }
+        (Kernel::Forward, DType::BF16) => ("attention_fwd_tc", 128, rows + columns),
+        (Kernel::Dq, DType::BF16) => ("attention_bwd_dq_tc", 128, 2 * rows + columns),
+        (Kernel::Dkv, DType::BF16) => ("attention_bwd_dkv_tc", 128, 4 * rows + 2 * columns + 2 * TILE * 4),
         (Kernel::Forward, _) => ("attention_fwd", THREADS, 3 * f32_tile),
         (Kernel::Dq, _) => ("attention_bwd_dq", THREADS, 4 * f32_tile),
         (Kernel::Dkv, _) => ("attention_bwd_dkv", THREADS, 4 * f32_tile + 2 * TILE * 4),
@@ -229,5 +232,22 @@ pub fn attention(
     }
     let seg = packing.map(|p| Tensor::from_slice(&p.starts(), p.batch() * p.seq(), q.device())).transpose()?;
     let op = Attention { scale: scale as f32, start, seg, lse: Mutex::new(None) };
-    rows_contiguous(q)?.apply_op3(&rows_contiguous(k)?, &rows_contiguous(v)?, op)
+    aligned_rows(q)?.apply_op3(&aligned_rows(k)?, &aligned_rows(v)?, op)
+}
+
+/// Whether the rows of `l` are contiguous and start on [`ALIGN`]-element boundaries (the other
+/// strides and the offset multiples of it).
+fn rows_aligned(l: &Layout) -> bool {
+    let (outer, last) = l.stride().split_at(l.stride().len().saturating_sub(1));
+    last == [1] && outer.iter().chain([&l.start_offset()]).all(|x| x % ALIGN == 0)
+}
+
+/// `t` itself when its rows are contiguous and start on [`ALIGN`]-element boundaries, as the
+/// kernels read them, else a copy with contiguous rows (`hd` long, so aligned) from offset 0.
+fn aligned_rows(t: &Tensor) -> Result<Tensor> {
+    if rows_aligned(t.layout()) {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
 }

@@ -100,16 +100,6 @@ pub(crate) fn storage_base(s: &CudaStorage, offset: usize, op: &str) -> Result<u
     Ok(base + (offset * size) as u64)
 }
 
-/// `t` itself when its rows (last dimension) are contiguous, which is all the strided kernels need,
-/// else a contiguous copy.
-pub(crate) fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
-    if t.stride().last() == Some(&1) {
-        Ok(t.clone())
-    } else {
-        t.contiguous()
-    }
-}
-
 /// Device address of the first element of a contiguous CUDA tensor.
 pub(crate) fn ptr(t: &Tensor, op: &str) -> Result<u64> {
     let (s, l) = t.storage_and_layout();

@@ -2,7 +2,7 @@
 //! projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy; the output is
 //! contiguous. The backward is the rotation by the opposite angle.
 
-use super::{alloc, elementwise, int, launch, ptr, rows_contiguous, storage_base, storage_ptr, Arg, ROPE};
+use super::{alloc, elementwise, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::op::BackpropOp;
@@ -81,4 +81,14 @@ impl CustomOp1 for Rope {
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     let x = rows_contiguous(x)?;
     x.apply_op1(Rope { cos: cos.clone(), sin: sin.clone(), start })
+}
+
+/// `t` itself when its rows (last dimension) are contiguous, which is all the strided kernel
+/// needs, else a contiguous copy.
+fn rows_contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.stride().last() == Some(&1) {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
 }

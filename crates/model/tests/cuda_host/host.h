@@ -1,11 +1,13 @@
 // The CUDA C of src/gpu/cuda compiled as C++ for the host, to check the kernels' logic without a
 // GPU: each block runs as one OS thread per CUDA thread, blocks one after another. __syncthreads
-// is a barrier over the block; warp shuffles exchange through a block-wide buffer between two
-// barriers (every kernel here shuffles with all of its threads at once). `__shared__` variables
+// is a barrier over the block; warp shuffles and the tensor-core product (mma_m16n8k16) exchange
+// through block-wide buffers between two barriers (every kernel here calls them with all of its
+// threads at once). `__shared__` variables
 // become statics, which is right while one block runs at a time. Timing, occupancy, shared-memory
 // limits and races the barriers hide are out of its reach: the device tests cover those.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -34,9 +36,15 @@ struct alignas(16) float4 {
     float x, y, z, w;
 };
 
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
 struct __nv_bfloat16 {
     uint16_t bits;
 };
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 inline float __bfloat162float(__nv_bfloat16 h) {
     uint32_t u = uint32_t(h.bits) << 16;
     float f;
@@ -61,10 +69,12 @@ inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 using std::max;
 using std::min;
 
-// The block being run: its barrier, the shuffle buffer and the dynamic shared memory.
+// The block being run: its barrier, the shuffle buffer, the tensor-core operands of each thread
+// (four registers of A, two of B) and the dynamic shared memory.
 struct EmuBlock {
     std::barrier<>* barrier;
     std::vector<double> exchange;
+    std::vector<std::array<uint32_t, 6>> operands;
     std::vector<float> dynamic;
 };
 extern EmuBlock emu_block;
@@ -90,6 +100,35 @@ template <typename V> V __shfl_xor_sync(unsigned mask, V v, int lane_mask) {
     return __shfl_sync(mask, v, int((emu_linear_thread() & 31u) ^ unsigned(lane_mask)));
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the warp of the calling thread:
+// d (16 × 8) += a (16 × 16) · b (16 × 8), with each lane's registers laid out as the PTX ISA's
+// "matrix fragments for mma.m16n8k16" give them. Lane 4g + i holds A's rows g and g + 8 at columns
+// 2i, 2i + 1 (registers 0, 1) and 2i + 8, 2i + 9 (registers 2, 3); B's column g at rows 2i, 2i + 1
+// (register 0) and 2i + 8, 2i + 9 (register 1); D's rows g and g + 8 at columns 2i, 2i + 1. The
+// lower half of a register is the lower column (or row). Products are summed in f32 in order.
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    const unsigned t = emu_linear_thread(), warp = t & ~31u, lane = t & 31u;
+    emu_block.operands[t] = {a[0], a[1], a[2], a[3], b0, b1};
+    __syncthreads();
+    auto bf16_at = [](uint32_t reg, int high) { return __bfloat162float({uint16_t(high ? reg >> 16 : reg & 0xffffu)}); };
+    auto A = [&](int row, int k) {
+        const auto& r = emu_block.operands[warp + 4 * (row % 8) + (k % 8) / 2];
+        return bf16_at(r[(row >= 8) + 2 * (k >= 8)], k & 1);
+    };
+    auto B = [&](int k, int col) {
+        const auto& r = emu_block.operands[warp + 4 * col + (k % 8) / 2];
+        return bf16_at(r[4 + (k >= 8)], k & 1);
+    };
+    const int g = int(lane >> 2), i = int(lane & 3);
+    for (int e = 0; e < 4; ++e) {
+        const int row = g + 8 * (e >> 1), col = 2 * i + (e & 1);
+        float sum = d[e];
+        for (int k = 0; k < 16; ++k) sum += A(row, k) * B(k, col);
+        d[e] = sum;
+    }
+    __syncthreads();
+}
+
 // Runs `kernel` over the grid, one block at a time; dynamic shared memory starts as NaN so a read
 // of an element no thread wrote shows.
 inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
@@ -102,6 +141,7 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                 std::barrier<> barrier(n);
                 emu_block.barrier = &barrier;
                 emu_block.exchange.assign(n, NAN);
+                emu_block.operands.assign(n, {});
                 // A canary past the end shows a kernel using more shared memory than it was given.
                 emu_block.dynamic.assign(shared_bytes / 4 + 256, NAN);
                 for (size_t i = shared_bytes / 4; i < emu_block.dynamic.size(); ++i) emu_block.dynamic[i] = 12345.f;

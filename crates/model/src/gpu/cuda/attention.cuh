@@ -17,3 +17,10 @@ __device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int
     if (qi >= t || kp >= s || kp > start + qi) return false;
     return seg == nullptr || kp >= (int)seg[(size_t)b * t + qi];
 }
+
+// Whether some query of the tile from q0 may not see some key of the tile from k0: the tiles meet at
+// or past the diagonal, either runs past its end, or rows are packed. Elsewhere every key is
+// visible, and a kernel can skip the per-element mask.
+__device__ __forceinline__ bool tile_masked(int q0, int k0, int t, int s, int start, const unsigned* seg) {
+    return seg != nullptr || k0 + TILE - 1 > start + q0 || q0 + TILE > t || k0 + TILE > s;
+}

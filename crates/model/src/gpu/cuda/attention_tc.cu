@@ -1,65 +1,115 @@
 // Causal attention on the tensor cores, bf16 only: the FlashAttention-2 walk of attention.cu (64
-// rows per block, tiles of 64, online softmax, log-sum-exp kept; dQ per query tile and dK, dV per
-// key tile in the backward) with every product as 16 × 16 × 16 bf16 matrix multiply-accumulates in
-// f32 (WMMA). Four warps, each owning 16 rows of the block: a warp writes its products to shared
-// memory, two lanes per row turn them into probabilities or their gradients (bf16 for the next
-// product), and the accumulators live in shared memory in f32 between tiles. Same layouts, masks,
-// inputs and outputs as attention.cu.
-#include <mma.h>
-
+// query rows per block, tiles of 64 keys, online softmax, log-sum-exp kept; dQ per query tile and
+// dK, dV per key tile in the backward) with every product a 16 × 8 × 16 bf16 multiply-accumulate in
+// f32 (mma.sync.m16n8k16). Four warps, each owning 16 rows of the block. Scores, probabilities and
+// accumulators stay in registers, in the instruction's fragment layout: a row's values sit in the
+// four lanes of a group (a row reduction is two shuffles), and the accumulators of one product,
+// rounded to bf16, are already the left operand of the next (P·V, dS·K, Pᵀ·dO, dSᵀ·Q). Shared
+// memory holds only the tiles every warp reads, row-major for operands read along the head
+// dimension and transposed for those read along positions, padded so that the fragment loads of a
+// warp fall in 32 different banks. Operands' rows start on 8-element boundaries (16-byte loads).
+// Same layouts, masks, inputs and outputs as attention.cu.
 #include "attention.cuh"
 
 namespace tc {
 
-using namespace nvcuda;
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
+// Row stride (bf16 elements) of a transposed tile, [HD][TILE].
+constexpr int LDT = TILE + 8;
 
-// Rows first..first+TILE of a position-major bf16 tensor into `dst` (row stride ld; zeros past limit).
-template <int HD>
-__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, int ld, const __nv_bfloat16* base, long long st,
-                                          int first, int limit) {
-    for (int i = threadIdx.x; i < TILE * HD; i += THREADS) {
-        const int r = i / HD, d = i % HD, pos = first + r;
-        dst[r * ld + d] = pos < limit ? base[(long long)pos * st + d] : __float2bfloat16_rn(0.f);
+#ifdef __CUDA_ARCH__
+// d (16 × 8, f32) += a (16 × 16, bf16) · b (16 × 8, bf16), one warp; fragments as the PTX ISA lays
+// them out for m16n8k16 (a host emulation of the kernels defines it otherwise).
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+// Two values rounded to bf16 and packed low first, as an operand register holds them.
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+}
+
+// The two bf16 at p (4-byte aligned) as one register.
+__device__ __forceinline__ uint32_t pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// The left operand (16 × 16) at rows r.., columns c.. of a row-major tile (row stride ld). Lane
+// 4g + i holds rows g and g + 8, columns 2i, 2i + 1, 2i + 8 and 2i + 9.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const __nv_bfloat16* tile, int ld, int r, int c) {
+    const int lane = threadIdx.x & 31;
+    const __nv_bfloat16* p = tile + (r + (lane >> 2)) * ld + c + 2 * (lane & 3);
+    a[0] = pair(p);
+    a[1] = pair(p + 8 * ld);
+    a[2] = pair(p + 8);
+    a[3] = pair(p + 8 * ld + 8);
+}
+
+// The right operand (16 × 8) whose column j is row n + j of a row-major tile, read from column c:
+// (tile[n..n + 8][c..c + 16])ᵀ. Every product here is rows of one tile against rows of another.
+__device__ __forceinline__ void load_b(uint32_t& b0, uint32_t& b1, const __nv_bfloat16* tile, int ld, int n, int c) {
+    const int lane = threadIdx.x & 31;
+    const __nv_bfloat16* p = tile + (n + (lane >> 2)) * ld + c + 2 * (lane & 3);
+    b0 = pair(p);
+    b1 = pair(p + 8);
+}
+
+// The left operand made of two accumulator tiles side by side (columns 16j.. of a 16-row result
+// whose tiles 2j and 2j + 1 these are), rounded to bf16: the same lanes hold the same elements.
+__device__ __forceinline__ void to_a(uint32_t (&a)[4], const float (&lo)[4], const float (&hi)[4]) {
+    a[0] = pack(lo[0], lo[1]);
+    a[1] = pack(lo[2], lo[3]);
+    a[2] = pack(hi[0], hi[1]);
+    a[3] = pack(hi[2], hi[3]);
+}
+
+// Rows first..first + TILE of a position-major bf16 operand (row stride st; HD columns) into `dst`,
+// zeros past `limit`: row-major with row stride HD + 8, or with TRANSPOSED as dst[column][row]
+// (row stride LDT). Sixteen bytes per load; a warp takes consecutive chunks of a row, or for the
+// transposed copy the same chunk of consecutive rows, so that its shared-memory writes spread over
+// the banks.
+template <int HD, bool TRANSPOSED>
+__device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* base, long long st, int first,
+                                          int limit) {
+    constexpr int CHUNKS = HD / 8;
+    for (int i = threadIdx.x; i < TILE * CHUNKS; i += THREADS) {
+        const int r = TRANSPOSED ? i % TILE : i / CHUNKS, d = 8 * (TRANSPOSED ? i / TILE : i % CHUNKS);
+        const int pos = first + r;
+        uint4 x = make_uint4(0, 0, 0, 0);
+        if (pos < limit) x = *reinterpret_cast<const uint4*>(base + pos * st + d);
+        if constexpr (TRANSPOSED) {
+            const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&x);
+            for (int j = 0; j < 8; ++j) dst[(d + j) * LDT + r] = e[j];
+        } else {
+            *reinterpret_cast<uint4*>(dst + r * (HD + 8) + d) = x;
+        }
     }
 }
 
-// A (16 × 64) f32 block of `dst` (row stride LDS) = rows of `a` times rows of `b` transposed
-// (both bf16, row stride LDH, HD columns): the scores of 16 rows against a tile.
-template <int HD>
-__device__ __forceinline__ void rows_times_tile(float* dst, int lds, const __nv_bfloat16* a, const __nv_bfloat16* b,
-                                                int ldh) {
-    for (int n = 0; n < TILE / 16; ++n) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::fill_fragment(acc, 0.f);
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-            wmma::load_matrix_sync(fa, a + 16 * kk, ldh);
-            wmma::load_matrix_sync(fb, b + 16 * n * ldh + 16 * kk, ldh);
-            wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(dst + 16 * n, acc, lds, wmma::mem_row_major);
-    }
+// The maximum and the sum over the four lanes that share a row.
+__device__ __forceinline__ float row_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
+    return fmaxf(v, __shfl_xor_sync(FULL, v, 2));
+}
+__device__ __forceinline__ float row_sum(float v) {
+    v += __shfl_xor_sync(FULL, v, 1);
+    return v + __shfl_xor_sync(FULL, v, 2);
 }
 
-// The f32 accumulators `acc` (16 × HD, row stride LDO) += `w` (16 × 64 bf16, row stride LDP) times
-// the tile `b` (64 × HD bf16, row stride LDH).
+// Writes rows r and r + 8 of a 16 × HD accumulator (times `scale`) as bf16 into `row0` and `row8`
+// (either null when that row is past the end).
 template <int HD>
-__device__ __forceinline__ void accumulate_tile(float* acc_rows, int ldo, const __nv_bfloat16* w, int ldp,
-                                                const __nv_bfloat16* b, int ldh) {
-    for (int n = 0; n < HD / 16; ++n) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::load_matrix_sync(acc, acc_rows + 16 * n, ldo, wmma::mem_row_major);
-        for (int kk = 0; kk < TILE / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
-            wmma::load_matrix_sync(fa, w + 16 * kk, ldp);
-            wmma::load_matrix_sync(fb, b + 16 * kk * ldh + 16 * n, ldh);
-            wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(acc_rows + 16 * n, acc, ldo, wmma::mem_row_major);
+__device__ __forceinline__ void store_rows(__nv_bfloat16* row0, __nv_bfloat16* row8, const float (&acc)[HD / 8][4],
+                                           float scale0, float scale8) {
+    const int c = 2 * (threadIdx.x & 3);
+    for (int n = 0; n < HD / 8; ++n) {
+        if (row0) *reinterpret_cast<uint32_t*>(row0 + 8 * n + c) = pack(acc[n][0] * scale0, acc[n][1] * scale0);
+        if (row8) *reinterpret_cast<uint32_t*>(row8 + 8 * n + c) = pack(acc[n][2] * scale8, acc[n][3] * scale8);
     }
 }
 
@@ -67,69 +117,83 @@ template <int HD>
 __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, __nv_bfloat16* o,
                         float* lse, const unsigned* seg, int heads, int kv_heads, int t, int s, int start, float scale,
                         Strides qs, Strides ks, Strides vs) {
-    constexpr int LDH = HD + 8;    // bf16 tiles
-    constexpr int LDS = TILE + 4;  // f32 scores
-    constexpr int LDP = TILE + 8;  // bf16 probabilities
-    constexpr int LDO = HD + 4;    // f32 outputs
+    constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
-    float* so = smem;                        // [TILE][LDO]
-    float* ss = so + TILE * LDO;             // [TILE][LDS]
-    __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(ss + TILE * LDS);
-    __nv_bfloat16* sk = sq + TILE * LDH;
-    __nv_bfloat16* sv = sk + TILE * LDH;
-    __nv_bfloat16* sp = sv + TILE * LDH;     // [TILE][LDP]
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
+    __nv_bfloat16* svt = sk + TILE * LDH;                        // [HD][LDT]: V transposed
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
-    const int q0 = blockIdx.x * TILE;
-    // Softmax bookkeeping: lanes 2r and 2r + 1 of a warp share row 16·warp + r, each half its columns.
-    const int row = 16 * warp + (lane >> 1), half = lane & 1, qi = q0 + row;
-    load_tile<HD>(sq, LDH, q + b * qs.b + h * qs.h, qs.t, q0, t);
-    for (int i = threadIdx.x; i < TILE * LDO; i += THREADS) so[i] = 0.f;
+    const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's rows: r0, r0 + 8
+    load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
+    __syncthreads();
+    uint32_t qa[KSTEPS][4];  // the warp's 16 query rows, for the whole walk
+    for (int kk = 0; kk < KSTEPS; ++kk) load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
     const __nv_bfloat16* kb = k + b * ks.b + kvh * ks.h;
     const __nv_bfloat16* vb = v + b * vs.b + kvh * vs.h;
-    float m = -INFINITY, l = 0.f;
+    float acc[NT][4] = {};
+    // Per row (r0, r0 + 8): the running maximum, and this lane's part of the running sum.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     const int end = min(s, start + q0 + TILE);
     for (int k0 = 0; k0 < end; k0 += TILE) {
         __syncthreads();
-        load_tile<HD>(sk, LDH, kb, ks.t, k0, s);
-        load_tile<HD>(sv, LDH, vb, vs.t, k0, s);
+        load_tile<HD, false>(sk, kb, ks.t, k0, s);
+        load_tile<HD, true>(svt, vb, vs.t, k0, s);
         __syncthreads();
-        // S (16 × 64) = Q_warp · Kᵀ.
-        rows_times_tile<HD>(ss + 16 * warp * LDS, LDS, sq + 16 * warp * LDH, sk, LDH);
-        __syncwarp();
-        // Online softmax over this row's half of the tile.
-        float* srow = ss + row * LDS + 32 * half;
-        float mx = -INFINITY;
-        for (int c = 0; c < 32; ++c) {
-            const float x = visible(qi, k0 + 32 * half + c, b, t, s, start, seg) ? srow[c] * scale : -INFINITY;
-            srow[c] = x;
-            mx = fmaxf(mx, x);
+        // S (16 × 64) = Q_warp · Kᵀ, eight 16 × 8 tiles.
+        float sc[8][4] = {};
+        for (int kk = 0; kk < KSTEPS; ++kk)
+            for (int n = 0; n < 8; ++n) {
+                uint32_t b0, b1;
+                load_b(b0, b1, sk, LDH, 8 * n, 16 * kk);
+                mma_m16n8k16(sc[n], qa[kk], b0, b1);
+            }
+        const bool masked = tile_masked(q0, k0, t, s, start, seg);
+        float mx[2] = {-INFINITY, -INFINITY};
+        for (int n = 0; n < 8; ++n)
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >> 1, key = k0 + 8 * n + c + (e & 1);
+                const bool ok = !masked || visible(q0 + r0 + 8 * i, key, b, t, s, start, seg);
+                const float x = ok ? sc[n][e] * scale : -INFINITY;
+                sc[n][e] = x;
+                mx[i] = fmaxf(mx[i], x);
+            }
+        float alpha[2];
+        for (int i = 0; i < 2; ++i) {
+            const float next = fmaxf(m[i], row_max(mx[i]));
+            alpha[i] = next == -INFINITY ? 1.f : __expf(m[i] - next);
+            m[i] = next;
+            l[i] *= alpha[i];
         }
-        const float next = fmaxf(m, fmaxf(mx, __shfl_xor_sync(FULL, mx, 1)));
-        const float alpha = next == -INFINITY ? 1.f : __expf(m - next);
-        float sum = 0.f;
-        __nv_bfloat16* prow = sp + row * LDP + 32 * half;
-        for (int c = 0; c < 32; ++c) {
-            const float p = next == -INFINITY ? 0.f : __expf(srow[c] - next);
-            sum += p;
-            prow[c] = __float2bfloat16_rn(p);
+        for (int n = 0; n < 8; ++n)
+            for (int e = 0; e < 4; ++e) {
+                const float mi = m[e >> 1];
+                const float p = mi == -INFINITY ? 0.f : __expf(sc[n][e] - mi);
+                sc[n][e] = p;
+                l[e >> 1] += p;
+            }
+        for (int n = 0; n < NT; ++n)
+            for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
+        // O_warp (16 × HD) += P (16 × 64) · V, the probabilities straight from their registers.
+        for (int j = 0; j < TILE / 16; ++j) {
+            uint32_t pa[4];
+            to_a(pa, sc[2 * j], sc[2 * j + 1]);
+            for (int n = 0; n < NT; ++n) {
+                uint32_t b0, b1;
+                load_b(b0, b1, svt, LDT, 8 * n, 16 * j);
+                mma_m16n8k16(acc[n], pa, b0, b1);
+            }
         }
-        l = l * alpha + sum + __shfl_xor_sync(FULL, sum, 1);
-        m = next;
-        float* orow = so + row * LDO + (HD / 2) * half;
-        for (int d = 0; d < HD / 2; ++d) orow[d] *= alpha;
-        __syncwarp();
-        // O_warp (16 × HD) += P_warp (16 × 64) · V.
-        accumulate_tile<HD>(so + 16 * warp * LDO, LDO, sp + 16 * warp * LDP, LDP, sv, LDH);
-        __syncwarp();
     }
-    if (qi < t) {
-        const float inv = l > 0.f ? 1.f / l : 0.f;
-        __nv_bfloat16* out = o + (((size_t)b * t + qi) * heads + h) * HD + (HD / 2) * half;
-        const float* orow = so + row * LDO + (HD / 2) * half;
-        for (int d = 0; d < HD / 2; ++d) out[d] = __float2bfloat16_rn(orow[d] * inv);
-        if (half == 0) lse[(size_t)blockIdx.y * t + qi] = m + logf(l);
+    __nv_bfloat16* rows[2];
+    float inv[2];
+    for (int i = 0; i < 2; ++i) {
+        const float sum = row_sum(l[i]);
+        const int qi = q0 + r0 + 8 * i;
+        inv[i] = sum > 0.f ? 1.f / sum : 0.f;
+        rows[i] = qi < t ? o + (((size_t)b * t + qi) * heads + h) * HD : nullptr;
+        if (qi < t && c == 0) lse[(size_t)blockIdx.y * t + qi] = m[i] + logf(sum);
     }
+    store_rows<HD>(rows[0], rows[1], acc, inv[0], inv[1]);
 }
 
 // dQ = scale · Σ_keys dS · K, dS = P ⊙ (dO·Vᵀ − D), P from the kept log-sum-exp. dout is
@@ -139,122 +203,159 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
                             const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                             __nv_bfloat16* dq, int heads, int kv_heads, int t, int s, int start, float scale,
                             Strides qs, Strides ks, Strides vs) {
-    constexpr int LDH = HD + 8, LDS = TILE + 4, LDP = TILE + 8, LDO = HD + 4;
+    constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
-    float* sacc = smem;                     // [TILE][LDO] dQ accumulators
-    float* sp = sacc + TILE * LDO;          // [TILE][LDS] scores, then probabilities
-    float* sdp = sp + TILE * LDS;           // [TILE][LDS] dO·Vᵀ
-    __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(sdp + TILE * LDS);
-    __nv_bfloat16* sdo = sq + TILE * LDH;
-    __nv_bfloat16* sk = sdo + TILE * LDH;
-    __nv_bfloat16* sv = sk + TILE * LDH;
-    __nv_bfloat16* sds = sv + TILE * LDH;   // [TILE][LDP]
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
+    __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: dO first, then V
+    __nv_bfloat16* skt = sv + TILE * LDH;                        // [HD][LDT]: K transposed
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
-    const int q0 = blockIdx.x * TILE;
-    const int row = 16 * warp + (lane >> 1), half = lane & 1, qi = q0 + row;
-    load_tile<HD>(sq, LDH, q + b * qs.b + h * qs.h, qs.t, q0, t);
-    load_tile<HD>(sdo, LDH, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
-    for (int i = threadIdx.x; i < TILE * LDO; i += THREADS) sacc[i] = 0.f;
-    const float row_lse = qi < t ? lse[(size_t)blockIdx.y * t + qi] : 0.f;
-    const float row_d = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
+    const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);
+    load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
+    load_tile<HD, false>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
+    __syncthreads();
+    uint32_t qa[KSTEPS][4], da[KSTEPS][4];
+    for (int kk = 0; kk < KSTEPS; ++kk) {
+        load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
+        load_a(da[kk], sv, LDH, 16 * warp, 16 * kk);
+    }
+    float row_lse[2], row_d[2];
+    for (int i = 0; i < 2; ++i) {
+        const int qi = q0 + r0 + 8 * i;
+        row_lse[i] = qi < t ? lse[(size_t)blockIdx.y * t + qi] : 0.f;
+        row_d[i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
+    }
     const __nv_bfloat16* kb = k + b * ks.b + kvh * ks.h;
     const __nv_bfloat16* vb = v + b * vs.b + kvh * vs.h;
+    float acc[NT][4] = {};
     const int end = min(s, start + q0 + TILE);
     for (int k0 = 0; k0 < end; k0 += TILE) {
         __syncthreads();
-        load_tile<HD>(sk, LDH, kb, ks.t, k0, s);
-        load_tile<HD>(sv, LDH, vb, vs.t, k0, s);
+        load_tile<HD, false>(sk, kb, ks.t, k0, s);
+        load_tile<HD, false>(sv, vb, vs.t, k0, s);
+        load_tile<HD, true>(skt, kb, ks.t, k0, s);
         __syncthreads();
-        rows_times_tile<HD>(sp + 16 * warp * LDS, LDS, sq + 16 * warp * LDH, sk, LDH);
-        rows_times_tile<HD>(sdp + 16 * warp * LDS, LDS, sdo + 16 * warp * LDH, sv, LDH);
-        __syncwarp();
-        const float* prow = sp + row * LDS + 32 * half;
-        const float* dprow = sdp + row * LDS + 32 * half;
-        __nv_bfloat16* dsrow = sds + row * LDP + 32 * half;
-        for (int c = 0; c < 32; ++c) {
-            const bool ok = visible(qi, k0 + 32 * half + c, b, t, s, start, seg);
-            const float p = ok ? __expf(prow[c] * scale - row_lse) : 0.f;
-            dsrow[c] = __float2bfloat16_rn(p * (dprow[c] - row_d));
+        float sc[8][4] = {}, dp[8][4] = {};
+        for (int kk = 0; kk < KSTEPS; ++kk)
+            for (int n = 0; n < 8; ++n) {
+                uint32_t b0, b1;
+                load_b(b0, b1, sk, LDH, 8 * n, 16 * kk);
+                mma_m16n8k16(sc[n], qa[kk], b0, b1);
+                load_b(b0, b1, sv, LDH, 8 * n, 16 * kk);
+                mma_m16n8k16(dp[n], da[kk], b0, b1);
+            }
+        // dS, over the score registers.
+        const bool masked = tile_masked(q0, k0, t, s, start, seg);
+        for (int n = 0; n < 8; ++n)
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >> 1, key = k0 + 8 * n + c + (e & 1);
+                const bool ok = !masked || visible(q0 + r0 + 8 * i, key, b, t, s, start, seg);
+                const float p = ok ? __expf(sc[n][e] * scale - row_lse[i]) : 0.f;
+                sc[n][e] = p * (dp[n][e] - row_d[i]);
+            }
+        for (int j = 0; j < TILE / 16; ++j) {
+            uint32_t dsa[4];
+            to_a(dsa, sc[2 * j], sc[2 * j + 1]);
+            for (int n = 0; n < NT; ++n) {
+                uint32_t b0, b1;
+                load_b(b0, b1, skt, LDT, 8 * n, 16 * j);
+                mma_m16n8k16(acc[n], dsa, b0, b1);
+            }
         }
-        __syncwarp();
-        accumulate_tile<HD>(sacc + 16 * warp * LDO, LDO, sds + 16 * warp * LDP, LDP, sk, LDH);
-        __syncwarp();
     }
-    if (qi < t) {
-        __nv_bfloat16* out = dq + (((size_t)b * heads + h) * t + qi) * HD + (HD / 2) * half;
-        const float* arow = sacc + row * LDO + (HD / 2) * half;
-        for (int d = 0; d < HD / 2; ++d) out[d] = __float2bfloat16_rn(arow[d] * scale);
+    __nv_bfloat16* rows[2];
+    for (int i = 0; i < 2; ++i) {
+        const int qi = q0 + r0 + 8 * i;
+        rows[i] = qi < t ? dq + (((size_t)b * heads + h) * t + qi) * HD : nullptr;
     }
+    store_rows<HD>(rows[0], rows[1], acc, scale, scale);
 }
 
-// dV = Σ_queries P · dO and dK = scale · Σ_queries dS · Q for a tile of keys of one key/value head,
-// over every query head it serves; rows are keys. dk and dv are written (B, KV, S, hd).
+// dV = Σ_queries Pᵀ · dO and dK = scale · Σ_queries dSᵀ · Q for a tile of keys of one key/value head,
+// over every query head it serves; a warp's rows are 16 keys. dk and dv are written (B, KV, S, hd).
 template <int HD>
 __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                              const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                              __nv_bfloat16* dk, __nv_bfloat16* dv, int heads, int kv_heads, int t, int s, int start,
                              float scale, Strides qs, Strides ks, Strides vs) {
-    constexpr int LDH = HD + 8, LDS = TILE + 4, LDP = TILE + 8, LDO = HD + 4;
+    constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
-    float* sdk = smem;                      // [TILE][LDO]
-    float* sdv = sdk + TILE * LDO;          // [TILE][LDO]
-    float* sst = sdv + TILE * LDO;          // [TILE][LDS] Sᵀ (keys × queries)
-    float* sdpt = sst + TILE * LDS;         // [TILE][LDS] (dO·Vᵀ)ᵀ
-    float* slse = sdpt + TILE * LDS;        // [TILE]
-    float* sd = slse + TILE;                // [TILE]
-    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(sd + TILE);
-    __nv_bfloat16* sv = sk + TILE * LDH;
-    __nv_bfloat16* sq = sv + TILE * LDH;
-    __nv_bfloat16* sdo = sq + TILE * LDH;
-    __nv_bfloat16* spt = sdo + TILE * LDH;  // [TILE][LDP] Pᵀ
-    __nv_bfloat16* sdst = spt + TILE * LDP; // [TILE][LDP] dSᵀ
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH], the block's keys
+    __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH], their values
+    __nv_bfloat16* sq = sv + TILE * LDH;                         // [TILE][LDH]
+    __nv_bfloat16* sdo = sq + TILE * LDH;                        // [TILE][LDH]
+    __nv_bfloat16* sqt = sdo + TILE * LDH;                       // [HD][LDT]: Q transposed
+    __nv_bfloat16* sdot = sqt + HD * LDT;                        // [HD][LDT]: dO transposed
+    float* slse = reinterpret_cast<float*>(sdot + HD * LDT);     // [TILE]
+    float* sd = slse + TILE;                                     // [TILE]
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const int b = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads, group = heads / kv_heads;
-    const int k0 = blockIdx.x * TILE;
-    const int row = 16 * warp + (lane >> 1), half = lane & 1, kp = k0 + row;
-    load_tile<HD>(sk, LDH, k + b * ks.b + kvh * ks.h, ks.t, k0, s);
-    load_tile<HD>(sv, LDH, v + b * vs.b + kvh * vs.h, vs.t, k0, s);
-    for (int i = threadIdx.x; i < TILE * LDO; i += THREADS) sdk[i] = sdv[i] = 0.f;
+    const int k0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's keys: k0 + r0, + 8
+    load_tile<HD, false>(sk, k + b * ks.b + kvh * ks.h, ks.t, k0, s);
+    load_tile<HD, false>(sv, v + b * vs.b + kvh * vs.h, vs.t, k0, s);
+    float dka[NT][4] = {}, dva[NT][4] = {};
     const int first = max(0, k0 - start) / TILE * TILE;
     for (int g = 0; g < group; ++g) {
         const int h = kvh * group + g;
+        const __nv_bfloat16* qb = q + b * qs.b + h * qs.h;
+        const __nv_bfloat16* db = dout + ((size_t)b * t * heads + h) * HD;
         for (int q0 = first; q0 < t; q0 += TILE) {
             __syncthreads();
-            load_tile<HD>(sq, LDH, q + b * qs.b + h * qs.h, qs.t, q0, t);
-            load_tile<HD>(sdo, LDH, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
+            load_tile<HD, false>(sq, qb, qs.t, q0, t);
+            load_tile<HD, false>(sdo, db, (long long)heads * HD, q0, t);
+            load_tile<HD, true>(sqt, qb, qs.t, q0, t);
+            load_tile<HD, true>(sdot, db, (long long)heads * HD, q0, t);
             for (int i = threadIdx.x; i < TILE; i += THREADS) {
                 const int qi = q0 + i;
                 slse[i] = qi < t ? lse[((size_t)b * heads + h) * t + qi] : 0.f;
                 sd[i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
             }
             __syncthreads();
-            rows_times_tile<HD>(sst + 16 * warp * LDS, LDS, sk + 16 * warp * LDH, sq, LDH);
-            rows_times_tile<HD>(sdpt + 16 * warp * LDS, LDS, sv + 16 * warp * LDH, sdo, LDH);
-            __syncwarp();
-            const float* srow = sst + row * LDS + 32 * half;
-            const float* dprow = sdpt + row * LDS + 32 * half;
-            __nv_bfloat16* prow = spt + row * LDP + 32 * half;
-            __nv_bfloat16* dsrow = sdst + row * LDP + 32 * half;
-            for (int c = 0; c < 32; ++c) {
-                const int col = 32 * half + c;
-                const bool ok = visible(q0 + col, kp, b, t, s, start, seg);
-                const float p = ok ? __expf(srow[c] * scale - slse[col]) : 0.f;
-                prow[c] = __float2bfloat16_rn(p);
-                dsrow[c] = __float2bfloat16_rn(p * (dprow[c] - sd[col]));
+            // Sᵀ (16 keys × 64 queries) = K_warp · Qᵀ and (dO·Vᵀ)ᵀ = V_warp · dOᵀ.
+            float st[8][4] = {}, dpt[8][4] = {};
+            for (int kk = 0; kk < KSTEPS; ++kk) {
+                uint32_t ka[4], va[4];
+                load_a(ka, sk, LDH, 16 * warp, 16 * kk);
+                load_a(va, sv, LDH, 16 * warp, 16 * kk);
+                for (int n = 0; n < 8; ++n) {
+                    uint32_t b0, b1;
+                    load_b(b0, b1, sq, LDH, 8 * n, 16 * kk);
+                    mma_m16n8k16(st[n], ka, b0, b1);
+                    load_b(b0, b1, sdo, LDH, 8 * n, 16 * kk);
+                    mma_m16n8k16(dpt[n], va, b0, b1);
+                }
             }
-            __syncwarp();
-            accumulate_tile<HD>(sdv + 16 * warp * LDO, LDO, spt + 16 * warp * LDP, LDP, sdo, LDH);
-            accumulate_tile<HD>(sdk + 16 * warp * LDO, LDO, sdst + 16 * warp * LDP, LDP, sq, LDH);
-            __syncwarp();
+            // Pᵀ into st and dSᵀ into dpt; columns are queries.
+            const bool masked = tile_masked(q0, k0, t, s, start, seg);
+            for (int n = 0; n < 8; ++n)
+                for (int e = 0; e < 4; ++e) {
+                    const int col = 8 * n + c + (e & 1);
+                    const bool ok = !masked || visible(q0 + col, k0 + r0 + 8 * (e >> 1), b, t, s, start, seg);
+                    const float p = ok ? __expf(st[n][e] * scale - slse[col]) : 0.f;
+                    st[n][e] = p;
+                    dpt[n][e] = p * (dpt[n][e] - sd[col]);
+                }
+            for (int j = 0; j < TILE / 16; ++j) {
+                uint32_t pa[4], dsa[4];
+                to_a(pa, st[2 * j], st[2 * j + 1]);
+                to_a(dsa, dpt[2 * j], dpt[2 * j + 1]);
+                for (int n = 0; n < NT; ++n) {
+                    uint32_t b0, b1;
+                    load_b(b0, b1, sdot, LDT, 8 * n, 16 * j);
+                    mma_m16n8k16(dva[n], pa, b0, b1);
+                    load_b(b0, b1, sqt, LDT, 8 * n, 16 * j);
+                    mma_m16n8k16(dka[n], dsa, b0, b1);
+                }
+            }
         }
     }
-    if (kp < s) {
-        const size_t at = (((size_t)b * kv_heads + kvh) * s + kp) * HD + (HD / 2) * half;
-        const float *krow = sdk + row * LDO + (HD / 2) * half, *vrow = sdv + row * LDO + (HD / 2) * half;
-        for (int d = 0; d < HD / 2; ++d) {
-            dk[at + d] = __float2bfloat16_rn(krow[d] * scale);
-            dv[at + d] = __float2bfloat16_rn(vrow[d]);
+    for (int i = 0; i < 2; ++i) {
+        const int kp = k0 + r0 + 8 * i;
+        if (kp >= s) continue;
+        const size_t at = (((size_t)b * kv_heads + kvh) * s + kp) * HD;
+        for (int n = 0; n < NT; ++n) {
+            *reinterpret_cast<uint32_t*>(dk + at + 8 * n + c) = pack(dka[n][2 * i] * scale, dka[n][2 * i + 1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + at + 8 * n + c) = pack(dva[n][2 * i], dva[n][2 * i + 1]);
         }
     }
 }
