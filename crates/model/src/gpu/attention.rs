@@ -181,9 +181,14 @@ impl CustomOp3 for Attention {
         let dev = device(q)?;
         let dtype = q.dtype();
         let dout = grad.contiguous()?;
-        // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32.
-        let dsum =
-            (dout.to_dtype(DType::F32)? * out.to_dtype(DType::F32)?)?.reshape((b, t, h, hd))?.sum(3)?.contiguous()?;
+        // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32, one pass over each.
+        let dsum = output(&dev, (b, t, h), DType::F32)?;
+        let rows = b * t * h;
+        let (pd, po, ps) = (ptr(&dout, name)?, ptr(out, name)?, ptr(&dsum, name)?);
+        let args = [Arg::Ptr(pd), Arg::Ptr(po), Arg::Ptr(ps), int(rows, "rows")?, int(hd, "head size")?];
+        // A warp per row, eight per block.
+        let cfg = super::grid((rows.div_ceil(8).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1));
+        launch(&dev, &ATTENTION, "attention_dsum", dtype, cfg, &args)?;
         let (dq, dk, dv) = (
             output(&dev, (b, h, t, hd), dtype)?,
             output(&dev, (b, kv, s, hd), dtype)?,

@@ -28,6 +28,7 @@ using ll = long long;
     extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
     extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
     extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, const float*, int);  \
+    extern "C" void attention_dsum_##S(const T*, const T*, float*, int, int);                            \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
@@ -79,6 +80,7 @@ template <typename T> struct Ops;
         static constexpr auto adamw_update = adamw_update_##S;                                           \
         static constexpr auto sum_squares = sum_squares_##S;                                             \
         static constexpr auto sum_partials = sum_partials_##S;                                           \
+        static constexpr auto attention_dsum = attention_dsum_##S;                                       \
     };
 OPS(float, f32)
 OPS(bf16, bf16)
@@ -369,6 +371,12 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
         K_::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks.data(), dvs.data(), h, kv, t,
                 s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
     });
+    // D = rowsum(dO ⊙ O) from the stored (rounded) outputs, as the backward computes it.
+    std::vector<double> dsum_want(dsum.size(), 0.0);
+    for (size_t r = 0; r < dsum.size(); ++r)
+        for (int d = 0; d < HD; ++d) dsum_want[r] += double(val(dos[r * HD + d])) * val(os[r * HD + d]);
+    std::vector<float> dsums(dsum.size(), NAN);
+    emu_launch({2}, {256}, 0, [&] { Ops<T>::attention_dsum(dos.data(), os.data(), dsums.data(), int(dsum.size()), HD); });
     std::vector<T> os_tc, dqs_tc, dks_tc, dvs_tc;
     std::vector<float> lses_tc;
     if constexpr (sizeof(T) == 2) {
@@ -396,6 +404,7 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
     const std::string w(what);
     expect((w + " o").c_str(), kind<T>(), os, o, tolerance<T>());
     expect((w + " lse").c_str(), kind<T>(), lses, lse, 1e-5);
+    expect((w + " rowsum(dO*O)").c_str(), kind<T>(), dsums, dsum_want, 1e-5);
     expect((w + " dq").c_str(), kind<T>(), dqs, dq, tolerance<T>());
     expect((w + " dk").c_str(), kind<T>(), dks, dk, tolerance<T>());
     expect((w + " dv").c_str(), kind<T>(), dvs, dv, tolerance<T>());

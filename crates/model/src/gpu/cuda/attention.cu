@@ -259,3 +259,25 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
     }
 #define ENTRY(T, S) ENTRY_HD(T, S, 64) ENTRY_HD(T, S, 128)
 FOR_EACH_TYPE(ENTRY)
+
+// D = rowsum(dO ⊙ O) in f32 for `rows` rows of `hd` (dO and O contiguous, (B, T, H · hd) read as
+// B·T·H rows): what both backward kernels subtract from dP. One warp per row, one pass over each.
+template <typename T>
+__device__ void attention_dsum(const T* dout, const T* out, float* dsum, int rows, int hd) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    // Whole blocks step together (every warp shuffles the same number of times).
+    for (int first = blockIdx.x * warps; first < rows; first += gridDim.x * warps) {
+        const int row = first + (threadIdx.x >> 5);
+        float acc = 0.f;
+        for (int d = lane; row < rows && d < hd; d += 32)
+            acc += to_f32(dout[(size_t)row * hd + d]) * to_f32(out[(size_t)row * hd + d]);
+        acc = warp_sum(acc);
+        if (row < rows && lane == 0) dsum[row] = acc;
+    }
+}
+
+#define ENTRY_DSUM(T, S)                                                                                    \
+    extern "C" __global__ void attention_dsum_##S(const T* dout, const T* out, float* dsum, int rows, int hd) { \
+        attention_dsum<T>(dout, out, dsum, rows, hd);                                                        \
+    }
+FOR_EACH_TYPE(ENTRY_DSUM)
