@@ -126,6 +126,10 @@ print(f"train tokens/s: tsukuru {train and train['tokens_per_s']}, PyTorch eager
       f"compile {compiled and compiled['tokens_per_s']}; vs eager {ratio(train, eager)}, vs compile "
       f"{ratio(train, compiled)}; MFU {mfu} (peak {peak} TFLOP/s), PyTorch compile MFU {compiled and compiled.get('mfu')}")
 print(f"peak GiB: tsukuru {train and train.get('peak_mem_gib')}, PyTorch compile {compiled and compiled.get('peak_mem_gib')}")
+if train and train.get("forward_s") is not None:
+    rest = train["step_s"] - train["forward_s"] - train["backward_s"]
+    print(f"tsukuru step {train['step_s']} s: forward {train['forward_s']} s, backward and norm {train['backward_s']} s, "
+          f"update and the rest {rest:.5f} s")
 for b in (1, 64):
     g, t = one(f"generate_b{b}.json"), torch("generate", batch=b)
     print(f"generate batch {b}: tsukuru {g and g.get('tokens_per_s')}, PyTorch {t and t.get('tokens_per_s')}, {ratio(g, t)}")

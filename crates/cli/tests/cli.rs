@@ -453,3 +453,17 @@ fn a_deliberately_contaminated_task_is_detected_and_its_inflated_score_shown_apa
         ok(d, &["eval", "contamination", "--quiet", "--train", "clean", "--tasks", "leaks.jsonl", "--out", "c2.json"]);
     assert!(out.contains("0 of 40 checked items contaminated"), "{out}");
 }
+
+#[test]
+fn bench_train_reports_a_falling_loss_and_where_a_step_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shape = ["--layers", "1", "--d-model", "64", "--heads", "2", "--vocab", "256", "--seq", "32", "--batch", "4"];
+    let args = [&["bench", "train"][..], &shape, &["--steps", "8", "--warmup", "1", "--quiet"]].concat();
+    let out: serde_json::Value = serde_json::from_str(ok(tmp.path(), &args).trim()).unwrap();
+    let f = |k: &str| out[k].as_f64().unwrap_or_else(|| panic!("{k} missing from {out}"));
+    assert!(f("loss_last") < f("loss_step0"), "the fixed batch's loss did not fall: {out}");
+    assert!(f("forward_s") > 0.0 && f("backward_s") > 0.0, "{out}");
+    // Medians of parts need not add up exactly, but no part exceeds a whole step by much.
+    assert!(f("forward_s").max(f("backward_s")) < 2.0 * f("step_s"), "{out}");
+    assert_eq!(f("tokens_per_step"), 128.0);
+}

@@ -8,6 +8,7 @@ use crate::TrainError;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 use tsukuru_model::kernels::grad_sink;
 use tsukuru_model::{Packing, Transformer};
 use tsukuru_tokens::Batch;
@@ -98,6 +99,13 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// True when the step was skipped because the loss or gradients were not finite.
     pub skipped: bool,
+    /// Seconds spent until each micro-batch's loss was read back: the weights' cast and the
+    /// forward passes (on a GPU also the work queued before them, such as an earlier micro-batch's
+    /// backward pass).
+    pub forward_s: f64,
+    /// Seconds from the last loss until the gradient norm was read back: the backward pass and the
+    /// norm. What remains of a step is the optimiser's update.
+    pub backward_s: f64,
 }
 
 /// The loop's state between steps.
@@ -165,6 +173,7 @@ impl Trainer {
         next_batch: &mut dyn FnMut() -> Batch,
     ) -> Result<StepReport, TrainError> {
         let accum = self.cfg.grad_accum;
+        let mut clock = Instant::now();
         // Cast once per step: the weights change only at the optimiser's update.
         let cast;
         let model = match self.cfg.precision.compute_dtype() {
@@ -176,6 +185,7 @@ impl Trainer {
         };
         let mut total: Option<GradStore> = None;
         let mut loss_sum = 0.0;
+        let mut forward_s = 0.0;
         for _ in 0..accum {
             let batch = next_batch();
             // The fused ops hand their weights' gradients to the sink rather than to candle's
@@ -183,6 +193,7 @@ impl Trainer {
             let (loss, sink) = grad_sink::collect(|| objective.loss(model, &batch, device));
             let loss = loss?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            forward_s += lap(&mut clock);
             let mut grads = loss.backward()?;
             sink.add_to(&mut grads)?;
             total = Some(match total {
@@ -203,6 +214,7 @@ impl Trainer {
         let loss = loss_sum / accum as f64;
         // Gradients are sums over micro-batches: dividing by `accum` gives the mean's gradient.
         let grad_norm = self.opt.grad_norm(&grads)? / accum as f64;
+        let backward_s = lap(&mut clock);
         let lr = self.cfg.lr * self.cfg.schedule.factor(self.step - 1, self.cfg.steps);
         if !loss.is_finite() || !grad_norm.is_finite() {
             self.bad_in_row += 1;
@@ -210,11 +222,19 @@ impl Trainer {
             if self.bad_in_row >= self.cfg.max_bad_steps {
                 return Err(TrainError::Diverged { step: self.step, in_a_row: self.bad_in_row, lr });
             }
-            return Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: true });
+            return Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: true, forward_s, backward_s });
         }
         self.bad_in_row = 0;
         let clip = if self.cfg.clip > 0.0 && grad_norm > self.cfg.clip { self.cfg.clip / grad_norm } else { 1.0 };
         self.opt.step(&grads, lr, clip / accum as f64)?;
-        Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: false })
+        Ok(StepReport { step: self.step, loss, lr, grad_norm, skipped: false, forward_s, backward_s })
     }
+}
+
+/// Seconds since `clock`, which is reset to now.
+fn lap(clock: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let s = now.duration_since(*clock).as_secs_f64();
+    *clock = now;
+    s
 }

@@ -155,16 +155,29 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
     let first = tsukuru_train::Objective::loss(&NextToken, &step0, &batch, &device)?.to_dtype(DType::F32)?;
     let first = first.to_scalar::<f32>()?;
     let mut last = f64::NAN;
+    let mut phases = Vec::new();
     let step_s = median_time(a.warmup, a.steps, || {
-        last = trainer.step(&model, &NextToken, &device, &mut || batch.clone())?.loss;
+        let report = trainer.step(&model, &NextToken, &device, &mut || batch.clone())?;
+        // As the reference times a step: to the end of its work on the device.
+        device.synchronize()?;
+        last = report.loss;
+        phases.push((report.forward_s, report.backward_s));
         Ok(())
     })?;
+    // Where a step's time goes (the optimiser's update is the rest), medians of the timed steps.
+    let timed = &phases[a.warmup.min(phases.len())..];
+    let median = |pick: fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = timed.iter().map(pick).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let tokens = a.batch * a.seq;
     let nonemb = cfg.param_count() - cfg.vocab_size * cfg.d_model;
     let mut out = serde_json::json!({
         "mode": "train", "impl": "tsukuru", "device": a.device, "dtype": a.dtype, "compile": false,
         "params": cfg.param_count(), "params_nonemb": nonemb, "tokens_per_step": tokens,
         "step_s": round(step_s, 5), "tokens_per_s": round(tokens as f64 / step_s, 1),
+        "forward_s": round(median(|p| p.0), 5), "backward_s": round(median(|p| p.1), 5),
         "loss_step0": round(f64::from(first), 4), "loss_last": round(last, 4), "threads": threads,
         "peak_rss_mib": peak_rss_mib(),
     });
