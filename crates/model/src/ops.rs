@@ -5,6 +5,7 @@
 //! (to compare speed or numbers against the reference path).
 
 pub mod composite;
+pub mod mlp_residual;
 
 pub use composite::{causal_mask, rope_tables, softmax_last};
 
@@ -92,7 +93,7 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// The feed-forward half of a SwiGLU block with its residual connection,
 /// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain)`: weights `(F, D)`,
 /// `(F, D)`, `(D, F)`. On the CPU one op, the gate and up projections one product
-/// ([`kernels::mlp_block`]).
+/// ([`kernels::mlp_block`]); on a GPU one node of the graph ([`mlp_residual`]).
 pub fn swiglu_residual(
     x: &Tensor,
     gain: &Tensor,
@@ -103,6 +104,10 @@ pub fn swiglu_residual(
 ) -> Result<Tensor> {
     if fused(&[x, gain, gate, up, down]) {
         return kernels::mlp_block::mlp_block(x, gate, up, gain, down, eps);
+    }
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[x, gain, gate, up, down]) {
+        return mlp_residual::mlp_residual(x, gain, gate, up, down, eps);
     }
     let n = rms_norm(x, gain, eps)?;
     x + linear(&swiglu(&linear(&n, gate)?, &linear(&n, up)?)?, down)?

@@ -9,6 +9,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tsukuru_model::gpu;
 use tsukuru_model::ops::composite;
+use tsukuru_model::ops::mlp_residual::mlp_residual;
 
 fn device() -> Device {
     gpu::set_poison(true);
@@ -95,6 +96,28 @@ fn swiglu_matches_the_composite() {
                 &[randn(&shape), randn(&shape)],
                 |t| gpu::swiglu::swiglu(&t[0], &t[1]),
                 |t| composite::swiglu(&t[0], &t[1]),
+            );
+        }
+    }
+}
+
+#[test]
+fn the_feed_forward_half_as_one_node_matches_the_separate_composites() {
+    for dtype in [DType::F32, DType::BF16] {
+        for (b, t, d, f) in [(1, 7, 64, 96), (2, 128, 256, 704)] {
+            // Weights scaled as initialisation scales them, so the bf16 products stay in range.
+            let w = |rows, cols: usize| randn(&[rows, cols]).affine(1.0 / (cols as f64).sqrt(), 0.0).unwrap();
+            let gain = randn(&[d]).affine(0.2, 1.0).unwrap();
+            check(
+                &format!("mlp_residual b{b} t{t} d{d} f{f}"),
+                dtype,
+                &[randn(&[b, t, d]), gain, w(f, d), w(f, d), w(d, f)],
+                |x| mlp_residual(&x[0], &x[1], &x[2], &x[3], &x[4], 1e-5),
+                |x| {
+                    let n = composite::rms_norm(&x[0], &x[1], 1e-5)?;
+                    let h = composite::swiglu(&n.broadcast_matmul(&x[2].t()?)?, &n.broadcast_matmul(&x[3].t()?)?)?;
+                    &x[0] + h.broadcast_matmul(&x[4].t()?)?
+                },
             );
         }
     }

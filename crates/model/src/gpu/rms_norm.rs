@@ -5,7 +5,8 @@
 use super::{alloc, device, grid, int, launch, output, ptr, row_threads, storage_ptr, Arg, RMS_NORM};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::op::BackpropOp;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 /// Row groups of the weight gradient's first step: enough blocks to fill a large GPU.
@@ -14,6 +15,91 @@ const DW_GROUPS: usize = 128;
 struct RmsNorm {
     eps: f32,
     inv: Mutex<Option<Tensor>>,
+}
+
+/// `y = rmsnorm(x) · w` for `x (rows, D)` contiguous, into fresh storage, and each row's inverse
+/// RMS (f32).
+fn forward_storage(
+    x: &CudaStorage,
+    lx: &Layout,
+    w: &CudaStorage,
+    lw: &Layout,
+    eps: f32,
+) -> Result<(CudaStorage, Tensor)> {
+    let name = "gpu-rms-norm";
+    let dev = &x.device;
+    let d = lw.shape().elem_count();
+    let n = lx.shape().elem_count();
+    if d == 0 || !n.is_multiple_of(d) {
+        candle_core::bail!("{name}: last dimension of {:?} is not {d}, the weight's length", lx.shape());
+    }
+    let rows = n / d;
+    let dtype = x.dtype();
+    let y = alloc(dev, lx.shape(), dtype)?;
+    let inv = output(dev, rows, candle_core::DType::F32)?;
+    let args = [
+        Arg::Ptr(storage_ptr(x, lx, name)?),
+        Arg::Ptr(storage_ptr(w, lw, name)?),
+        Arg::Ptr(storage_ptr(&y, &Layout::contiguous(lx.shape()), name)?),
+        Arg::Ptr(ptr(&inv, name)?),
+        int(d, "width")?,
+        Arg::Float(eps),
+    ];
+    launch(dev, &RMS_NORM, "rms_norm_fwd", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
+    Ok((y, inv))
+}
+
+/// [`rms_norm`]'s forward outside the graph: `(y, inverse RMS per row)`.
+pub(crate) fn forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let (xs, lx) = x.storage_and_layout();
+    let (ws, lw) = w.storage_and_layout();
+    let (Storage::Cuda(xs), Storage::Cuda(ws)) = (&*xs, &*ws) else {
+        candle_core::bail!("gpu rms_norm: x and the weight must be on a CUDA device")
+    };
+    let (y, inv) = forward_storage(xs, lx, ws, lw, eps as f32)?;
+    Ok((Tensor::from_storage(Storage::Cuda(y), x.shape(), BackpropOp::none(), false), inv))
+}
+
+/// The backward outside the graph, from the forward's inverse RMS: `dx`, and with `want_dw` the
+/// weight's gradient.
+pub(crate) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    inv: &Tensor,
+    grad: &Tensor,
+    want_dw: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let dev = device(x)?;
+    let (x, g) = (x.contiguous()?, grad.contiguous()?);
+    let d = w.elem_count();
+    let rows = x.elem_count() / d;
+    let dtype = x.dtype();
+    let name = "gpu-rms-norm backward";
+    let dx = output(&dev, x.shape(), dtype)?;
+    let (xp, wp, gp, ip) = (ptr(&x, name)?, ptr(w, name)?, ptr(&g, name)?, ptr(inv, name)?);
+    let args = [Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(ptr(&dx, name)?), int(d, "width")?];
+    launch(&dev, &RMS_NORM, "rms_norm_bwd_dx", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
+    if !want_dw {
+        return Ok((dx, None));
+    }
+    let groups = DW_GROUPS.min(rows.div_ceil(8)).max(1);
+    let partial = output(&dev, (groups, d), candle_core::DType::F32)?;
+    let pp = ptr(&partial, name)?;
+    let cols = d.div_ceil(32) as u32;
+    let args = [Arg::Ptr(xp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(pp), int(rows, "rows")?, int(d, "width")?];
+    launch(&dev, &RMS_NORM, "rms_norm_bwd_dw_partial", dtype, grid((cols, groups as u32, 1), (32, 8, 1)), &args)?;
+    let dw = output(&dev, w.shape(), w.dtype())?;
+    let args = [Arg::Ptr(pp), Arg::Ptr(ptr(&dw, name)?), int(groups, "groups")?, int(d, "width")?];
+    launch(
+        &dev,
+        &RMS_NORM,
+        "rms_norm_bwd_dw_sum",
+        w.dtype(),
+        grid((d.div_ceil(256) as u32, 1, 1), (256, 1, 1)),
+        &args,
+    )?;
+    Ok((dx, Some(dw)))
 }
 
 impl CustomOp2 for RmsNorm {
@@ -26,25 +112,7 @@ impl CustomOp2 for RmsNorm {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, lx: &Layout, w: &CudaStorage, lw: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = &x.device;
-        let d = lw.shape().elem_count();
-        let n = lx.shape().elem_count();
-        if d == 0 || !n.is_multiple_of(d) {
-            candle_core::bail!("gpu-rms-norm: last dimension of {:?} is not {d}, the weight's length", lx.shape());
-        }
-        let rows = n / d;
-        let dtype = x.dtype();
-        let y = alloc(dev, lx.shape(), dtype)?;
-        let inv = output(dev, rows, candle_core::DType::F32)?;
-        let args = [
-            Arg::Ptr(storage_ptr(x, lx, self.name())?),
-            Arg::Ptr(storage_ptr(w, lw, self.name())?),
-            Arg::Ptr(storage_ptr(&y, &Layout::contiguous(lx.shape()), self.name())?),
-            Arg::Ptr(ptr(&inv, self.name())?),
-            int(d, "width")?,
-            Arg::Float(self.eps),
-        ];
-        launch(dev, &RMS_NORM, "rms_norm_fwd", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
+        let (y, inv) = forward_storage(x, lx, w, lw, self.eps)?;
         *self.inv.lock().expect("not poisoned") = Some(inv);
         Ok((y, lx.shape().clone()))
     }
@@ -53,38 +121,9 @@ impl CustomOp2 for RmsNorm {
         let Some(inv) = self.inv.lock().expect("not poisoned").clone() else {
             candle_core::bail!("gpu-rms-norm: backward before forward")
         };
-        let dev = device(x)?;
-        let (x, g) = (x.contiguous()?, grad.contiguous()?);
-        let d = w.elem_count();
-        let rows = x.elem_count() / d;
-        let dtype = x.dtype();
-        let name = "gpu-rms-norm backward";
-        let dx = output(&dev, x.shape(), dtype)?;
-        let (xp, wp, gp, ip) = (ptr(&x, name)?, ptr(w, name)?, ptr(&g, name)?, ptr(&inv, name)?);
-        let args =
-            [Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(ptr(&dx, name)?), int(d, "width")?];
-        launch(&dev, &RMS_NORM, "rms_norm_bwd_dx", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
         // A frozen gain (not tracked) gets no gradient.
-        if !w.track_op() {
-            return Ok((Some(dx), None));
-        }
-        let groups = DW_GROUPS.min(rows.div_ceil(8)).max(1);
-        let partial = output(&dev, (groups, d), candle_core::DType::F32)?;
-        let pp = ptr(&partial, name)?;
-        let cols = d.div_ceil(32) as u32;
-        let args = [Arg::Ptr(xp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(pp), int(rows, "rows")?, int(d, "width")?];
-        launch(&dev, &RMS_NORM, "rms_norm_bwd_dw_partial", dtype, grid((cols, groups as u32, 1), (32, 8, 1)), &args)?;
-        let dw = output(&dev, w.shape(), w.dtype())?;
-        let args = [Arg::Ptr(pp), Arg::Ptr(ptr(&dw, name)?), int(groups, "groups")?, int(d, "width")?];
-        launch(
-            &dev,
-            &RMS_NORM,
-            "rms_norm_bwd_dw_sum",
-            w.dtype(),
-            grid((d.div_ceil(256) as u32, 1, 1), (256, 1, 1)),
-            &args,
-        )?;
-        Ok((Some(dx), Some(dw)))
+        let (dx, dw) = backward(x, w, &inv, grad, w.track_op())?;
+        Ok((Some(dx), dw))
     }
 }
 
