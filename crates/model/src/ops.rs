@@ -4,7 +4,9 @@
 //! Setting `TSUKURU_KERNELS=composite` in the environment forces the composite versions everywhere
 //! (to compare speed or numbers against the reference path).
 
+pub mod attn_residual;
 pub mod composite;
+mod explicit;
 pub mod mlp_residual;
 
 pub use composite::{causal_mask, rope_tables, softmax_last};

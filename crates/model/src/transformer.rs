@@ -222,7 +222,8 @@ pub(crate) struct Block {
 
 impl Block {
     /// `x` plus the attention of its normalised self: over whole sequences without adapters or
-    /// QK-norm, one op on the CPU ([`kernels::attn_block`]).
+    /// QK-norm, one op on the CPU ([`kernels::attn_block`]) and one graph node on a GPU
+    /// ([`crate::ops::attn_residual`]).
     fn attn_residual(
         &self,
         x: &Tensor,
@@ -248,6 +249,24 @@ impl Block {
                 weights[3],
                 heads,
                 (&rope.0, &rope.1),
+                packing,
+                self.eps,
+            );
+        }
+        #[cfg(feature = "cuda")]
+        if whole
+            && !projections.iter().any(|p| p.adapted())
+            && crate::gpu::supported(&[x, &self.input_norm, &rope.0])
+            && crate::gpu::supported(&weights)
+            && crate::gpu::attention::supports_head_dim(a.head_dim)
+        {
+            let heads = (a.n_heads, a.n_kv_heads);
+            return crate::ops::attn_residual::attn_residual(
+                x,
+                &self.input_norm,
+                weights,
+                (&rope.0, &rope.1),
+                heads,
                 packing,
                 self.eps,
             );

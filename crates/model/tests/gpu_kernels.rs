@@ -8,8 +8,10 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tsukuru_model::gpu;
+use tsukuru_model::ops::attn_residual::attn_residual;
 use tsukuru_model::ops::composite;
 use tsukuru_model::ops::mlp_residual::mlp_residual;
+use tsukuru_model::Packing;
 
 fn device() -> Device {
     gpu::set_poison(true);
@@ -117,6 +119,39 @@ fn the_feed_forward_half_as_one_node_matches_the_separate_composites() {
                     let n = composite::rms_norm(&x[0], &x[1], 1e-5)?;
                     let h = composite::swiglu(&n.broadcast_matmul(&x[2].t()?)?, &n.broadcast_matmul(&x[3].t()?)?)?;
                     &x[0] + h.broadcast_matmul(&x[4].t()?)?
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn the_attention_half_as_one_node_matches_the_separate_composites() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        for (b, t, d, h, kv, hd, packed) in [(1, 70, 256, 4, 2, 64, false), (2, 130, 256, 2, 1, 128, true)] {
+            let (cos, sin) = composite::rope_tables(hd, t, 10_000.0, dtype, &dev).unwrap();
+            let (cos32, sin32) = (cos.to_dtype(DType::F32).unwrap(), sin.to_dtype(DType::F32).unwrap());
+            let packing = packed.then(|| Packing::from_lengths(t, &vec![vec![60, t - 60]; b]).unwrap());
+            let w = |rows: usize, cols: usize| randn(&[rows, cols]).affine(1.0 / (cols as f64).sqrt(), 0.0).unwrap();
+            let gain = randn(&[d]).affine(0.2, 1.0).unwrap();
+            let inputs = [randn(&[b, t, d]), gain, w(h * hd, d), w(kv * hd, d), w(kv * hd, d), w(d, h * hd)];
+            check(
+                &format!("attn_residual b{b} t{t} h{h} kv{kv} hd{hd} packed {packed}"),
+                dtype,
+                &inputs,
+                |x| {
+                    let weights = [&x[2], &x[3], &x[4], &x[5]];
+                    attn_residual(&x[0], &x[1], weights, (&cos, &sin), (h, kv), packing.as_ref(), 1e-5)
+                },
+                |x| {
+                    let n = composite::rms_norm(&x[0], &x[1], 1e-5)?;
+                    let heads = |w: &Tensor, c| n.broadcast_matmul(&w.t()?)?.reshape((b, t, c, hd))?.transpose(1, 2);
+                    let q = composite::rope(&heads(&x[2], h)?, &cos32, &sin32, 0)?;
+                    let k = composite::rope(&heads(&x[3], kv)?, &cos32, &sin32, 0)?;
+                    let scale = 1.0 / (hd as f64).sqrt();
+                    let o = composite::attention(&q, &k, &heads(&x[4], kv)?, scale, 0, packing.as_ref())?;
+                    &x[0] + o.broadcast_matmul(&x[5].t()?)?
                 },
             );
         }

@@ -9,6 +9,7 @@ use super::{alloc, device, int, launch, output, ptr, storage_base, Arg, LaunchCo
 use crate::packing::Packing;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
@@ -23,7 +24,9 @@ const ALIGN: usize = 8;
 /// Head sizes the kernels are built for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
-struct Attention {
+/// The op, and what its forward and backward share outside the graph ([`Attention::forward`],
+/// [`Attention::backward`]).
+pub(crate) struct Attention {
     scale: f32,
     start: usize,
     /// Per position of the batch, where its packed sequence starts (u32 on the device).
@@ -118,6 +121,90 @@ impl Attention {
         ])
     }
 
+    /// An op for queries at `start..` (kept within their packed sequences with `packing`).
+    pub(crate) fn new(q: &Tensor, scale: f64, start: usize, packing: Option<&Packing>) -> Result<Self> {
+        let seg = packing.map(|p| Tensor::from_slice(&p.starts(), p.batch() * p.seq(), q.device())).transpose()?;
+        Ok(Self { scale: scale as f32, start, seg, lse: Mutex::new(None) })
+    }
+
+    /// The output `(B, T, H · hd)` into fresh storage, and each query row's log-sum-exp.
+    fn forward_storage(&self, parts: [(&CudaStorage, &Layout); 3]) -> Result<(CudaStorage, Shape, Tensor)> {
+        let [(q, lq), (_, lk), (_, lv)] = parts;
+        let (b, h, kv, t, s, hd) = self.sizes(lq.shape(), lk.shape(), lv.shape())?;
+        let dev = &q.device;
+        let name = "gpu-attention";
+        let shape = Shape::from((b, t, h * hd));
+        let o = alloc(dev, &shape, q.dtype())?;
+        let lse = output(dev, (b, h, t), DType::F32)?;
+        let middle = [Arg::Ptr(storage_base(&o, 0, name)?), Arg::Ptr(ptr(&lse, name)?), self.seg_arg()?];
+        let args = Operands::of(parts)?.args(middle, self.scalars(h, kv, t, s)?);
+        let grid = (t.div_ceil(TILE) as u32, (b * h) as u32, 1);
+        run(dev, Kernel::Forward, q.dtype(), hd, grid, &args)?;
+        Ok((o, shape, lse))
+    }
+
+    /// The forward outside the graph: the output `(B, T, H · hd)`; each query row's log-sum-exp is
+    /// kept for [`Attention::backward`].
+    pub(crate) fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = (aligned_rows(q)?, aligned_rows(k)?, aligned_rows(v)?);
+        let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+        let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
+            candle_core::bail!("gpu-attention: q, k and v must be on a CUDA device")
+        };
+        let (o, shape, lse) = self.forward_storage([(sq, gq.1), (sk, gk.1), (sv, gv.1)])?;
+        *self.lse.lock().expect("not poisoned") = Some(lse);
+        Ok(Tensor::from_storage(Storage::Cuda(o), shape, BackpropOp::none(), false))
+    }
+
+    /// `(dq, dk, dv)` (shaped as q, k and v, contiguous) from the forward's inputs and output and
+    /// the output's gradient, outside the graph.
+    pub(crate) fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let name = "gpu-attention backward";
+        let Some(lse) = self.lse.lock().expect("not poisoned").clone() else {
+            candle_core::bail!("{name}: backward before forward")
+        };
+        let (q, k, v) = (aligned_rows(q)?, aligned_rows(k)?, aligned_rows(v)?);
+        let out = out.contiguous()?;
+        let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
+        let dev = device(&q)?;
+        let dtype = q.dtype();
+        let dout = grad.contiguous()?;
+        // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32, one pass over each.
+        let dsum = output(&dev, (b, t, h), DType::F32)?;
+        let rows = b * t * h;
+        let (pd, po, ps) = (ptr(&dout, name)?, ptr(&out, name)?, ptr(&dsum, name)?);
+        let args = [Arg::Ptr(pd), Arg::Ptr(po), Arg::Ptr(ps), int(rows, "rows")?, int(hd, "head size")?];
+        // A warp per row, eight per block.
+        let cfg = super::grid((rows.div_ceil(8).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1));
+        launch(&dev, &ATTENTION, "attention_dsum", dtype, cfg, &args)?;
+        let (dq, dk, dv) = (
+            output(&dev, (b, h, t, hd), dtype)?,
+            output(&dev, (b, kv, s, hd), dtype)?,
+            output(&dev, (b, kv, s, hd), dtype)?,
+        );
+        let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+        let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
+            candle_core::bail!("{name}: q, k and v must be on a CUDA device")
+        };
+        let operands = || Operands::of([(sq, gq.1), (sk, gk.1), (sv, gv.1)]);
+        let common =
+            [Arg::Ptr(ptr(&dout, name)?), Arg::Ptr(ptr(&lse, name)?), Arg::Ptr(ptr(&dsum, name)?), self.seg_arg()?];
+        let args =
+            operands()?.args(common.iter().cloned().chain([Arg::Ptr(ptr(&dq, name)?)]), self.scalars(h, kv, t, s)?);
+        run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
+        let outputs = [Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)];
+        let args = operands()?.args(common.into_iter().chain(outputs), self.scalars(h, kv, t, s)?);
+        run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
+        Ok((dq, dk, dv))
+    }
+
     fn seg_arg(&self) -> Result<Arg> {
         Ok(Arg::Ptr(match &self.seg {
             Some(s) => ptr(s, "gpu-attention")?,
@@ -152,15 +239,7 @@ impl CustomOp3 for Attention {
         v: &CudaStorage,
         lv: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (b, h, kv, t, s, hd) = self.sizes(lq.shape(), lk.shape(), lv.shape())?;
-        let dev = &q.device;
-        let shape = Shape::from((b, t, h * hd));
-        let o = alloc(dev, &shape, q.dtype())?;
-        let lse = output(dev, (b, h, t), DType::F32)?;
-        let middle = [Arg::Ptr(storage_base(&o, 0, self.name())?), Arg::Ptr(ptr(&lse, self.name())?), self.seg_arg()?];
-        let args = Operands::of([(q, lq), (k, lk), (v, lv)])?.args(middle, self.scalars(h, kv, t, s)?);
-        let grid = (t.div_ceil(TILE) as u32, (b * h) as u32, 1);
-        run(dev, Kernel::Forward, q.dtype(), hd, grid, &args)?;
+        let (o, shape, lse) = self.forward_storage([(q, lq), (k, lk), (v, lv)])?;
         *self.lse.lock().expect("not poisoned") = Some(lse);
         Ok((o, shape))
     }
@@ -173,40 +252,7 @@ impl CustomOp3 for Attention {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let name = "gpu-attention backward";
-        let Some(lse) = self.lse.lock().expect("not poisoned").clone() else {
-            candle_core::bail!("{name}: backward before forward")
-        };
-        let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
-        let dev = device(q)?;
-        let dtype = q.dtype();
-        let dout = grad.contiguous()?;
-        // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32, one pass over each.
-        let dsum = output(&dev, (b, t, h), DType::F32)?;
-        let rows = b * t * h;
-        let (pd, po, ps) = (ptr(&dout, name)?, ptr(out, name)?, ptr(&dsum, name)?);
-        let args = [Arg::Ptr(pd), Arg::Ptr(po), Arg::Ptr(ps), int(rows, "rows")?, int(hd, "head size")?];
-        // A warp per row, eight per block.
-        let cfg = super::grid((rows.div_ceil(8).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1));
-        launch(&dev, &ATTENTION, "attention_dsum", dtype, cfg, &args)?;
-        let (dq, dk, dv) = (
-            output(&dev, (b, h, t, hd), dtype)?,
-            output(&dev, (b, kv, s, hd), dtype)?,
-            output(&dev, (b, kv, s, hd), dtype)?,
-        );
-        let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-        let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
-            candle_core::bail!("{name}: q, k and v must be on a CUDA device")
-        };
-        let operands = || Operands::of([(sq, gq.1), (sk, gk.1), (sv, gv.1)]);
-        let common =
-            [Arg::Ptr(ptr(&dout, name)?), Arg::Ptr(ptr(&lse, name)?), Arg::Ptr(ptr(&dsum, name)?), self.seg_arg()?];
-        let args =
-            operands()?.args(common.iter().cloned().chain([Arg::Ptr(ptr(&dq, name)?)]), self.scalars(h, kv, t, s)?);
-        run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
-        let outputs = [Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)];
-        let args = operands()?.args(common.into_iter().chain(outputs), self.scalars(h, kv, t, s)?);
-        run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
+        let (dq, dk, dv) = self.backward(q, k, v, out, grad)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -235,8 +281,7 @@ pub fn attention(
             v.dtype()
         );
     }
-    let seg = packing.map(|p| Tensor::from_slice(&p.starts(), p.batch() * p.seq(), q.device())).transpose()?;
-    let op = Attention { scale: scale as f32, start, seg, lse: Mutex::new(None) };
+    let op = Attention::new(q, scale, start, packing)?;
     aligned_rows(q)?.apply_op3(&aligned_rows(k)?, &aligned_rows(v)?, op)
 }
 

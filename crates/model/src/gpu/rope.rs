@@ -68,12 +68,19 @@ impl CustomOp1 for Rope {
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = rows_contiguous(grad)?;
-        let (s, l) = grad.storage_and_layout();
-        let Storage::Cuda(g) = &*s else { candle_core::bail!("gpu-rope: gradient not on a CUDA device") };
-        let dx = self.rotate(g, l, -1.0)?;
-        Ok(Some(Tensor::from_storage(Storage::Cuda(dx), grad.shape().clone(), BackpropOp::none(), false)))
+        rotate(grad, &self.cos, &self.sin, self.start, -1.0).map(Some)
     }
+}
+
+/// `x (B, H, T, hd)` (any strides, rows contiguous) rotated by `sign` times the tables' angles from
+/// `start`, outside the graph, contiguous: the forward with 1, the backward with −1.
+pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32) -> Result<Tensor> {
+    let x = rows_contiguous(x)?;
+    let op = Rope { cos: cos.clone(), sin: sin.clone(), start };
+    let (s, l) = x.storage_and_layout();
+    let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: x not on a CUDA device") };
+    let y = op.rotate(c, l, sign)?;
+    Ok(Tensor::from_storage(Storage::Cuda(y), x.shape().clone(), BackpropOp::none(), false))
 }
 
 /// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions

@@ -8,66 +8,12 @@
 //! backward pass's own element-wise work. Here the forward runs outside the graph and keeps `n`,
 //! each row's inverse RMS and the two projections; the backward recomputes the gated product and
 //! returns one gradient per input (x; the gate, up and gain weights stacked; the down projection).
-//! The norm and the gate are the GPU kernels on a GPU ([`crate::gpu`]) and the same arithmetic in
-//! candle ops elsewhere, which is how the tests check this op against the separate ones.
+//! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
+//! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
 
-use super::composite;
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, residual};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
-
-/// RMSNorm of `x (rows, D)` and each row's inverse RMS (f32, `(rows)`), outside the graph.
-fn norm_forward(x: &Tensor, gain: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::gpu::rms_norm::forward(x, gain, eps);
-    }
-    let xw = x.to_dtype(DType::F32)?;
-    let inv = (xw.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    let y = xw.broadcast_mul(&inv)?.broadcast_mul(&gain.to_dtype(DType::F32)?)?;
-    Ok((y.to_dtype(x.dtype())?, inv.flatten_all()?))
-}
-
-/// RMSNorm's gradients `(dx, dgain)` from the upstream `g` and the kept inverse RMS:
-/// `dx = inv · (gain ⊙ g − x · inv² · mean(x ⊙ gain ⊙ g))`, `dgain = Σ_rows g ⊙ x · inv`.
-fn norm_backward(x: &Tensor, gain: &Tensor, inv: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        let (dx, dgain) = crate::gpu::rms_norm::backward(x, gain, inv, g, true)?;
-        return Ok((dx, dgain.expect("asked for")));
-    }
-    let (rows, d) = x.dims2()?;
-    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-    let (xw, gw, ww, inv) = (f32(x)?, f32(g)?, f32(gain)?, inv.reshape((rows, 1))?);
-    let wg = gw.broadcast_mul(&ww)?;
-    let coef = ((&xw * &wg)?.sum_keepdim(1)? * inv.sqr()?)? / d as f64;
-    let dx = (wg - xw.broadcast_mul(&coef?)?)?.broadcast_mul(&inv)?;
-    let dgain = (gw * xw.broadcast_mul(&inv)?)?.sum(0)?;
-    Ok((dx.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
-}
-
-/// `silu(a) ⊙ b`, outside the graph.
-fn gate_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return crate::gpu::swiglu::forward(a, b);
-    }
-    composite::swiglu(a, b)
-}
-
-/// The gate's gradients: `da = g · b · σ(a) · (1 + a · (1 − σ(a)))`, `db = g · a · σ(a)`.
-fn gate_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return crate::gpu::swiglu::backward(a, b, g);
-    }
-    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-    let (aw, bw, gw) = (f32(a)?, f32(b)?, f32(g)?);
-    let s = (aw.neg()?.exp()? + 1.0)?.recip()?;
-    let da = (((&gw * &bw)? * &s)? * ((&aw * (1.0 - &s)?)? + 1.0)?)?;
-    let db = ((gw * aw)? * s)?;
-    Ok((da.to_dtype(a.dtype())?, db.to_dtype(b.dtype())?))
-}
 
 struct MlpResidual {
     /// The half's output before the residual add, until the forward adds it.
@@ -78,18 +24,6 @@ struct MlpResidual {
     inv: Tensor,
     gate: Tensor,
     up: Tensor,
-}
-
-impl MlpResidual {
-    /// `x + y`, the storage the op's node holds.
-    fn add<S: BackendStorage>(&self, x: &S, lx: &Layout, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)> {
-        let Some(y) = self.y.lock().expect("not poisoned").take() else {
-            candle_core::bail!("mlp-residual: forward run twice")
-        };
-        let (ys, ly) = y.storage_and_layout();
-        let Some(ys) = pick(&ys) else { candle_core::bail!("mlp-residual: x and the output on different devices") };
-        Ok((x.binary_impl::<candle_core::op::Add>(ys, lx, ly)?, lx.shape().clone()))
-    }
 }
 
 impl CustomOp3 for MlpResidual {
@@ -106,7 +40,7 @@ impl CustomOp3 for MlpResidual {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.add(x, lx, |s| match s {
+        residual(x, lx, &self.y, |s| match s {
             Storage::Cpu(c) => Some(c),
             _ => None,
         })
@@ -122,7 +56,7 @@ impl CustomOp3 for MlpResidual {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.add(x, lx, |s| match s {
+        residual(x, lx, &self.y, |s| match s {
             Storage::Cuda(c) => Some(c),
             _ => None,
         })
@@ -179,7 +113,7 @@ pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::linear;
+    use crate::ops::{composite, linear};
     use candle_core::{Device, Var};
 
     fn randn(shape: &[usize], seed: u64) -> Var {

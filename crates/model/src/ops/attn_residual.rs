@@ -1,0 +1,225 @@
+//! The attention half of a block with its residual connection as one node of candle's graph, for
+//! tensors the CPU kernels do not take (on a GPU): `x + attention(rope(n·Wqᵀ), rope(n·Wkᵀ), n·Wvᵀ)·Woᵀ`
+//! with `n = rmsnorm(x) · gain`, over whole sequences (training; no cache).
+//!
+//! As separate ops the half is a norm, four products, two reshapes and two transposes per
+//! projection, two rotations, the attention and an add, and candle's walk adds every gradient
+//! reaching a node's input into a zero-filled tensor of its size: ~3.5 GB of fills, adds and
+//! strided copies a layer in bf16 at 32,768 positions and width 768. Here the forward runs outside
+//! the graph and keeps `n`, each row's inverse RMS, the rotated queries and keys, the values, the
+//! attention's output and (on a GPU) its log-sum-exp; the backward returns one gradient per input
+//! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
+//! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
+
+use super::explicit::{norm_backward, norm_forward, residual, rope_backward, rope_forward, Attention};
+use crate::packing::Packing;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use std::sync::Mutex;
+
+struct AttnResidual {
+    /// The half's output before the residual add, until the forward adds it.
+    y: Mutex<Option<Tensor>>,
+    /// `n (rows, D)` and the inverse RMS `(rows)`.
+    n: Tensor,
+    inv: Tensor,
+    /// Rotated queries `(B, H, T, hd)` and keys, values `(B, KV, T, hd)`, the attention's output
+    /// `(B, T, H · hd)`.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    attention: Attention,
+    cos: Tensor,
+    sin: Tensor,
+    /// Query and key/value heads.
+    heads: (usize, usize),
+}
+
+impl CustomOp3 for AttnResidual {
+    fn name(&self) -> &'static str {
+        "attn-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        residual(x, lx, &self.y, |s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        residual(x, lx, &self.y, |s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        stacked: &Tensor,
+        wo: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, d) = self.n.dims2()?;
+        let (h, kv) = self.heads;
+        let (b, _, t, hd) = self.q.dims4()?;
+        let g = grad.reshape((rows, d))?;
+        let d_wo = g.t()?.matmul(&self.o.reshape((rows, h * hd))?)?;
+        let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
+        let [dq, dk, dv] = self.attention.backward(&self.q, &self.k, &self.v, &self.o, &d_o)?;
+        let (dq, dk) = (rope_backward(&dq, &self.cos, &self.sin, 0)?, rope_backward(&dk, &self.cos, &self.sin, 0)?);
+        // Back to the projections' layout, (rows, heads · hd).
+        let flat = |t: &Tensor, count: usize| t.transpose(1, 2)?.contiguous()?.reshape((rows, count * hd));
+        let parts = [(flat(&dq, h)?, 0, h), (flat(&dk, kv)?, h, kv), (flat(&dv, kv)?, h + kv, kv)];
+        let mut dn: Option<Tensor> = None;
+        let mut d_stacked = Vec::with_capacity(4);
+        for (dp, first, count) in &parts {
+            let part = dp.matmul(&stacked.narrow(0, first * hd, count * hd)?)?;
+            dn = Some(match dn {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+            d_stacked.push(dp.t()?.matmul(&self.n)?);
+        }
+        let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
+        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn.expect("three parts"))?;
+        d_stacked.push(dgain.reshape((1, d))?);
+        Ok((Some((g + dxn)?.reshape(x.shape())?), Some(Tensor::cat(&d_stacked, 0)?), Some(d_wo)))
+    }
+}
+
+/// `x + attention(rope(n·wqᵀ), rope(n·wkᵀ), n·wvᵀ)·woᵀ` with `n = rms_norm(x, gain, eps)`, causal
+/// over whole sequences (kept apart with `packing`), as one node: `x (B, T, D)`, `wq (H·hd, D)`,
+/// `wk` and `wv (KV·hd, D)`, `wo (D, H·hd)`, gain `(D)`, the RoPE tables of
+/// [`super::rope_tables`]; `heads` is `(H, KV)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_residual(
+    x: &Tensor,
+    gain: &Tensor,
+    [wq, wk, wv, wo]: [&Tensor; 4],
+    (cos, sin): (&Tensor, &Tensor),
+    heads: (usize, usize),
+    packing: Option<&Packing>,
+    eps: f64,
+) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let (h, kv) = heads;
+    let hd = wq.dim(0)? / h.max(1);
+    let fits = h > 0
+        && kv > 0
+        && h % kv == 0
+        && wq.dims() == [h * hd, d]
+        && wk.dims() == [kv * hd, d]
+        && wv.dims() == [kv * hd, d]
+        && wo.dims() == [d, h * hd]
+        && gain.dims() == [d];
+    if !fits {
+        candle_core::bail!(
+            "attn-residual: x {:?}, wq {:?}, wk {:?}, wv {:?}, wo {:?}, gain {:?} do not fit {h} query and {kv} key/value heads",
+            x.dims(),
+            wq.dims(),
+            wk.dims(),
+            wv.dims(),
+            wo.dims(),
+            gain.dims()
+        );
+    }
+    if let Some(p) = packing {
+        p.check(b, t)?;
+    }
+    let rows = b * t;
+    let stacked = Tensor::cat(&[wq, wk, wv, &gain.reshape((1, d))?], 0)?;
+    let (n, inv) = norm_forward(&x.detach().contiguous()?.reshape((rows, d))?, &gain.detach(), eps)?;
+    // Each projection contiguous, viewed (B, heads, T, hd) without a copy.
+    let project = |w: &Tensor, count: usize| n.matmul(&w.detach().t()?)?.reshape((b, t, count, hd))?.transpose(1, 2);
+    let (cos, sin) = (cos.detach(), sin.detach());
+    let q = rope_forward(&project(wq, h)?, &cos, &sin, 0)?;
+    let k = rope_forward(&project(wk, kv)?, &cos, &sin, 0)?;
+    let v = project(wv, kv)?;
+    let attention = Attention::new(&q, 1.0 / (hd as f64).sqrt(), 0, packing)?;
+    let o = attention.forward(&q, &k, &v)?;
+    let y = o.reshape((rows, h * hd))?.matmul(&wo.detach().t()?)?.reshape((b, t, d))?;
+    let op = AttnResidual { y: Mutex::new(Some(y)), n, inv, q, k, v, o, attention, cos, sin, heads };
+    x.contiguous()?.apply_op3(&stacked, &wo.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{attention, composite, linear, rope_tables};
+    use candle_core::{DType, Device, Var};
+
+    fn randn(shape: &[usize], seed: u64, scale: f64) -> Var {
+        let n: usize = shape.iter().product();
+        let mut s = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale as f32
+            })
+            .collect();
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The node against the separate ops, for grouped heads with and without packed rows.
+    #[test]
+    fn one_node_matches_the_separate_ops_in_value_and_gradient() {
+        let (b, t, d, h, kv, hd) = (2, 9, 16, 4, 2, 4);
+        let (cos, sin) = rope_tables(hd, 32, 10_000.0, DType::F32, &Device::Cpu).unwrap();
+        let x = randn(&[b, t, d], 1, 1.0);
+        let gain = Var::from_tensor(&randn(&[d], 2, 0.2).as_tensor().affine(1.0, 1.0).unwrap()).unwrap();
+        let w = |rows: usize, seed| randn(&[rows, d], seed, 0.5);
+        let (wq, wk, wv, wo) = (w(h * hd, 3), w(kv * hd, 4), w(kv * hd, 5), randn(&[d, h * hd], 6, 0.5));
+        let mix = randn(&[b, t, d], 7, 1.0);
+        let vars = [&x, &gain, &wq, &wk, &wv, &wo];
+        let packing = Packing::from_lengths(t, &[vec![4, 5], vec![9]]).unwrap();
+        for packed in [None, Some(&packing)] {
+            let run = |one_node: bool| {
+                let (xt, gt) = (x.as_tensor(), gain.as_tensor());
+                let y = if one_node {
+                    let weights = [wq.as_tensor(), wk.as_tensor(), wv.as_tensor(), wo.as_tensor()];
+                    attn_residual(xt, gt, weights, (&cos, &sin), (h, kv), packed, 1e-5).unwrap()
+                } else {
+                    let n = composite::rms_norm(xt, gt, 1e-5).unwrap();
+                    let heads =
+                        |w: &Var, c| linear(&n, w).unwrap().reshape((b, t, c, hd)).unwrap().transpose(1, 2).unwrap();
+                    let q = composite::rope(&heads(&wq, h), &cos, &sin, 0).unwrap();
+                    let k = composite::rope(&heads(&wk, kv), &cos, &sin, 0).unwrap();
+                    let o = attention(&q, &k, &heads(&wv, kv), 1.0 / (hd as f64).sqrt(), 0, packed).unwrap();
+                    (xt + linear(&o, wo.as_tensor()).unwrap()).unwrap()
+                };
+                let grads = (&y * mix.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+                let g: Vec<Tensor> = vars.iter().map(|v| grads.get(v.as_tensor()).unwrap().clone()).collect();
+                (y, g)
+            };
+            let ((y1, g1), (y2, g2)) = (run(true), run(false));
+            let rel = |a: &Tensor, b: &Tensor| {
+                let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+                (num / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
+            };
+            assert!(rel(&y1, &y2) < 1e-6, "values differ by {} (packed: {})", rel(&y1, &y2), packed.is_some());
+            for (name, (a, b)) in ["x", "gain", "wq", "wk", "wv", "wo"].iter().zip(g1.iter().zip(&g2)) {
+                assert!(rel(a, b) < 1e-5, "gradient of {name} differs by {} (packed: {})", rel(a, b), packed.is_some());
+            }
+        }
+    }
+}

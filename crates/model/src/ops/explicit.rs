@@ -1,0 +1,160 @@
+//! Forward and backward passes outside candle's graph, for the ops that are one node of it
+//! ([`super::mlp_residual`], [`super::attn_residual`]): the GPU kernels on a GPU ([`crate::gpu`]),
+//! the same arithmetic in candle ops elsewhere, where the tests check those nodes against the
+//! separate ops. Nothing here records a gradient; callers pass detached tensors.
+
+use super::composite;
+use crate::packing::Packing;
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Layout, Result, Shape, Storage, Tensor, Var, D};
+use std::sync::Mutex;
+
+/// RMSNorm of `x (rows, D)` and each row's inverse RMS (f32, `(rows)`), outside the graph.
+pub(super) fn norm_forward(x: &Tensor, gain: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::gpu::rms_norm::forward(x, gain, eps);
+    }
+    let xw = x.to_dtype(DType::F32)?;
+    let inv = (xw.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let y = xw.broadcast_mul(&inv)?.broadcast_mul(&gain.to_dtype(DType::F32)?)?;
+    Ok((y.to_dtype(x.dtype())?, inv.flatten_all()?))
+}
+
+/// RMSNorm's gradients `(dx, dgain)` from the upstream `g` and the kept inverse RMS:
+/// `dx = inv · (gain ⊙ g − x · inv² · mean(x ⊙ gain ⊙ g))`, `dgain = Σ_rows g ⊙ x · inv`.
+pub(super) fn norm_backward(x: &Tensor, gain: &Tensor, inv: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let (dx, dgain) = crate::gpu::rms_norm::backward(x, gain, inv, g, true)?;
+        return Ok((dx, dgain.expect("asked for")));
+    }
+    let (rows, d) = x.dims2()?;
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let (xw, gw, ww, inv) = (f32(x)?, f32(g)?, f32(gain)?, inv.reshape((rows, 1))?);
+    let wg = gw.broadcast_mul(&ww)?;
+    let coef = ((&xw * &wg)?.sum_keepdim(1)? * inv.sqr()?)? / d as f64;
+    let dx = (wg - xw.broadcast_mul(&coef?)?)?.broadcast_mul(&inv)?;
+    let dgain = (gw * xw.broadcast_mul(&inv)?)?.sum(0)?;
+    Ok((dx.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
+}
+
+/// `silu(a) ⊙ b`, outside the graph.
+pub(super) fn gate_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if a.device().is_cuda() {
+        return crate::gpu::swiglu::forward(a, b);
+    }
+    composite::swiglu(a, b)
+}
+
+/// The gate's gradients: `da = g · b · σ(a) · (1 + a · (1 − σ(a)))`, `db = g · a · σ(a)`.
+pub(super) fn gate_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if a.device().is_cuda() {
+        return crate::gpu::swiglu::backward(a, b, g);
+    }
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let (aw, bw, gw) = (f32(a)?, f32(b)?, f32(g)?);
+    let s = (aw.neg()?.exp()? + 1.0)?.recip()?;
+    let da = (((&gw * &bw)? * &s)? * ((&aw * (1.0 - &s)?)? + 1.0)?)?;
+    let db = ((gw * aw)? * s)?;
+    Ok((da.to_dtype(a.dtype())?, db.to_dtype(b.dtype())?))
+}
+
+/// RoPE of `x (B, H, T, hd)` (any layout) at positions `start..`.
+pub(super) fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::gpu::rope::rotate(x, cos, sin, start, 1.0);
+    }
+    composite::rope(x, cos, sin, start)
+}
+
+/// RoPE's backward: the rotation by the opposite angles (the transpose of a rotation).
+pub(super) fn rope_backward(g: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if g.device().is_cuda() {
+        return crate::gpu::rope::rotate(g, cos, sin, start, -1.0);
+    }
+    composite::rope(g, cos, &sin.neg()?, start)
+}
+
+/// Causal attention ([`super::attention`]'s arguments) outside the graph: on a GPU the flash
+/// kernels, which keep each query row's log-sum-exp for the backward; elsewhere the composite,
+/// whose backward runs through a graph of its own.
+pub(super) struct Attention {
+    scale: f64,
+    start: usize,
+    packing: Option<Packing>,
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::gpu::attention::Attention>,
+}
+
+impl Attention {
+    /// For queries like `q (B, H, T, hd)` at positions `start..`.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(super) fn new(q: &Tensor, scale: f64, start: usize, packing: Option<&Packing>) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        let gpu = match crate::gpu::supported(&[q]) && crate::gpu::attention::supports_head_dim(q.dim(3)?) {
+            true => Some(crate::gpu::attention::Attention::new(q, scale, start, packing)?),
+            false => None,
+        };
+        Ok(Self {
+            scale,
+            start,
+            packing: packing.cloned(),
+            #[cfg(feature = "cuda")]
+            gpu,
+        })
+    }
+
+    /// The output `(B, T, H · hd)` of q `(B, H, T, hd)` against k and v `(B, KV, S, hd)`.
+    pub(super) fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.forward(q, k, v);
+        }
+        composite::attention(q, k, v, self.scale, self.start, self.packing.as_ref())
+    }
+
+    /// `(dq, dk, dv)` from the forward's inputs and output and the output's gradient.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub(super) fn backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        grad: &Tensor,
+    ) -> Result<[Tensor; 3]> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            let (dq, dk, dv) = gpu.backward(q, k, v, o, grad)?;
+            return Ok([dq, dk, dv]);
+        }
+        let vars = [Var::from_tensor(q)?, Var::from_tensor(k)?, Var::from_tensor(v)?];
+        let [vq, vk, vv] = &vars;
+        let out = composite::attention(vq, vk, vv, self.scale, self.start, self.packing.as_ref())?;
+        let grads = (out * grad)?.sum_all()?.backward()?;
+        let get =
+            |v: &Var| grads.get(v).cloned().ok_or_else(|| candle_core::Error::Msg("attention: no gradient".into()));
+        Ok([get(vq)?, get(vk)?, get(vv)?])
+    }
+}
+
+/// `x + y` as the storage of a one-node op's output, `y` (computed beforehand, shaped as x) taken
+/// from `slot`; `pick` finds y's storage of x's kind.
+pub(super) fn residual<S: BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    slot: &Mutex<Option<Tensor>>,
+    pick: impl Fn(&Storage) -> Option<&S>,
+) -> Result<(S, Shape)> {
+    let Some(y) = slot.lock().expect("not poisoned").take() else {
+        candle_core::bail!("a one-node op's forward ran twice")
+    };
+    let (ys, ly) = y.storage_and_layout();
+    let Some(ys) = pick(&ys) else { candle_core::bail!("a one-node op's input and output are on different devices") };
+    Ok((x.binary_impl::<candle_core::op::Add>(ys, lx, ly)?, lx.shape().clone()))
+}
