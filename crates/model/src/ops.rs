@@ -13,7 +13,7 @@ pub use composite::{causal_mask, rope_tables, softmax_last};
 
 use crate::kernels;
 use crate::packing::Packing;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A target that is not scored (prompt tokens in instruction tuning, padding): the losses skip it
@@ -44,6 +44,13 @@ pub fn set_fused_enabled(on: bool) {
 /// Whether `ts` take the fused CPU kernels: all f32 on the CPU, and the kernels not switched off.
 pub fn fused(ts: &[&Tensor]) -> bool {
     fused_enabled() && ts.iter().all(|t| kernels::supported(t))
+}
+
+/// Whether `ts` take the one-node block halves ([`attn_residual`], [`mlp_residual`]) where the
+/// CPU kernels do not apply: f32 or bf16 (a GPU, or bf16 on the CPU), the fused ops not switched
+/// off (the separate composites stay the reference).
+pub fn one_node(ts: &[&Tensor]) -> bool {
+    fused_enabled() && ts.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::BF16))
 }
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
@@ -95,7 +102,7 @@ pub fn swiglu_down(gate: &Tensor, up: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// The feed-forward half of a SwiGLU block with its residual connection,
 /// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain)`: weights `(F, D)`,
 /// `(F, D)`, `(D, F)`. On the CPU one op, the gate and up projections one product
-/// ([`kernels::mlp_block`]); on a GPU one node of the graph ([`mlp_residual`]).
+/// ([`kernels::mlp_block`]); otherwise (a GPU, bf16) one node of the graph ([`mlp_residual`]).
 pub fn swiglu_residual(
     x: &Tensor,
     gain: &Tensor,
@@ -107,8 +114,7 @@ pub fn swiglu_residual(
     if fused(&[x, gain, gate, up, down]) {
         return kernels::mlp_block::mlp_block(x, gate, up, gain, down, eps);
     }
-    #[cfg(feature = "cuda")]
-    if crate::gpu::supported(&[x, gain, gate, up, down]) {
+    if one_node(&[x, gain, gate, up, down]) {
         return mlp_residual::mlp_residual(x, gain, gate, up, down, eps);
     }
     let n = rms_norm(x, gain, eps)?;

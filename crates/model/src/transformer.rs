@@ -6,8 +6,8 @@ use crate::config::{Activation, ModelConfig};
 use crate::kernels;
 use crate::lora::{LoraSpec, Proj};
 use crate::ops::{
-    attention, fused, linear, linear_cross_entropy, linear_logprobs, rms_norm, rope, rope_tables, swiglu, swiglu_down,
-    swiglu_residual,
+    attention, fused, linear, linear_cross_entropy, linear_logprobs, one_node, rms_norm, rope, rope_tables, swiglu,
+    swiglu_down, swiglu_residual,
 };
 use crate::packing::Packing;
 use crate::paged::{Chunk, KvBlocks};
@@ -222,8 +222,8 @@ pub(crate) struct Block {
 
 impl Block {
     /// `x` plus the attention of its normalised self: over whole sequences without adapters or
-    /// QK-norm, one op on the CPU ([`kernels::attn_block`]) and one graph node on a GPU
-    /// ([`crate::ops::attn_residual`]).
+    /// QK-norm, one op on the CPU in f32 ([`kernels::attn_block`]), otherwise (a GPU, bf16) one
+    /// node of the graph ([`crate::ops::attn_residual`]).
     fn attn_residual(
         &self,
         x: &Tensor,
@@ -253,12 +253,10 @@ impl Block {
                 self.eps,
             );
         }
-        #[cfg(feature = "cuda")]
         if whole
             && !projections.iter().any(|p| p.adapted())
-            && crate::gpu::supported(&[x, &self.input_norm, &rope.0])
-            && crate::gpu::supported(&weights)
-            && crate::gpu::attention::supports_head_dim(a.head_dim)
+            && one_node(&[x, &self.input_norm, &rope.0])
+            && one_node(&weights)
         {
             let heads = (a.n_heads, a.n_kv_heads);
             return crate::ops::attn_residual::attn_residual(
