@@ -39,27 +39,32 @@ pub(super) fn norm_backward(x: &Tensor, gain: &Tensor, inv: &Tensor, g: &Tensor)
     Ok((dx.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
 }
 
-/// `silu(a) ⊙ b`, outside the graph.
-pub(super) fn gate_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `silu(gate) ⊙ up` `(rows, F)` of `gu (rows, 2F)`, the gate and up projections side by side.
+pub(super) fn gate_forward(gu: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return crate::gpu::swiglu::forward(a, b);
+    if gu.device().is_cuda() {
+        return crate::gpu::swiglu::forward_paired(gu);
     }
-    composite::swiglu(a, b)
+    let f = gu.dim(1)? / 2;
+    composite::swiglu(&gu.narrow(1, 0, f)?, &gu.narrow(1, f, f)?)
 }
 
-/// The gate's gradients: `da = g · b · σ(a) · (1 + a · (1 − σ(a)))`, `db = g · a · σ(a)`.
-pub(super) fn gate_backward(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+/// The gate's backward: the gradient `(rows, 2F)` of `gu` from the upstream `g (rows, F)`, the
+/// gate's half `g · up · σ(gate) · (1 + gate · (1 − σ(gate)))` and up's `g · gate · σ(gate)`; and
+/// the gated product, recomputed.
+pub(super) fn gate_backward(gu: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
-    if a.device().is_cuda() {
-        return crate::gpu::swiglu::backward(a, b, g);
+    if gu.device().is_cuda() {
+        return crate::gpu::swiglu::backward_paired(gu, g);
     }
+    let f = gu.dim(1)? / 2;
     let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-    let (aw, bw, gw) = (f32(a)?, f32(b)?, f32(g)?);
+    let (aw, bw, gw) = (f32(&gu.narrow(1, 0, f)?)?, f32(&gu.narrow(1, f, f)?)?, f32(g)?);
     let s = (aw.neg()?.exp()? + 1.0)?.recip()?;
     let da = (((&gw * &bw)? * &s)? * ((&aw * (1.0 - &s)?)? + 1.0)?)?;
-    let db = ((gw * aw)? * s)?;
-    Ok((da.to_dtype(a.dtype())?, db.to_dtype(b.dtype())?))
+    let db = ((gw * &aw)? * &s)?;
+    let h = ((aw * s)? * bw)?;
+    Ok((Tensor::cat(&[da, db], 1)?.to_dtype(gu.dtype())?, h.to_dtype(gu.dtype())?))
 }
 
 /// RoPE of `x (B, H, T, hd)` (any layout) at positions `start..`.

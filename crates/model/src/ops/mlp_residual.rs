@@ -5,9 +5,11 @@
 //! As separate ops the half is six nodes, and candle's walk adds every gradient reaching a node's
 //! input into a zero-filled tensor of its size: a fill and an add over each activation, about
 //! 1.5 GB a layer in bf16 at 32,768 positions, width 768 and 2,048 hidden units, more than the
-//! backward pass's own element-wise work. Here the forward runs outside the graph and keeps `n`,
-//! each row's inverse RMS and the two projections; the backward recomputes the gated product and
-//! returns one gradient per input (x; the gate, up and gain weights stacked; the down projection).
+//! backward pass's own element-wise work. Here the forward runs outside the graph, the gate and up
+//! projections one product against their weights stacked, and keeps `n`, each row's inverse RMS
+//! and that product; the backward recomputes the gated product in the pass that differentiates it
+//! and returns one gradient per input (x; the gate, up and gain weights stacked; the down
+//! projection).
 //! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
 //! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
 
@@ -19,11 +21,10 @@ struct MlpResidual {
     /// The half's output before the residual add, until the forward adds it.
     y: Mutex<Option<Tensor>>,
     /// What the backward reads: `n (rows, D)`, the inverse RMS `(rows)`, and the gate and up
-    /// projections `(rows, F)`.
+    /// projections side by side `(rows, 2F)`.
     n: Tensor,
     inv: Tensor,
-    gate: Tensor,
-    up: Tensor,
+    gu: Tensor,
 }
 
 impl CustomOp3 for MlpResidual {
@@ -71,16 +72,15 @@ impl CustomOp3 for MlpResidual {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, d) = self.n.dims2()?;
-        let f = self.gate.dim(1)?;
+        let f = self.gu.dim(1)? / 2;
         let g = grad.reshape((rows, d))?;
-        let (wg, wu, gain) = (stacked.narrow(0, 0, f)?, stacked.narrow(0, f, f)?, stacked.narrow(0, 2 * f, 1)?);
-        let h = gate_forward(&self.gate, &self.up)?;
+        let (dgu, h) = gate_backward(&self.gu, &g.matmul(down)?)?;
         let d_down = g.t()?.matmul(&h)?;
-        let (dgate, dup) = gate_backward(&self.gate, &self.up, &g.matmul(down)?)?;
-        let dn = (dgate.matmul(&wg)? + dup.matmul(&wu)?)?;
-        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain.reshape(d)?, &self.inv, &dn)?;
-        let d_stacked =
-            Tensor::cat(&[dgate.t()?.matmul(&self.n)?, dup.t()?.matmul(&self.n)?, dgain.reshape((1, d))?], 0)?;
+        // One product each way through the gate and up weights together.
+        let dn = dgu.matmul(&stacked.narrow(0, 0, 2 * f)?)?;
+        let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
+        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn)?;
+        let d_stacked = Tensor::cat(&[dgu.t()?.matmul(&self.n)?, dgain.reshape((1, d))?], 0)?;
         Ok((Some((g + dxn)?.reshape(x.shape())?), Some(d_stacked), Some(d_down)))
     }
 }
@@ -99,14 +99,14 @@ pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
         );
     }
     let rows = x.elem_count() / d;
-    // The three read along D are one input of the node (candle takes three), split again in the
-    // backward.
+    // The three read along D are one input of the node (candle takes three); the gate and up
+    // weights, its first 2F rows, are one product each way.
     let stacked = Tensor::cat(&[gate, up, &gain.reshape((1, d))?], 0)?;
     let xd = x.detach().contiguous()?.reshape((rows, d))?;
     let (n, inv) = norm_forward(&xd, &gain.detach(), eps)?;
-    let (gate_p, up_p) = (n.matmul(&gate.detach().t()?)?, n.matmul(&up.detach().t()?)?);
-    let y = gate_forward(&gate_p, &up_p)?.matmul(&down.detach().t()?)?.reshape(x.shape())?;
-    let op = MlpResidual { y: Mutex::new(Some(y)), n, inv, gate: gate_p, up: up_p };
+    let gu = n.matmul(&stacked.detach().narrow(0, 0, 2 * f)?.t()?)?;
+    let y = gate_forward(&gu)?.matmul(&down.detach().t()?)?.reshape(x.shape())?;
+    let op = MlpResidual { y: Mutex::new(Some(y)), n, inv, gu };
     x.contiguous()?.apply_op3(&stacked, &down.contiguous()?, op)
 }
 

@@ -21,8 +21,8 @@ using ll = long long;
     extern "C" void rms_norm_bwd_dx_##S(const T*, const T*, const T*, const float*, T*, int);            \
     extern "C" void rms_norm_bwd_dw_partial_##S(const T*, const T*, const float*, float*, int, int);      \
     extern "C" void rms_norm_bwd_dw_sum_##S(const float*, T*, int, int);                                 \
-    extern "C" void swiglu_fwd_##S(const T*, const T*, T*, u64);                                         \
-    extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, u64);                           \
+    extern "C" void swiglu_fwd_##S(const T*, const T*, T*, int, int, ll);                                \
+    extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, T*, int, int, ll, ll);          \
     extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, int, float, u64); \
     extern "C" void adamw_update_##S(const u64*, int, u64, float, float, float, float, float, float, float); \
     extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
@@ -202,9 +202,24 @@ template <typename T> void rms_norm(int rows, int d) {
     expect((what + " dw").c_str(), kind<T>(), dws, dw, tolerance<T>());
 }
 
-template <typename T> void swiglu(size_t n) {
-    std::vector<double> a, b, g;
-    auto as = randn<T>(n, a), bs = randn<T>(n, b), gs = randn<T>(n, g);
+// SwiGLU over `rows` rows of `f`: with `paired`, gate and up side by side in one (rows, 2f) buffer
+// (and their gradients likewise), else separate (rows, f) tensors; the backward also writes h.
+template <typename T> void swiglu(int rows, int f, bool paired) {
+    const size_t n = size_t(rows) * f, width = paired ? 2 * size_t(f) : size_t(f);
+    std::vector<double> a, b, g, gu;
+    std::vector<T> as, bs, gus;
+    if (paired) {
+        gus = randn<T>(size_t(rows) * width, gu);
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < f; ++c) {
+                a.push_back(gu[r * width + c]);
+                b.push_back(gu[r * width + f + c]);
+            }
+    } else {
+        as = randn<T>(n, a);
+        bs = randn<T>(n, b);
+    }
+    auto gs = randn<T>(n, g);
     std::vector<double> h(n), da(n), db(n);
     for (size_t i = 0; i < n; ++i) {
         const double s = 1 / (1 + std::exp(-a[i]));
@@ -212,14 +227,26 @@ template <typename T> void swiglu(size_t n) {
         da[i] = g[i] * b[i] * s * (1 + a[i] * (1 - s));
         db[i] = g[i] * a[i] * s;
     }
-    auto hs = poisoned<T>(n), das = poisoned<T>(n), dbs = poisoned<T>(n);
-    const unsigned blocks = unsigned(std::min<size_t>((n + 255) / 256, 3));  // grid-stride loops cover the rest
-    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_fwd(as.data(), bs.data(), hs.data(), n); });
-    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_bwd(as.data(), bs.data(), gs.data(), das.data(), dbs.data(), n); });
-    const std::string what = "swiglu n" + std::to_string(n);
+    const T* pa = paired ? gus.data() : as.data();
+    const T* pb = paired ? gus.data() + f : bs.data();
+    auto hs = poisoned<T>(n), hs2 = poisoned<T>(n), dgu = poisoned<T>(size_t(rows) * width), dbs = poisoned<T>(n);
+    T* pda = dgu.data();
+    T* pdb = paired ? dgu.data() + f : dbs.data();
+    const unsigned blocks = unsigned(std::min(rows, 3));  // fewer than the rows: blocks stride over them
+    const ll ld = ll(width);
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_fwd(pa, pb, hs.data(), rows, f, ld); });
+    emu_launch({blocks}, {256}, 0, [&] { Ops<T>::swiglu_bwd(pa, pb, gs.data(), pda, pdb, hs2.data(), rows, f, ld, ld); });
+    std::vector<T> das(n), dbs_(n);
+    for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < f; ++c) {
+            das[size_t(r) * f + c] = pda[r * width + c];
+            dbs_[size_t(r) * f + c] = pdb[r * width + c];
+        }
+    const std::string what = "swiglu " + std::to_string(rows) + "x" + std::to_string(f) + (paired ? " paired" : "");
     expect((what + " h").c_str(), kind<T>(), hs, h, tolerance<T>());
     expect((what + " da").c_str(), kind<T>(), das, da, tolerance<T>());
-    expect((what + " db").c_str(), kind<T>(), dbs, db, tolerance<T>());
+    expect((what + " db").c_str(), kind<T>(), dbs_, db, tolerance<T>());
+    expect((what + " h from the backward").c_str(), kind<T>(), hs2, h, tolerance<T>());
 }
 
 // x stored (B, T, H, hd) and read as (B, H, T, hd) through strides, as the model calls it.
@@ -472,7 +499,9 @@ template <typename T> void all() {
     adamw<T>();
     rms_norm<T>(5, 64);
     rms_norm<T>(37, 2144);
-    swiglu<T>(3000);
+    swiglu<T>(37, 64, false);
+    swiglu<T>(40, 75, false);  // rows not 16-byte aligned: one element at a time
+    swiglu<T>(9, 128, true);
     rope<T>(2, 5, 3, 8, 0);
     rope<T>(1, 70, 2, 64, 9);
     cross_entropy<T>(6, 50, false);
