@@ -47,10 +47,14 @@ pub fn fused(ts: &[&Tensor]) -> bool {
 }
 
 /// Whether `ts` take the one-node block halves ([`attn_residual`], [`mlp_residual`]) where the
-/// CPU kernels do not apply: f32 or bf16 (a GPU, or bf16 on the CPU), the fused ops not switched
-/// off (the separate composites stay the reference).
+/// CPU kernels do not apply: f32 or bf16 (a GPU, or bf16 on the CPU), a gradient to be taken (what
+/// they save is the backward's; without one, as in decoding, the separate ops do less, such as
+/// stacking no weights), and the fused ops not switched off (the separate composites stay the
+/// reference).
 pub fn one_node(ts: &[&Tensor]) -> bool {
-    fused_enabled() && ts.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::BF16))
+    fused_enabled()
+        && ts.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::BF16))
+        && ts.iter().any(|t| t.track_op())
 }
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) * weight`. Shapes: x (…, D), weight (D).
