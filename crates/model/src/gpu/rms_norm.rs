@@ -12,6 +12,12 @@ use std::sync::Mutex;
 /// Row groups of the weight gradient's first step: enough blocks to fill a large GPU.
 const DW_GROUPS: usize = 128;
 
+/// Threads for a row of `d`: one per 16-byte chunk (the kernels take the chunks where rows are
+/// aligned, single elements with the same threads otherwise).
+fn threads(d: usize, dtype: candle_core::DType) -> u32 {
+    row_threads(d.div_ceil(16 / dtype.size_in_bytes()))
+}
+
 struct RmsNorm {
     eps: f32,
     inv: Mutex<Option<Tensor>>,
@@ -45,7 +51,7 @@ fn forward_storage(
         int(d, "width")?,
         Arg::Float(eps),
     ];
-    launch(dev, &RMS_NORM, "rms_norm_fwd", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
+    launch(dev, &RMS_NORM, "rms_norm_fwd", dtype, grid((rows as u32, 1, 1), (threads(d, dtype), 1, 1)), &args)?;
     Ok((y, inv))
 }
 
@@ -79,7 +85,7 @@ pub(crate) fn backward(
     let dx = output(&dev, x.shape(), dtype)?;
     let (xp, wp, gp, ip) = (ptr(&x, name)?, ptr(w, name)?, ptr(&g, name)?, ptr(inv, name)?);
     let args = [Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(ptr(&dx, name)?), int(d, "width")?];
-    launch(&dev, &RMS_NORM, "rms_norm_bwd_dx", dtype, grid((rows as u32, 1, 1), (row_threads(d), 1, 1)), &args)?;
+    launch(&dev, &RMS_NORM, "rms_norm_bwd_dx", dtype, grid((rows as u32, 1, 1), (threads(d, dtype), 1, 1)), &args)?;
     if !want_dw {
         return Ok((dx, None));
     }

@@ -499,6 +499,7 @@ template <typename T> void all() {
     adamw<T>();
     rms_norm<T>(5, 64);
     rms_norm<T>(37, 2144);
+    rms_norm<T>(6, 75);  // rows not 16-byte aligned: one element at a time
     swiglu<T>(37, 64, false);
     swiglu<T>(40, 75, false);  // rows not 16-byte aligned: one element at a time
     swiglu<T>(9, 128, true);

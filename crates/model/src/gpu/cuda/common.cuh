@@ -44,6 +44,20 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(lane < warps ? scratch[lane] : -INFINITY);
 }
 
+// Sixteen bytes of T (8 bf16 or 4 f32) loaded and stored at once; `e()` are its elements.
+template <typename T> struct Vec16 {
+    static constexpr int N = 16 / sizeof(T);
+    uint4 raw;
+    __device__ __forceinline__ T* e() { return reinterpret_cast<T*>(&raw); }
+    __device__ __forceinline__ void load(const T* p) { raw = *reinterpret_cast<const uint4*>(p); }
+    __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
+};
+
+// Whether every pointer is 16-byte aligned (null ones count as aligned).
+template <typename... P> __device__ __forceinline__ bool aligned16(const P*... p) {
+    return (((uintptr_t)p | ...) & 15) == 0;
+}
+
 // The block's dynamic shared memory as f32 (a host emulation of the kernels defines it otherwise).
 #ifndef DYNAMIC_SHARED
 #define DYNAMIC_SHARED(name) extern __shared__ __align__(128) float name[]

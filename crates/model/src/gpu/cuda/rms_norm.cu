@@ -1,37 +1,93 @@
 // RMSNorm over the last dimension: y = x · inv · w with inv = 1 / sqrt(mean(x²) + eps) per row.
-// Forward: one block per row, inv kept for the backward. Backward: dx one block per row,
+// Forward: one block per row (16-byte loads where the rows allow), inv kept for the backward. Backward: dx one block per row,
 // dx = inv · (w ⊙ g − x · inv² · mean(x ⊙ w ⊙ g)); dw = Σ_rows g ⊙ x · inv in two steps (partial
 // sums over row groups, then their sum), so no atomics and the same bits every run.
 #include "common.cuh"
 
+// Calls f(first, count) over the elements of a row this thread owns: chunks of Vec16's N when
+// `wide` (16-byte loads), single elements otherwise.
+template <typename T, typename F> __device__ __forceinline__ void each(int d, bool wide, F&& f) {
+    constexpr int N = Vec16<T>::N;
+    if (wide) {
+        for (int c = N * threadIdx.x; c < d; c += N * blockDim.x) f(c, N);
+    } else {
+        for (int c = threadIdx.x; c < d; c += blockDim.x) f(c, 1);
+    }
+}
+
+// Loads n (1 or Vec16's N) elements of p from i as floats.
+template <typename T> __device__ __forceinline__ void load(const T* p, int i, int n, float* out) {
+    if (n == 1) {
+        out[0] = to_f32(p[i]);
+        return;
+    }
+    Vec16<T> v;
+    v.load(p + i);
+    for (int j = 0; j < Vec16<T>::N; ++j) out[j] = to_f32(v.e()[j]);
+}
+
+// Stores n floats at p + i.
+template <typename T> __device__ __forceinline__ void store(T* p, int i, int n, const float* in) {
+    if (n == 1) {
+        p[i] = from_f32<T>(in[0]);
+        return;
+    }
+    Vec16<T> v;
+    for (int j = 0; j < Vec16<T>::N; ++j) v.e()[j] = from_f32<T>(in[j]);
+    v.store(p + i);
+}
+
 template <typename T>
 __device__ void forward(const T* x, const T* w, T* y, float* inv, int d, float eps) {
+    constexpr int N = Vec16<T>::N;
     __shared__ float scratch[32];
     const size_t row = blockIdx.x;
     const T* xr = x + row * d;
     T* yr = y + row * d;
+    const bool wide = d % N == 0 && aligned16(x, w, y);
     float ss = 0.f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        const float v = to_f32(xr[i]);
-        ss += v * v;
-    }
+    each<T>(d, wide, [&](int c, int n) {
+        float v[N];
+        load(xr, c, n, v);
+        for (int j = 0; j < n; ++j) ss += v[j] * v[j];
+    });
     const float r = rsqrtf(block_sum(ss, scratch) / d + eps);
     if (threadIdx.x == 0) inv[row] = r;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) yr[i] = from_f32<T>(to_f32(xr[i]) * r * to_f32(w[i]));
+    each<T>(d, wide, [&](int c, int n) {
+        float v[N], g[N];
+        load(xr, c, n, v);
+        load(w, c, n, g);
+        for (int j = 0; j < n; ++j) v[j] *= r * g[j];
+        store(yr, c, n, v);
+    });
 }
 
 template <typename T>
 __device__ void backward_dx(const T* x, const T* w, const T* g, const float* inv, T* dx, int d) {
+    constexpr int N = Vec16<T>::N;
     __shared__ float scratch[32];
     const size_t row = blockIdx.x;
     const T *xr = x + row * d, *gr = g + row * d;
     T* dr = dx + row * d;
+    const bool wide = d % N == 0 && aligned16(x, w, g, dx);
     float inner = 0.f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) inner += to_f32(xr[i]) * to_f32(w[i]) * to_f32(gr[i]);
+    each<T>(d, wide, [&](int c, int n) {
+        float xv[N], wv[N], gv[N];
+        load(xr, c, n, xv);
+        load(w, c, n, wv);
+        load(gr, c, n, gv);
+        for (int j = 0; j < n; ++j) inner += xv[j] * wv[j] * gv[j];
+    });
     const float r = inv[row];
     const float coef = block_sum(inner, scratch) * r * r / d;
-    for (int i = threadIdx.x; i < d; i += blockDim.x)
-        dr[i] = from_f32<T>(r * (to_f32(w[i]) * to_f32(gr[i]) - to_f32(xr[i]) * coef));
+    each<T>(d, wide, [&](int c, int n) {
+        float xv[N], wv[N], gv[N];
+        load(xr, c, n, xv);
+        load(w, c, n, wv);
+        load(gr, c, n, gv);
+        for (int j = 0; j < n; ++j) xv[j] = r * (wv[j] * gv[j] - xv[j] * coef);
+        store(dr, c, n, xv);
+    });
 }
 
 // Block (32, 8): 32 columns, 8 lanes of rows; blockIdx.y picks a group of rows (strided by

@@ -11,28 +11,17 @@
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 
-// Sixteen bytes of T as floats, and back.
-template <typename T> struct Vec16 {
-    static constexpr int N = 16 / sizeof(T);
-    uint4 raw;
-    __device__ __forceinline__ T* e() { return reinterpret_cast<T*>(&raw); }
-    __device__ __forceinline__ void load(const T* p) { raw = *reinterpret_cast<const uint4*>(p); }
-    __device__ __forceinline__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
-};
-
 // Whether every row start of every operand is 16-byte aligned.
-template <typename T>
-__device__ __forceinline__ bool rows_aligned(int f, long long ld_in, long long ld_out, const void* p0, const void* p1,
-                                             const void* p2, const void* p3, const void* p4) {
-    constexpr int N = 16 / sizeof(T);
-    const uintptr_t any = (uintptr_t)p0 | (uintptr_t)p1 | (uintptr_t)p2 | (uintptr_t)p3 | (uintptr_t)p4;
-    return (any & 15) == 0 && f % N == 0 && ld_in % N == 0 && ld_out % N == 0;
+template <typename T, typename... P>
+__device__ __forceinline__ bool rows_aligned(int f, long long ld_in, long long ld_out, const P*... p) {
+    constexpr int N = Vec16<T>::N;
+    return aligned16(p...) && f % N == 0 && ld_in % N == 0 && ld_out % N == 0;
 }
 
 template <typename T>
 __device__ void forward(const T* a, const T* b, T* h, int rows, int f, long long ld_in) {
     constexpr int N = Vec16<T>::N;
-    const bool wide = rows_aligned<T>(f, ld_in, f, a, b, h, h, h);
+    const bool wide = rows_aligned<T>(f, ld_in, f, a, b, h);
     for (int row = blockIdx.x; row < rows; row += gridDim.x) {
         const T *ar = a + row * ld_in, *br = b + row * ld_in;
         T* hr = h + (size_t)row * f;
@@ -68,8 +57,7 @@ template <typename T>
 __device__ void backward(const T* a, const T* b, const T* g, T* da, T* db, T* h, int rows, int f, long long ld_in,
                          long long ld_out) {
     constexpr int N = Vec16<T>::N;
-    const bool wide = rows_aligned<T>(f, ld_in, ld_out, a, b, da, db, h ? (const void*)h : (const void*)a) &&
-                      ((uintptr_t)g & 15) == 0;
+    const bool wide = rows_aligned<T>(f, ld_in, ld_out, a, b, g, da, db, h);
     for (int row = blockIdx.x; row < rows; row += gridDim.x) {
         const T *ar = a + row * ld_in, *br = b + row * ld_in, *gr = g + (size_t)row * f;
         T *dar = da + row * ld_out, *dbr = db + row * ld_out, *hr = h ? h + (size_t)row * f : nullptr;
