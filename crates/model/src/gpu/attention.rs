@@ -156,8 +156,9 @@ impl Attention {
         Ok(Tensor::from_storage(Storage::Cuda(o), shape, BackpropOp::none(), false))
     }
 
-    /// `(dq, dk, dv)` (shaped as q, k and v, contiguous) from the forward's inputs and output and
-    /// the output's gradient, outside the graph.
+    /// `(dq, dk, dv)` (shaped as q, k and v; dq contiguous, dk and dv transposed views of
+    /// `(B, S, KV, hd)`) from the forward's inputs and output and the output's gradient, outside the
+    /// graph.
     pub(crate) fn backward(
         &self,
         q: &Tensor,
@@ -184,10 +185,11 @@ impl Attention {
         // A warp per row, eight per block.
         let cfg = super::grid((rows.div_ceil(8).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1));
         launch(&dev, &ATTENTION, "attention_dsum", dtype, cfg, &args)?;
+        // dK and dV come out in the projections' order, (B, S, KV, hd), seen as (B, KV, S, hd).
         let (dq, dk, dv) = (
             output(&dev, (b, h, t, hd), dtype)?,
-            output(&dev, (b, kv, s, hd), dtype)?,
-            output(&dev, (b, kv, s, hd), dtype)?,
+            output(&dev, (b, s, kv, hd), dtype)?,
+            output(&dev, (b, s, kv, hd), dtype)?,
         );
         let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
         let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
@@ -202,7 +204,7 @@ impl Attention {
         let outputs = [Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)];
         let args = operands()?.args(common.into_iter().chain(outputs), self.scalars(h, kv, t, s)?);
         run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
-        Ok((dq, dk, dv))
+        Ok((dq, dk.transpose(1, 2)?, dv.transpose(1, 2)?))
     }
 
     fn seg_arg(&self) -> Result<Arg> {

@@ -220,11 +220,6 @@ pub(crate) fn grid(blocks: (u32, u32, u32), threads: (u32, u32, u32)) -> LaunchC
     LaunchConfig { grid_dim: blocks, block_dim: threads, shared_mem_bytes: 0 }
 }
 
-/// Blocks of 256 threads for a grid-stride loop over `n` items: enough to fill the GPU, no more.
-pub(crate) fn elementwise(n: usize) -> LaunchConfig {
-    grid((n.div_ceil(256).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1))
-}
-
 /// Threads per block for a kernel that walks a row of `d` elements: enough to cover short rows
 /// in one pass, at most 1,024.
 pub(crate) fn row_threads(d: usize) -> u32 {

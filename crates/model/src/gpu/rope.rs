@@ -2,7 +2,7 @@
 //! projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy; the output is
 //! contiguous. The backward is the rotation by the opposite angle.
 
-use super::{alloc, elementwise, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
+use super::{alloc, grid, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::op::BackpropOp;
@@ -14,10 +14,18 @@ struct Rope {
     start: usize,
 }
 
+/// How a rotation's output is laid out: `(B, H, T, hd)` contiguous, or `(B, T, H, hd)` (the
+/// projections' order, what their input gradients need), seen as `(B, H, T, hd)` through strides.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    HeadsMajor,
+    PositionsMajor,
+}
+
 impl Rope {
     /// `x` (its storage as `l` describes it, last dimension contiguous) rotated by `sign` times the
-    /// tables' angles, into new contiguous storage.
-    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32) -> Result<CudaStorage> {
+    /// tables' angles, into new storage laid out in `order`.
+    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32, order: Order) -> Result<CudaStorage> {
         let name = "gpu-rope";
         let (b, h, t, hd) = l.shape().dims4()?;
         let (rows, half) = self.cos.dims2()?;
@@ -33,8 +41,12 @@ impl Rope {
         let dtype = x.dtype();
         let (cos, sin) = (self.cos.to_dtype(dtype)?.contiguous()?, self.sin.to_dtype(dtype)?.contiguous()?);
         let y = alloc(&x.device, l.shape(), dtype)?;
-        let pairs = b * h * t * half;
-        let args = [
+        let out = match order {
+            Order::HeadsMajor => [h * t * hd, t * hd, hd],
+            Order::PositionsMajor => [t * h * hd, hd, h * hd],
+        };
+        let n = b * h * t;
+        let mut args = vec![
             Arg::Ptr(storage_base(x, l.start_offset(), name)?),
             Arg::Ptr(ptr(&cos, name)?),
             Arg::Ptr(ptr(&sin, name)?),
@@ -42,14 +54,12 @@ impl Rope {
             int(h, "heads")?,
             int(t, "positions")?,
             int(hd, "head_dim")?,
-            Arg::Long(st[0] as i64),
-            Arg::Long(st[1] as i64),
-            Arg::Long(st[2] as i64),
-            int(self.start, "start")?,
-            Arg::Float(sign),
-            Arg::Count(pairs as u64),
         ];
-        launch(&x.device, &ROPE, "rope", dtype, elementwise(pairs), &args)?;
+        args.extend(st[..3].iter().chain(&out).map(|&x| Arg::Long(x as i64)));
+        args.extend([int(self.start, "start")?, Arg::Float(sign), int(n, "rows")?]);
+        // Eight rows of (b, head, position) per block, 32 threads along each.
+        let cfg = grid((n.div_ceil(8).clamp(1, 65_535) as u32, 1, 1), (32, 8, 1));
+        launch(&x.device, &ROPE, "rope", dtype, cfg, &args)?;
         Ok(y)
     }
 }
@@ -64,23 +74,30 @@ impl CustomOp1 for Rope {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((self.rotate(x, l, 1.0)?, l.shape().clone()))
+        Ok((self.rotate(x, l, 1.0, Order::HeadsMajor)?, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        rotate(grad, &self.cos, &self.sin, self.start, -1.0).map(Some)
+        rotate(grad, &self.cos, &self.sin, self.start, -1.0, Order::HeadsMajor).map(Some)
     }
 }
 
 /// `x (B, H, T, hd)` (any strides, rows contiguous) rotated by `sign` times the tables' angles from
-/// `start`, outside the graph, contiguous: the forward with 1, the backward with −1.
-pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32) -> Result<Tensor> {
+/// `start`, outside the graph: the forward with 1, the backward with −1. The result is shaped as x
+/// and laid out in `order` (positions-major: a transposed view of a `(B, T, H, hd)` tensor).
+pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32, order: Order) -> Result<Tensor> {
     let x = rows_contiguous(x)?;
     let op = Rope { cos: cos.clone(), sin: sin.clone(), start };
     let (s, l) = x.storage_and_layout();
     let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: x not on a CUDA device") };
-    let y = op.rotate(c, l, sign)?;
-    Ok(Tensor::from_storage(Storage::Cuda(y), x.shape().clone(), BackpropOp::none(), false))
+    let y = op.rotate(c, l, sign, order)?;
+    let (b, h, t, hd) = x.dims4()?;
+    match order {
+        Order::HeadsMajor => Ok(Tensor::from_storage(Storage::Cuda(y), (b, h, t, hd), BackpropOp::none(), false)),
+        Order::PositionsMajor => {
+            Tensor::from_storage(Storage::Cuda(y), (b, t, h, hd), BackpropOp::none(), false).transpose(1, 2)
+        }
+    }
 }
 
 /// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions

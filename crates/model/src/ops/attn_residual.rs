@@ -87,7 +87,8 @@ impl CustomOp3 for AttnResidual {
         let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
         let [dq, dk, dv] = self.attention.backward(&self.q, &self.k, &self.v, &self.o, &d_o)?;
         let (dq, dk) = (rope_backward(&dq, &self.cos, &self.sin, 0)?, rope_backward(&dk, &self.cos, &self.sin, 0)?);
-        // Back to the projections' layout, (rows, heads · hd).
+        // Back to the projections' layout, (rows, heads · hd): on a GPU the rotations and dV are
+        // written in it already, and the transpose makes them contiguous without a copy.
         let flat = |t: &Tensor, count: usize| t.transpose(1, 2)?.contiguous()?.reshape((rows, count * hd));
         let parts = [(flat(&dq, h)?, 0, h), (flat(&dk, kv)?, h, kv), (flat(&dv, kv)?, h + kv, kv)];
         let mut dn: Option<Tensor> = None;

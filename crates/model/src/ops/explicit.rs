@@ -71,16 +71,17 @@ pub(super) fn gate_backward(gu: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>
 pub(super) fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return crate::gpu::rope::rotate(x, cos, sin, start, 1.0);
+        return crate::gpu::rope::rotate(x, cos, sin, start, 1.0, crate::gpu::rope::Order::HeadsMajor);
     }
     composite::rope(x, cos, sin, start)
 }
 
-/// RoPE's backward: the rotation by the opposite angles (the transpose of a rotation).
+/// RoPE's backward: the rotation by the opposite angles (the transpose of a rotation). On a GPU
+/// the result is laid out `(B, T, H, hd)`, the projections' order, and seen as `(B, H, T, hd)`.
 pub(super) fn rope_backward(g: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if g.device().is_cuda() {
-        return crate::gpu::rope::rotate(g, cos, sin, start, -1.0);
+        return crate::gpu::rope::rotate(g, cos, sin, start, -1.0, crate::gpu::rope::Order::PositionsMajor);
     }
     composite::rope(g, cos, &sin.neg()?, start)
 }

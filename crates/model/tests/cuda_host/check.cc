@@ -23,7 +23,7 @@ using ll = long long;
     extern "C" void rms_norm_bwd_dw_sum_##S(const float*, T*, int, int);                                 \
     extern "C" void swiglu_fwd_##S(const T*, const T*, T*, int, int, ll);                                \
     extern "C" void swiglu_bwd_##S(const T*, const T*, const T*, T*, T*, T*, int, int, ll, ll);          \
-    extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, int, float, u64); \
+    extern "C" void rope_##S(const T*, const T*, const T*, T*, int, int, int, ll, ll, ll, ll, ll, ll, int, float, int); \
     extern "C" void adamw_update_##S(const u64*, int, u64, float, float, float, float, float, float, float); \
     extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
     extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
@@ -263,28 +263,39 @@ template <typename T> void rope(int b, int t, int h, int hd, int start) {
             cosr[p * half + i] = val(cs[p * half + i]);
             sinr[p * half + i] = val(ss[p * half + i]);
         }
-    std::vector<double> fwd(x.size()), back(x.size());
+    // Expected outputs heads-major (B, H, T, hd) and positions-major (B, T, H, hd), the input's order.
+    std::vector<double> fwd[2], back[2];
+    for (int order = 0; order < 2; ++order) fwd[order].resize(x.size()), back[order].resize(x.size());
     for (int bi = 0; bi < b; ++bi)
         for (int hi = 0; hi < h; ++hi)
             for (int p = 0; p < t; ++p)
                 for (int i = 0; i < half; ++i) {
-                    const size_t in = ((size_t(bi) * t + p) * h + hi) * hd, out = ((size_t(bi) * h + hi) * t + p) * hd;
+                    const size_t in = ((size_t(bi) * t + p) * h + hi) * hd;
                     const double c = cosr[(start + p) * half + i], s = sinr[(start + p) * half + i];
                     const double x1 = x[in + i], x2 = x[in + i + half];
-                    fwd[out + i] = x1 * c - x2 * s;
-                    fwd[out + i + half] = x2 * c + x1 * s;
-                    back[out + i] = x1 * c + x2 * s;
-                    back[out + i + half] = x2 * c - x1 * s;
+                    for (int order = 0; order < 2; ++order) {
+                        const size_t out = order == 0 ? ((size_t(bi) * h + hi) * t + p) * hd : in;
+                        fwd[order][out + i] = x1 * c - x2 * s;
+                        fwd[order][out + i + half] = x2 * c + x1 * s;
+                        back[order][out + i] = x1 * c + x2 * s;
+                        back[order][out + i + half] = x2 * c - x1 * s;
+                    }
                 }
-    const u64 pairs = u64(b) * h * t * half;
+    const int rows_total = b * h * t;
     const ll sb = ll(t) * h * hd, sh = hd, st = ll(h) * hd;
-    for (float sign : {1.f, -1.f}) {
-        auto ys = poisoned<T>(x.size());
-        emu_launch({2}, {256}, 0, [&] { Ops<T>::rope(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, start, sign, pairs); });
-        const std::string what = "rope b" + std::to_string(b) + " t" + std::to_string(t) + " h" + std::to_string(h) +
-                                 " hd" + std::to_string(hd) + " start " + std::to_string(start) + (sign > 0 ? " fwd" : " bwd");
-        expect(what.c_str(), kind<T>(), ys, sign > 0 ? fwd : back, tolerance<T>());
-    }
+    for (int order = 0; order < 2; ++order)
+        for (float sign : {1.f, -1.f}) {
+            const ll ob = order == 0 ? ll(h) * t * hd : sb, oh = order == 0 ? ll(t) * hd : sh, ot = order == 0 ? hd : st;
+            auto ys = poisoned<T>(x.size());
+            emu_launch({2}, {32, 8}, 0, [&] {
+                Ops<T>::rope(xs.data(), cs.data(), ss.data(), ys.data(), h, t, hd, sb, sh, st, ob, oh, ot, start, sign,
+                             rows_total);
+            });
+            const std::string what = "rope b" + std::to_string(b) + " t" + std::to_string(t) + " h" + std::to_string(h) +
+                                     " hd" + std::to_string(hd) + " start " + std::to_string(start) +
+                                     (sign > 0 ? " fwd" : " bwd") + (order == 0 ? "" : " positions-major");
+            expect(what.c_str(), kind<T>(), ys, sign > 0 ? fwd[order] : back[order], tolerance<T>());
+        }
 }
 
 // Rows' losses and the gradient in place: of the mean loss (one scale), or with a scale per row
@@ -372,8 +383,8 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
                     const double ds = p[j] * (dp[j] - dsi);
                     for (int d = 0; d < HD; ++d) {
                         dq[((size_t(bi) * h + hi) * t + i) * HD + d] += scale * ds * K(bi, g, j, d);
-                        dk[((size_t(bi) * kv + g) * s + j) * HD + d] += scale * ds * Q(bi, hi, i, d);
-                        dv[((size_t(bi) * kv + g) * s + j) * HD + d] += p[j] * DO(bi, hi, i, d);
+                        dk[((size_t(bi) * s + j) * kv + g) * HD + d] += scale * ds * Q(bi, hi, i, d);
+                        dv[((size_t(bi) * s + j) * kv + g) * HD + d] += p[j] * DO(bi, hi, i, d);
                     }
                 }
             }

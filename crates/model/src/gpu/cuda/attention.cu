@@ -177,7 +177,8 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
 }
 
 // dV = Σ_queries P · dO and dK = scale · Σ_queries dS · Q for a tile of keys of one key/value
-// head, over every query head it serves. Rows are keys here; dk and dv are written (B, KV, S, hd).
+// head, over every query head it serves. Rows are keys here; dk and dv are written (B, S, KV, hd),
+// the projections' order.
 template <typename T, int HD>
 __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                              const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start,
@@ -222,7 +223,7 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
         }
     }
     if (kp < s) {
-        const size_t at = (((size_t)b * kv_heads + kvh) * s + kp) * HD;
+        const size_t at = (((size_t)b * s + kp) * kv_heads + kvh) * HD;  // (B, S, KV, hd)
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll

@@ -272,7 +272,8 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
 }
 
 // dV = Σ_queries Pᵀ · dO and dK = scale · Σ_queries dSᵀ · Q for a tile of keys of one key/value head,
-// over every query head it serves; a warp's rows are 16 keys. dk and dv are written (B, KV, S, hd).
+// over every query head it serves; a warp's rows are 16 keys. dk and dv are written (B, S, KV, hd),
+// the projections' order.
 template <int HD>
 __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                              const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
@@ -352,7 +353,7 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
     for (int i = 0; i < 2; ++i) {
         const int kp = k0 + r0 + 8 * i;
         if (kp >= s) continue;
-        const size_t at = (((size_t)b * kv_heads + kvh) * s + kp) * HD;
+        const size_t at = (((size_t)b * s + kp) * kv_heads + kvh) * HD;  // (B, S, KV, hd)
         for (int n = 0; n < NT; ++n) {
             *reinterpret_cast<uint32_t*>(dk + at + 8 * n + c) = pack(dka[n][2 * i] * scale, dka[n][2 * i + 1] * scale);
             *reinterpret_cast<uint32_t*>(dv + at + 8 * n + c) = pack(dva[n][2 * i], dva[n][2 * i + 1]);
