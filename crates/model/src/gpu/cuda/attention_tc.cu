@@ -84,6 +84,7 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
         if (pos < limit) x = *reinterpret_cast<const uint4*>(base + pos * st + d);
         if constexpr (TRANSPOSED) {
             const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&x);
+#pragma unroll
             for (int j = 0; j < 8; ++j) dst[(d + j) * LDT + r] = e[j];
         } else {
             *reinterpret_cast<uint4*>(dst + r * (HD + 8) + d) = x;
@@ -107,9 +108,41 @@ template <int HD>
 __device__ __forceinline__ void store_rows(__nv_bfloat16* row0, __nv_bfloat16* row8, const float (&acc)[HD / 8][4],
                                            float scale0, float scale8) {
     const int c = 2 * (threadIdx.x & 3);
+#pragma unroll
     for (int n = 0; n < HD / 8; ++n) {
         if (row0) *reinterpret_cast<uint32_t*>(row0 + 8 * n + c) = pack(acc[n][0] * scale0, acc[n][1] * scale0);
         if (row8) *reinterpret_cast<uint32_t*>(row8 + 8 * n + c) = pack(acc[n][2] * scale8, acc[n][3] * scale8);
+    }
+}
+
+// s (16 × 64, eight accumulator tiles) = A · Bᵀ over HD: A the warp's 16 rows as operand
+// fragments (one per 16 columns), B the 64 rows of a row-major tile.
+template <int HD>
+__device__ __forceinline__ void scores(float (&s)[8][4], const uint32_t (&a)[HD / 16][4], const __nv_bfloat16* tile) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+            uint32_t b0, b1;
+            load_b(b0, b1, tile, HD + 8, 8 * n, 16 * kk);
+            mma_m16n8k16(s[n], a[kk], b0, b1);
+        }
+}
+
+// acc (16 × HD) += W · B: W the 16 × 64 accumulator tiles of an earlier product, rounded to bf16
+// as the left operand; B a 64 × HD tile stored transposed (`bt` row n is B's column n).
+template <int HD>
+__device__ __forceinline__ void accumulate(float (&acc)[HD / 8][4], const float (&w)[8][4], const __nv_bfloat16* bt) {
+#pragma unroll
+    for (int j = 0; j < TILE / 16; ++j) {
+        uint32_t a[4];
+        to_a(a, w[2 * j], w[2 * j + 1]);
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            uint32_t b0, b1;
+            load_b(b0, b1, bt, LDT, 8 * n, 16 * j);
+            mma_m16n8k16(acc[n], a, b0, b1);
+        }
     }
 }
 
@@ -127,6 +160,7 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
     load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4];  // the warp's 16 query rows, for the whole walk
+#pragma unroll
     for (int kk = 0; kk < KSTEPS; ++kk) load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
     const __nv_bfloat16* kb = k + b * ks.b + kvh * ks.h;
     const __nv_bfloat16* vb = v + b * vs.b + kvh * vs.h;
@@ -139,17 +173,14 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
         load_tile<HD, false>(sk, kb, ks.t, k0, s);
         load_tile<HD, true>(svt, vb, vs.t, k0, s);
         __syncthreads();
-        // S (16 × 64) = Q_warp · Kᵀ, eight 16 × 8 tiles.
+        // S (16 × 64) = Q_warp · Kᵀ.
         float sc[8][4] = {};
-        for (int kk = 0; kk < KSTEPS; ++kk)
-            for (int n = 0; n < 8; ++n) {
-                uint32_t b0, b1;
-                load_b(b0, b1, sk, LDH, 8 * n, 16 * kk);
-                mma_m16n8k16(sc[n], qa[kk], b0, b1);
-            }
+        scores<HD>(sc, qa, sk);
         const bool masked = tile_masked(q0, k0, t, s, start, seg);
         float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
         for (int n = 0; n < 8; ++n)
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int i = e >> 1, key = k0 + 8 * n + c + (e & 1);
                 const bool ok = !masked || visible(q0 + r0 + 8 * i, key, b, t, s, start, seg);
@@ -158,34 +189,32 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
                 mx[i] = fmaxf(mx[i], x);
             }
         float alpha[2];
+#pragma unroll
         for (int i = 0; i < 2; ++i) {
             const float next = fmaxf(m[i], row_max(mx[i]));
             alpha[i] = next == -INFINITY ? 1.f : __expf(m[i] - next);
             m[i] = next;
             l[i] *= alpha[i];
         }
+#pragma unroll
         for (int n = 0; n < 8; ++n)
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const float mi = m[e >> 1];
                 const float p = mi == -INFINITY ? 0.f : __expf(sc[n][e] - mi);
                 sc[n][e] = p;
                 l[e >> 1] += p;
             }
+#pragma unroll
         for (int n = 0; n < NT; ++n)
+#pragma unroll
             for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
         // O_warp (16 × HD) += P (16 × 64) · V, the probabilities straight from their registers.
-        for (int j = 0; j < TILE / 16; ++j) {
-            uint32_t pa[4];
-            to_a(pa, sc[2 * j], sc[2 * j + 1]);
-            for (int n = 0; n < NT; ++n) {
-                uint32_t b0, b1;
-                load_b(b0, b1, svt, LDT, 8 * n, 16 * j);
-                mma_m16n8k16(acc[n], pa, b0, b1);
-            }
-        }
+        accumulate<HD>(acc, sc, svt);
     }
     __nv_bfloat16* rows[2];
     float inv[2];
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const float sum = row_sum(l[i]);
         const int qi = q0 + r0 + 8 * i;
@@ -215,11 +244,13 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
     load_tile<HD, false>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4], da[KSTEPS][4];
+#pragma unroll
     for (int kk = 0; kk < KSTEPS; ++kk) {
         load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
         load_a(da[kk], sv, LDH, 16 * warp, 16 * kk);
     }
     float row_lse[2], row_d[2];
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int qi = q0 + r0 + 8 * i;
         row_lse[i] = qi < t ? lse[(size_t)blockIdx.y * t + qi] : 0.f;
@@ -236,34 +267,23 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
         load_tile<HD, true>(skt, kb, ks.t, k0, s);
         __syncthreads();
         float sc[8][4] = {}, dp[8][4] = {};
-        for (int kk = 0; kk < KSTEPS; ++kk)
-            for (int n = 0; n < 8; ++n) {
-                uint32_t b0, b1;
-                load_b(b0, b1, sk, LDH, 8 * n, 16 * kk);
-                mma_m16n8k16(sc[n], qa[kk], b0, b1);
-                load_b(b0, b1, sv, LDH, 8 * n, 16 * kk);
-                mma_m16n8k16(dp[n], da[kk], b0, b1);
-            }
+        scores<HD>(sc, qa, sk);
+        scores<HD>(dp, da, sv);
         // dS, over the score registers.
         const bool masked = tile_masked(q0, k0, t, s, start, seg);
+#pragma unroll
         for (int n = 0; n < 8; ++n)
+#pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int i = e >> 1, key = k0 + 8 * n + c + (e & 1);
                 const bool ok = !masked || visible(q0 + r0 + 8 * i, key, b, t, s, start, seg);
                 const float p = ok ? __expf(sc[n][e] * scale - row_lse[i]) : 0.f;
                 sc[n][e] = p * (dp[n][e] - row_d[i]);
             }
-        for (int j = 0; j < TILE / 16; ++j) {
-            uint32_t dsa[4];
-            to_a(dsa, sc[2 * j], sc[2 * j + 1]);
-            for (int n = 0; n < NT; ++n) {
-                uint32_t b0, b1;
-                load_b(b0, b1, skt, LDT, 8 * n, 16 * j);
-                mma_m16n8k16(acc[n], dsa, b0, b1);
-            }
-        }
+        accumulate<HD>(acc, sc, skt);
     }
     __nv_bfloat16* rows[2];
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int qi = q0 + r0 + 8 * i;
         rows[i] = qi < t ? dq + (((size_t)b * heads + h) * t + qi) * HD : nullptr;
@@ -314,10 +334,12 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
             __syncthreads();
             // Sᵀ (16 keys × 64 queries) = K_warp · Qᵀ and (dO·Vᵀ)ᵀ = V_warp · dOᵀ.
             float st[8][4] = {}, dpt[8][4] = {};
+#pragma unroll
             for (int kk = 0; kk < KSTEPS; ++kk) {
                 uint32_t ka[4], va[4];
                 load_a(ka, sk, LDH, 16 * warp, 16 * kk);
                 load_a(va, sv, LDH, 16 * warp, 16 * kk);
+#pragma unroll
                 for (int n = 0; n < 8; ++n) {
                     uint32_t b0, b1;
                     load_b(b0, b1, sq, LDH, 8 * n, 16 * kk);
@@ -328,7 +350,9 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
             }
             // Pᵀ into st and dSᵀ into dpt; columns are queries.
             const bool masked = tile_masked(q0, k0, t, s, start, seg);
+#pragma unroll
             for (int n = 0; n < 8; ++n)
+#pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int col = 8 * n + c + (e & 1);
                     const bool ok = !masked || visible(q0 + col, k0 + r0 + 8 * (e >> 1), b, t, s, start, seg);
@@ -336,24 +360,16 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
                     st[n][e] = p;
                     dpt[n][e] = p * (dpt[n][e] - sd[col]);
                 }
-            for (int j = 0; j < TILE / 16; ++j) {
-                uint32_t pa[4], dsa[4];
-                to_a(pa, st[2 * j], st[2 * j + 1]);
-                to_a(dsa, dpt[2 * j], dpt[2 * j + 1]);
-                for (int n = 0; n < NT; ++n) {
-                    uint32_t b0, b1;
-                    load_b(b0, b1, sdot, LDT, 8 * n, 16 * j);
-                    mma_m16n8k16(dva[n], pa, b0, b1);
-                    load_b(b0, b1, sqt, LDT, 8 * n, 16 * j);
-                    mma_m16n8k16(dka[n], dsa, b0, b1);
-                }
-            }
+            accumulate<HD>(dva, st, sdot);
+            accumulate<HD>(dka, dpt, sqt);
         }
     }
+#pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int kp = k0 + r0 + 8 * i;
         if (kp >= s) continue;
         const size_t at = (((size_t)b * s + kp) * kv_heads + kvh) * HD;  // (B, S, KV, hd)
+#pragma unroll
         for (int n = 0; n < NT; ++n) {
             *reinterpret_cast<uint32_t*>(dk + at + 8 * n + c) = pack(dka[n][2 * i] * scale, dka[n][2 * i + 1] * scale);
             *reinterpret_cast<uint32_t*>(dv + at + 8 * n + c) = pack(dva[n][2 * i], dva[n][2 * i + 1]);
