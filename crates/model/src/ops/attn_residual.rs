@@ -11,14 +11,12 @@
 //! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
 //! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
 
-use super::explicit::{norm_backward, norm_forward, residual, rope_backward, rope_forward, Attention};
+use super::explicit::{norm_backward, norm_forward, rope_backward, rope_forward, Attention, HalfBackward, OneNode};
 use crate::packing::Packing;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use std::sync::Mutex;
+use candle_core::{Result, Tensor};
 
-struct AttnResidual {
-    /// The half's output before the residual add, until the forward adds it.
-    y: Mutex<Option<Tensor>>,
+/// What the backward reads.
+struct AttnBackward {
     /// `n (rows, D)` and the inverse RMS `(rows)`.
     n: Tensor,
     inv: Tensor,
@@ -35,50 +33,10 @@ struct AttnResidual {
     heads: (usize, usize),
 }
 
-impl CustomOp3 for AttnResidual {
-    fn name(&self) -> &'static str {
-        "attn-residual"
-    }
+impl HalfBackward for AttnBackward {
+    const NAME: &'static str = "attn-residual";
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        residual(x, lx, &self.y, |s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        residual(x, lx, &self.y, |s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        stacked: &Tensor,
-        wo: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, x: &Tensor, stacked: &Tensor, wo: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
         let (rows, d) = self.n.dims2()?;
         let (h, kv) = self.heads;
         let (b, _, t, hd) = self.q.dims4()?;
@@ -104,7 +62,7 @@ impl CustomOp3 for AttnResidual {
         let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
         let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn.expect("three parts"))?;
         d_stacked.push(dgain.reshape((1, d))?);
-        Ok((Some((g + dxn)?.reshape(x.shape())?), Some(Tensor::cat(&d_stacked, 0)?), Some(d_wo)))
+        Ok([(g + dxn)?.reshape(x.shape())?, Tensor::cat(&d_stacked, 0)?, d_wo])
     }
 }
 
@@ -159,8 +117,7 @@ pub fn attn_residual(
     let attention = Attention::new(&q, 1.0 / (hd as f64).sqrt(), 0, packing)?;
     let o = attention.forward(&q, &k, &v)?;
     let y = o.reshape((rows, h * hd))?.matmul(&wo.detach().t()?)?.reshape((b, t, d))?;
-    let op = AttnResidual { y: Mutex::new(Some(y)), n, inv, q, k, v, o, attention, cos, sin, heads };
-    x.contiguous()?.apply_op3(&stacked, &wo.contiguous()?, op)
+    OneNode::apply(x, &stacked, wo, y, AttnBackward { n, inv, q, k, v, o, attention, cos, sin, heads })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use super::composite;
 use crate::packing::Packing;
 use candle_core::backend::BackendStorage;
-use candle_core::{DType, Layout, Result, Shape, Storage, Tensor, Var, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, Var, D};
 use std::sync::Mutex;
 
 /// RMSNorm of `x (rows, D)` and each row's inverse RMS (f32, `(rows)`), outside the graph.
@@ -149,18 +149,84 @@ impl Attention {
     }
 }
 
-/// `x + y` as the storage of a one-node op's output, `y` (computed beforehand, shaped as x) taken
-/// from `slot`; `pick` finds y's storage of x's kind.
-pub(super) fn residual<S: BackendStorage>(
-    x: &S,
-    lx: &Layout,
-    slot: &Mutex<Option<Tensor>>,
-    pick: impl Fn(&Storage) -> Option<&S>,
-) -> Result<(S, Shape)> {
-    let Some(y) = slot.lock().expect("not poisoned").take() else {
-        candle_core::bail!("a one-node op's forward ran twice")
-    };
-    let (ys, ly) = y.storage_and_layout();
-    let Some(ys) = pick(&ys) else { candle_core::bail!("a one-node op's input and output are on different devices") };
-    Ok((x.binary_impl::<candle_core::op::Add>(ys, lx, ly)?, lx.shape().clone()))
+/// The backward of a block half that is one node: the gradients of `x`, the stacked weights and
+/// the output projection (the node's three inputs) from the output's gradient.
+pub(super) trait HalfBackward: Send + Sync + 'static {
+    /// The node's name in candle's graph.
+    const NAME: &'static str;
+    /// `(dx, d_stacked, d_out_proj)`.
+    fn backward(&self, x: &Tensor, stacked: &Tensor, proj: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]>;
+}
+
+/// A block half as one node over `(x, stacked weights, output projection)`: its output `x + y`, `y`
+/// computed beforehand outside the graph, and its backward `B`.
+pub(super) struct OneNode<B> {
+    y: Mutex<Option<Tensor>>,
+    back: B,
+}
+
+impl<B: HalfBackward> OneNode<B> {
+    /// `x + y` as a node over `x`, `stacked` and `proj` whose backward is `back`.
+    pub(super) fn apply(x: &Tensor, stacked: &Tensor, proj: &Tensor, y: Tensor, back: B) -> Result<Tensor> {
+        x.contiguous()?.apply_op3(stacked, &proj.contiguous()?, Self { y: Mutex::new(Some(y)), back })
+    }
+
+    /// `x + y` into new storage of x's kind; `pick` finds y's storage of that kind.
+    fn add<S: BackendStorage>(&self, x: &S, lx: &Layout, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)> {
+        let Some(y) = self.y.lock().expect("not poisoned").take() else {
+            candle_core::bail!("{}: forward ran twice", B::NAME)
+        };
+        let (ys, ly) = y.storage_and_layout();
+        let Some(ys) = pick(&ys) else { candle_core::bail!("{}: input and output on different devices", B::NAME) };
+        Ok((x.binary_impl::<candle_core::op::Add>(ys, lx, ly)?, lx.shape().clone()))
+    }
+}
+
+impl<B: HalfBackward> CustomOp3 for OneNode<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.add(x, lx, |s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.add(x, lx, |s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        stacked: &Tensor,
+        proj: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, ds, dp] = self.back.backward(x, stacked, proj, grad)?;
+        Ok((Some(dx), Some(ds), Some(dp)))
+    }
 }

@@ -13,64 +13,21 @@
 //! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
 //! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
 
-use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, residual};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
-use std::sync::Mutex;
+use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, HalfBackward, OneNode};
+use candle_core::{Result, Tensor};
 
-struct MlpResidual {
-    /// The half's output before the residual add, until the forward adds it.
-    y: Mutex<Option<Tensor>>,
-    /// What the backward reads: `n (rows, D)`, the inverse RMS `(rows)`, and the gate and up
-    /// projections side by side `(rows, 2F)`.
+/// What the backward reads: `n (rows, D)`, the inverse RMS `(rows)`, and the gate and up
+/// projections side by side `(rows, 2F)`.
+struct MlpBackward {
     n: Tensor,
     inv: Tensor,
     gu: Tensor,
 }
 
-impl CustomOp3 for MlpResidual {
-    fn name(&self) -> &'static str {
-        "mlp-residual"
-    }
+impl HalfBackward for MlpBackward {
+    const NAME: &'static str = "mlp-residual";
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        residual(x, lx, &self.y, |s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-        _: &candle_core::CudaStorage,
-        _: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        residual(x, lx, &self.y, |s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        stacked: &Tensor,
-        down: &Tensor,
-        _: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn backward(&self, x: &Tensor, stacked: &Tensor, down: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
         let (rows, d) = self.n.dims2()?;
         let f = self.gu.dim(1)? / 2;
         let g = grad.reshape((rows, d))?;
@@ -81,7 +38,7 @@ impl CustomOp3 for MlpResidual {
         let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
         let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn)?;
         let d_stacked = Tensor::cat(&[dgu.t()?.matmul(&self.n)?, dgain.reshape((1, d))?], 0)?;
-        Ok((Some((g + dxn)?.reshape(x.shape())?), Some(d_stacked), Some(d_down)))
+        Ok([(g + dxn)?.reshape(x.shape())?, d_stacked, d_down])
     }
 }
 
@@ -106,8 +63,7 @@ pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
     let (n, inv) = norm_forward(&xd, &gain.detach(), eps)?;
     let gu = n.matmul(&stacked.detach().narrow(0, 0, 2 * f)?.t()?)?;
     let y = gate_forward(&gu)?.matmul(&down.detach().t()?)?.reshape(x.shape())?;
-    let op = MlpResidual { y: Mutex::new(Some(y)), n, inv, gu };
-    x.contiguous()?.apply_op3(&stacked, &down.contiguous()?, op)
+    OneNode::apply(x, &stacked, down, y, MlpBackward { n, inv, gu })
 }
 
 #[cfg(test)]
