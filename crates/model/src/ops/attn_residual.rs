@@ -123,31 +123,20 @@ pub fn attn_residual(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::explicit::testing::{rel, uniform};
     use crate::ops::{attention, composite, linear, rope_tables};
     use candle_core::{DType, Device, Var};
-
-    fn randn(shape: &[usize], seed: u64, scale: f64) -> Var {
-        let n: usize = shape.iter().product();
-        let mut s = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale as f32
-            })
-            .collect();
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     /// The node against the separate ops, for grouped heads with and without packed rows.
     #[test]
     fn one_node_matches_the_separate_ops_in_value_and_gradient() {
         let (b, t, d, h, kv, hd) = (2, 9, 16, 4, 2, 4);
         let (cos, sin) = rope_tables(hd, 32, 10_000.0, DType::F32, &Device::Cpu).unwrap();
-        let x = randn(&[b, t, d], 1, 1.0);
-        let gain = Var::from_tensor(&randn(&[d], 2, 0.2).as_tensor().affine(1.0, 1.0).unwrap()).unwrap();
-        let w = |rows: usize, seed| randn(&[rows, d], seed, 0.5);
-        let (wq, wk, wv, wo) = (w(h * hd, 3), w(kv * hd, 4), w(kv * hd, 5), randn(&[d, h * hd], 6, 0.5));
-        let mix = randn(&[b, t, d], 7, 1.0);
+        let x = uniform(&[b, t, d], 1, 1.0);
+        let gain = Var::from_tensor(&uniform(&[d], 2, 0.2).as_tensor().affine(1.0, 1.0).unwrap()).unwrap();
+        let w = |rows: usize, seed| uniform(&[rows, d], seed, 0.5);
+        let (wq, wk, wv, wo) = (w(h * hd, 3), w(kv * hd, 4), w(kv * hd, 5), uniform(&[d, h * hd], 6, 0.5));
+        let mix = uniform(&[b, t, d], 7, 1.0);
         let vars = [&x, &gain, &wq, &wk, &wv, &wo];
         let packing = Packing::from_lengths(t, &[vec![4, 5], vec![9]]).unwrap();
         for packed in [None, Some(&packing)] {
@@ -170,10 +159,6 @@ mod tests {
                 (y, g)
             };
             let ((y1, g1), (y2, g2)) = (run(true), run(false));
-            let rel = |a: &Tensor, b: &Tensor| {
-                let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                (num / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
-            };
             assert!(rel(&y1, &y2) < 1e-6, "values differ by {} (packed: {})", rel(&y1, &y2), packed.is_some());
             for (name, (a, b)) in ["x", "gain", "wq", "wk", "wv", "wo"].iter().zip(g1.iter().zip(&g2)) {
                 assert!(rel(a, b) < 1e-5, "gradient of {name} differs by {} (packed: {})", rel(a, b), packed.is_some());

@@ -230,3 +230,27 @@ impl<B: HalfBackward> CustomOp3 for OneNode<B> {
         Ok((Some(dx), Some(ds), Some(dp)))
     }
 }
+
+/// What the one-node halves' tests share.
+#[cfg(test)]
+pub(super) mod testing {
+    use candle_core::{Device, Tensor, Var};
+
+    /// A variable of uniform values in `[-scale, scale)` from a fixed seed.
+    pub(crate) fn uniform(shape: &[usize], seed: u64, scale: f64) -> Var {
+        let mut s = seed;
+        let v: Vec<f32> = (0..shape.iter().product::<usize>())
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale as f32
+            })
+            .collect();
+        Var::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// ‖a − b‖ / ‖b‖.
+    pub(crate) fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        (num / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
+    }
+}

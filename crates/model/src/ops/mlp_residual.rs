@@ -69,28 +69,17 @@ pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::explicit::testing::{rel, uniform};
     use crate::ops::{composite, linear};
-    use candle_core::{Device, Var};
-
-    fn randn(shape: &[usize], seed: u64) -> Var {
-        let n: usize = shape.iter().product();
-        let mut s = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect();
-        Var::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
+    use candle_core::Var;
 
     #[test]
     fn one_node_matches_the_separate_ops_in_value_and_gradient() {
         let (d, f) = (16, 24);
-        let x = randn(&[2, 5, d], 1);
-        let gain = Var::from_tensor(&randn(&[d], 2).as_tensor().affine(0.2, 1.0).unwrap()).unwrap();
-        let (gate, up, down) = (randn(&[f, d], 3), randn(&[f, d], 4), randn(&[d, f], 5));
-        let mix = randn(&[2, 5, d], 6);
+        let x = uniform(&[2, 5, d], 1, 1.0);
+        let gain = Var::from_tensor(&uniform(&[d], 2, 1.0).as_tensor().affine(0.2, 1.0).unwrap()).unwrap();
+        let (gate, up, down) = (uniform(&[f, d], 3, 1.0), uniform(&[f, d], 4, 1.0), uniform(&[d, f], 5, 1.0));
+        let mix = uniform(&[2, 5, d], 6, 1.0);
         let vars = [&x, &gain, &gate, &up, &down];
         let run = |one_node: bool| {
             let (xt, gt) = (x.as_tensor(), gain.as_tensor());
@@ -106,10 +95,6 @@ mod tests {
             (y, g)
         };
         let ((y1, g1), (y2, g2)) = (run(true), run(false));
-        let rel = |a: &Tensor, b: &Tensor| {
-            let num = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            (num / b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).sqrt()
-        };
         assert!(rel(&y1, &y2) < 1e-6, "values differ by {}", rel(&y1, &y2));
         for (name, (a, b)) in ["x", "gain", "gate", "up", "down"].iter().zip(g1.iter().zip(&g2)) {
             assert!(rel(a, b) < 1e-5, "gradient of {name} differs by {}", rel(a, b));
