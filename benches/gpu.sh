@@ -12,9 +12,10 @@
 # the same initialisation; `tsukuru bench train` in bf16 on the reference's GPT-2-small shape
 # (12 layers, width 768, vocabulary 32,768, 1,024 positions, batch 32); `tsukuru bench generate` at
 # batch 1 and 64; the PyTorch figures (gpu_reference.sh: the bf16 matrix peak, eager and
-# torch.compile training, batch 1 and 64 generation); where compute-sanitizer works, its memcheck
-# and racecheck over the kernel checks. The table last gives the ratios and the MFU against the
-# peak measured in the same call.
+# torch.compile training, batch 1 and 64 generation); the step's matrix products and causal
+# attention on their own, tsukuru's and PyTorch's (bench matmul, benches/matmul_peer.py); where
+# compute-sanitizer works, its memcheck and racecheck over the kernel checks. The table last gives
+# the ratios and the MFU against the peak measured in the same call.
 # The reference files come from ../shared/bench beside the project, or $TORCH_REF_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,6 +86,9 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   done
   echo "== PyTorch (gpu_reference.sh)"
   OUT="$out" timeout 420 bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
+  echo "== products and attention on their own (tsukuru, then PyTorch)"
+  timeout 90 "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
+  timeout 90 python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
   # Last, where the GPU's tools allow it: out-of-bounds accesses and shared-memory races in the
   # kernels (compute-sanitizer runs only on some of these machines; each tool under a time limit).
   if command -v compute-sanitizer > /dev/null; then
@@ -133,6 +137,11 @@ if train and train.get("forward_s") is not None:
 for b in (1, 64):
     g, t = one(f"generate_b{b}.json"), torch("generate", batch=b)
     print(f"generate batch {b}: tsukuru {g and g.get('tokens_per_s')}, PyTorch {t and t.get('tokens_per_s')}, {ratio(g, t)}")
+for shape in dict.fromkeys(m["shape"] for m in lines("matmul.jsonl")):
+    by = {m["impl"]: m["gflops"] / 1e3 for m in lines("matmul.jsonl") if m["shape"] == shape}
+    mine, theirs = by.get("tsukuru-fused", by.get("candle")), by.get("pytorch")
+    ratio_s = f"{mine / theirs:.2f}x" if mine and theirs else "n/a"
+    print(f"{shape}: TFLOP/s tsukuru {mine and round(mine, 1)}, PyTorch {theirs and round(theirs, 1)}, {ratio_s}")
 cpu, gpu = one("loss_cpu.json"), one("loss_gpu.json")
 print(f"small model, 20 steps from one initialisation: loss CPU f32 {cpu and cpu['loss_last']}, GPU bf16 {gpu and gpu['loss_last']}")
 PY

@@ -15,7 +15,7 @@ source benches/torch_venv.sh
 mkdir -p .bench/matmul
 results=.bench/matmul/results.jsonl
 RAYON_NUM_THREADS="$threads" "$bin" bench matmul | tee "$results"
-"$venv/bin/python" benches/matmul_peer.py 9 "$threads" | tee -a "$results"
+"$venv/bin/python" benches/matmul_peer.py --threads "$threads" | tee -a "$results"
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
