@@ -1,6 +1,7 @@
-//! Rotary embeddings on the GPU (`cuda/rope.cu`). The input is read through its strides, so the
-//! projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy; the output is
-//! contiguous. The backward is the rotation by the opposite angle.
+//! Rotary embeddings on the GPU (`cuda/rope.cu`). The input is read and the output written through
+//! strides, so the projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy
+//! in, and the output can be contiguous, in the projections' order, or the input's own place. The
+//! backward is the rotation by the opposite angle.
 
 use super::{alloc, grid, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
 use candle_core::backend::BackendStorage;
@@ -23,9 +24,10 @@ pub(crate) enum Order {
 }
 
 impl Rope {
-    /// `x` (its storage as `l` describes it, last dimension contiguous) rotated by `sign` times the
-    /// tables' angles, into new storage laid out in `order`.
-    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32, order: Order) -> Result<CudaStorage> {
+    /// Rotates `x` (its storage as `l` describes it, last dimension contiguous) by `sign` times the
+    /// tables' angles into `out`, an address and the (b, head, position) strides of a layout of the
+    /// same shape; `out` may be x's own place (each pair is read before it is written).
+    fn launch(&self, x: &CudaStorage, l: &Layout, sign: f32, out: (u64, [usize; 3])) -> Result<()> {
         let name = "gpu-rope";
         let (b, h, t, hd) = l.shape().dims4()?;
         let (rows, half) = self.cos.dims2()?;
@@ -40,26 +42,32 @@ impl Rope {
         }
         let dtype = x.dtype();
         let (cos, sin) = (self.cos.to_dtype(dtype)?.contiguous()?, self.sin.to_dtype(dtype)?.contiguous()?);
-        let y = alloc(&x.device, l.shape(), dtype)?;
-        let out = match order {
-            Order::HeadsMajor => [h * t * hd, t * hd, hd],
-            Order::PositionsMajor => [t * h * hd, hd, h * hd],
-        };
         let n = b * h * t;
         let mut args = vec![
             Arg::Ptr(storage_base(x, l.start_offset(), name)?),
             Arg::Ptr(ptr(&cos, name)?),
             Arg::Ptr(ptr(&sin, name)?),
-            Arg::Ptr(storage_ptr(&y, &Layout::contiguous(l.shape()), name)?),
+            Arg::Ptr(out.0),
             int(h, "heads")?,
             int(t, "positions")?,
             int(hd, "head_dim")?,
         ];
-        args.extend(st[..3].iter().chain(&out).map(|&x| Arg::Long(x as i64)));
+        args.extend(st[..3].iter().chain(&out.1).map(|&x| Arg::Long(x as i64)));
         args.extend([int(self.start, "start")?, Arg::Float(sign), int(n, "rows")?]);
         // Eight rows of (b, head, position) per block, 32 threads along each.
         let cfg = grid((n.div_ceil(8).clamp(1, 65_535) as u32, 1, 1), (32, 8, 1));
-        launch(&x.device, &ROPE, "rope", dtype, cfg, &args)?;
+        launch(&x.device, &ROPE, "rope", dtype, cfg, &args)
+    }
+
+    /// `x` rotated by `sign` into new storage laid out in `order`.
+    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32, order: Order) -> Result<CudaStorage> {
+        let (_, h, t, hd) = l.shape().dims4()?;
+        let y = alloc(&x.device, l.shape(), x.dtype())?;
+        let strides = match order {
+            Order::HeadsMajor => [h * t * hd, t * hd, hd],
+            Order::PositionsMajor => [t * h * hd, hd, h * hd],
+        };
+        self.launch(x, l, sign, (storage_ptr(&y, &Layout::contiguous(l.shape()), "gpu-rope")?, strides))?;
         Ok(y)
     }
 }
@@ -98,6 +106,20 @@ pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign:
             Tensor::from_storage(Storage::Cuda(y), (b, t, h, hd), BackpropOp::none(), false).transpose(1, 2)
         }
     }
+}
+
+/// `x (B, H, T, hd)` (rows contiguous) rotated in place by `sign` times the tables' angles from
+/// `start`, outside the graph: for a tensor made outside the graph that nothing has read yet (the
+/// query and key parts of a fresh projection), so no other reader sees the change.
+pub(crate) fn rotate_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32) -> Result<()> {
+    let op = Rope { cos: cos.clone(), sin: sin.clone(), start };
+    let (s, l) = x.storage_and_layout();
+    let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: x not on a CUDA device") };
+    let st = l.stride();
+    if st.len() != 4 {
+        candle_core::bail!("gpu-rope: x {:?} is not (B, H, T, hd)", l.dims());
+    }
+    op.launch(c, l, sign, (storage_base(c, l.start_offset(), "gpu-rope")?, [st[0], st[1], st[2]]))
 }
 
 /// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions

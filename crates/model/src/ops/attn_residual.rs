@@ -45,24 +45,17 @@ impl HalfBackward for AttnBackward {
         let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
         let [dq, dk, dv] = self.attention.backward(&self.q, &self.k, &self.v, &self.o, &d_o)?;
         let (dq, dk) = (rope_backward(&dq, &self.cos, &self.sin, 0)?, rope_backward(&dk, &self.cos, &self.sin, 0)?);
-        // Back to the projections' layout, (rows, heads · hd): on a GPU the rotations and dV are
-        // written in it already, and the transpose makes them contiguous without a copy.
+        // Back to the projections' layout side by side, (rows, (H + 2·KV) · hd): on a GPU the
+        // rotations and dV come out in it already, so each transpose is contiguous without a copy.
         let flat = |t: &Tensor, count: usize| t.transpose(1, 2)?.contiguous()?.reshape((rows, count * hd));
-        let parts = [(flat(&dq, h)?, 0, h), (flat(&dk, kv)?, h, kv), (flat(&dv, kv)?, h + kv, kv)];
-        let mut dn: Option<Tensor> = None;
-        let mut d_stacked = Vec::with_capacity(4);
-        for (dp, first, count) in &parts {
-            let part = dp.matmul(&stacked.narrow(0, first * hd, count * hd)?)?;
-            dn = Some(match dn {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
-            d_stacked.push(dp.t()?.matmul(&self.n)?);
-        }
+        let d_qkv = Tensor::cat(&[flat(&dq, h)?, flat(&dk, kv)?, flat(&dv, kv)?], 1)?;
+        // One product each way through the three weights together.
+        let dn = d_qkv.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?)?;
+        let d_w = d_qkv.t()?.matmul(&self.n)?;
         let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
-        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn.expect("three parts"))?;
-        d_stacked.push(dgain.reshape((1, d))?);
-        Ok([(g + dxn)?.reshape(x.shape())?, Tensor::cat(&d_stacked, 0)?, d_wo])
+        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn)?;
+        let d_stacked = Tensor::cat(&[d_w, dgain.reshape((1, d))?], 0)?;
+        Ok([(g + dxn)?.reshape(x.shape())?, d_stacked, d_wo])
     }
 }
 
@@ -108,12 +101,14 @@ pub fn attn_residual(
     let rows = b * t;
     let stacked = Tensor::cat(&[wq, wk, wv, &gain.reshape((1, d))?], 0)?;
     let (n, inv) = norm_forward(&x.detach().contiguous()?.reshape((rows, d))?, &gain.detach(), eps)?;
-    // Each projection contiguous, viewed (B, heads, T, hd) without a copy.
-    let project = |w: &Tensor, count: usize| n.matmul(&w.detach().t()?)?.reshape((b, t, count, hd))?.transpose(1, 2);
+    // The three projections as one product against their stacked weights, each then viewed
+    // (B, heads, T, hd) where it lies (on a GPU the queries and keys are rotated there too).
+    let qkv = n.matmul(&stacked.detach().narrow(0, 0, (h + 2 * kv) * hd)?.t()?)?.reshape((b, t, h + 2 * kv, hd))?;
+    let part = |first: usize, count: usize| qkv.narrow(2, first, count)?.transpose(1, 2);
     let (cos, sin) = (cos.detach(), sin.detach());
-    let q = rope_forward(&project(wq, h)?, &cos, &sin, 0)?;
-    let k = rope_forward(&project(wk, kv)?, &cos, &sin, 0)?;
-    let v = project(wv, kv)?;
+    let q = rope_forward(&part(0, h)?, &cos, &sin, 0)?;
+    let k = rope_forward(&part(h, kv)?, &cos, &sin, 0)?;
+    let v = part(h + kv, kv)?;
     let attention = Attention::new(&q, 1.0 / (hd as f64).sqrt(), 0, packing)?;
     let o = attention.forward(&q, &k, &v)?;
     let y = o.reshape((rows, h * hd))?.matmul(&wo.detach().t()?)?.reshape((b, t, d))?;

@@ -67,11 +67,13 @@ pub(super) fn gate_backward(gu: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>
     Ok((Tensor::cat(&[da, db], 1)?.to_dtype(gu.dtype())?, h.to_dtype(gu.dtype())?))
 }
 
-/// RoPE of `x (B, H, T, hd)` (any layout) at positions `start..`.
+/// RoPE of `x (B, H, T, hd)` (any layout) at positions `start..`. On a GPU `x` is rotated in
+/// place and returned: the caller made it outside the graph and nothing has read it yet.
 pub(super) fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return crate::gpu::rope::rotate(x, cos, sin, start, 1.0, crate::gpu::rope::Order::HeadsMajor);
+        crate::gpu::rope::rotate_in_place(x, cos, sin, start, 1.0)?;
+        return Ok(x.clone());
     }
     composite::rope(x, cos, sin, start)
 }
