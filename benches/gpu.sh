@@ -73,6 +73,9 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   echo "== tsukuru"
   shape=(--layers 12 --d-model 768 --heads 12 --vocab 32768 --device cuda --dtype bfloat16 --quiet)
   timeout 240 "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 20 | tee "$out/train.json"
+  # The same with each block's halves as separate graph nodes: what the single nodes save.
+  TSUKURU_KERNELS=separate timeout 240 "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10 \
+    | tee "$out/train_separate.json"
   for b in 1 64; do
     timeout 180 "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
       | tee "$out/generate_b$b.json"
@@ -130,6 +133,10 @@ print(f"train tokens/s: tsukuru {train and train['tokens_per_s']}, PyTorch eager
       f"compile {compiled and compiled['tokens_per_s']}; vs eager {ratio(train, eager)}, vs compile "
       f"{ratio(train, compiled)}; MFU {mfu} (peak {peak} TFLOP/s), PyTorch compile MFU {compiled and compiled.get('mfu')}")
 print(f"peak GiB: tsukuru {train and train.get('peak_mem_gib')}, PyTorch compile {compiled and compiled.get('peak_mem_gib')}")
+separate = one("train_separate.json")
+print(f"block halves as one node each: {train and train['tokens_per_s']} tokens/s, as separate ops "
+      f"{separate and separate['tokens_per_s']} ({ratio(train, separate)}); peak GiB {train and train.get('peak_mem_gib')} "
+      f"vs {separate and separate.get('peak_mem_gib')}")
 if train and train.get("forward_s") is not None:
     rest = train["step_s"] - train["forward_s"] - train["backward_s"]
     print(f"tsukuru step {train['step_s']} s: forward {train['forward_s']} s, backward and norm {train['backward_s']} s, "

@@ -2,7 +2,9 @@
 //! ([`crate::kernels`]) for f32 tensors on the CPU and the [`composite`] version otherwise.
 //!
 //! Setting `TSUKURU_KERNELS=composite` in the environment forces the composite versions everywhere
-//! (to compare speed or numbers against the reference path).
+//! (to compare speed or numbers against the reference path); `TSUKURU_KERNELS=separate` keeps the
+//! fused kernels but runs a block's halves as separate ops where they would be one graph node
+//! ([`one_node`]), to measure what the single node saves.
 
 pub mod attn_residual;
 pub mod composite;
@@ -46,13 +48,21 @@ pub fn fused(ts: &[&Tensor]) -> bool {
     fused_enabled() && ts.iter().all(|t| kernels::supported(t))
 }
 
+/// Whether a block's halves may be one graph node each (`TSUKURU_KERNELS=separate` says no),
+/// read from the environment once.
+fn one_node_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "separate"))
+}
+
 /// Whether `ts` take the one-node block halves ([`attn_residual`], [`mlp_residual`]) where the
 /// CPU kernels do not apply: f32 or bf16 (a GPU, or bf16 on the CPU), a gradient to be taken (what
 /// they save is the backward's; without one, as in decoding, the separate ops do less, such as
-/// stacking no weights), and the fused ops not switched off (the separate composites stay the
-/// reference).
+/// stacking no weights), and neither the fused ops nor the single nodes switched off (the
+/// separate composites stay the reference).
 pub fn one_node(ts: &[&Tensor]) -> bool {
     fused_enabled()
+        && one_node_enabled()
         && ts.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::BF16))
         && ts.iter().any(|t| t.track_op())
 }
