@@ -11,10 +11,12 @@
 # gpu_kernels.rs); the loss of a small model trained on the CPU in f32 and on the GPU in bf16 from
 # the same initialisation; `tsukuru bench train` in bf16 on the reference's GPT-2-small shape
 # (12 layers, width 768, vocabulary 32,768, 1,024 positions, batch 32); `tsukuru bench generate` at
-# batch 1 and 64; the PyTorch figures (gpu_reference.sh: the bf16 matrix peak, eager and
-# torch.compile training, batch 1 and 64 generation); the step's matrix products and causal
-# attention on their own, tsukuru's and PyTorch's (bench matmul, benches/matmul_peer.py); where
-# compute-sanitizer works, its memcheck and racecheck over the kernel checks. The table last gives
+# batch 1 and 64 and PyTorch's generation; the PyTorch figures (gpu_reference.sh: the bf16 matrix
+# peak, eager and torch.compile training, generation); then diagnostics: training with each block's
+# halves as separate graph nodes (TSUKURU_KERNELS=separate), the step's matrix products and causal
+# attention on their own beside PyTorch's (bench matmul, benches/matmul_peer.py), and where
+# compute-sanitizer works its memcheck and racecheck over the kernel checks. Each step's time limit
+# is cut to what is left of GPU_RUN_SECONDS (560), so a call limited to 600 s ends with the table:
 # the ratios and the MFU against the peak measured in the same call.
 # The reference files come from ../shared/bench beside the project, or $TORCH_REF_DIR.
 set -euo pipefail
@@ -51,6 +53,10 @@ run)
   # Every step runs even if an earlier one fails (one call should bring back all it can), each
   # under a time limit; the checks' verdict heads the table.
   set +e
+  # Every step's time limit is cut to what is left before the deadline (the call's own limit less
+  # a margin for the table), so the essential figures come first and the diagnostics last.
+  deadline=$(( SECONDS + ${GPU_RUN_SECONDS:-560} ))
+  limit() { local left=$(( deadline - SECONDS )); (( left < $1 )) && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
   out="${OUT:-$dir/out}"
   mkdir -p "$out"
   # The CUDA 13 libraries PyTorch ships (cuBLAS, cuRAND, NVRTC), and the driver's libcuda.
@@ -63,41 +69,41 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   bin="$out/tsukuru"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   echo "== kernel checks"
-  timeout 180 "$out/gpu_kernels" --test-threads 1 > "$out/checks.txt" 2>&1
+  timeout "$(limit 180)" "$out/gpu_kernels" --test-threads 1 > "$out/checks.txt" 2>&1
   echo "exit $?" >> "$out/checks.txt"
   tail -n 4 "$out/checks.txt"
   echo "== the same small model on the CPU (f32) and the GPU (bf16)"
   small=(--layers 2 --d-model 256 --heads 4 --vocab 4096 --seq 256 --batch 8 --steps 20 --warmup 0 --quiet)
-  timeout 120 "$bin" bench train "${small[@]}" --device cpu | tee "$out/loss_cpu.json"
-  timeout 120 "$bin" bench train "${small[@]}" --device cuda --dtype bfloat16 | tee "$out/loss_gpu.json"
+  timeout "$(limit 120)" "$bin" bench train "${small[@]}" --device cpu | tee "$out/loss_cpu.json"
+  timeout "$(limit 120)" "$bin" bench train "${small[@]}" --device cuda --dtype bfloat16 | tee "$out/loss_gpu.json"
   echo "== tsukuru"
   shape=(--layers 12 --d-model 768 --heads 12 --vocab 32768 --device cuda --dtype bfloat16 --quiet)
-  timeout 240 "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 20 | tee "$out/train.json"
-  # The same with each block's halves as separate graph nodes: what the single nodes save.
-  TSUKURU_KERNELS=separate timeout 240 "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10 \
-    | tee "$out/train_separate.json"
+  timeout "$(limit 240)" "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 20 | tee "$out/train.json"
   for b in 1 64; do
-    timeout 180 "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
+    timeout "$(limit 180)" "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
       | tee "$out/generate_b$b.json"
   done
   # PyTorch's generation first, as gpu_reference.sh runs it (it comes last there, after a long
   # compiled run that a time limit may cut short).
   for b in 1 64; do
-    timeout 120 python3 "$dir/bench/torch_ref.py" generate --device cuda --dtype bfloat16 --layers 12 \
+    timeout "$(limit 120)" python3 "$dir/bench/torch_ref.py" generate --device cuda --dtype bfloat16 --layers 12 \
       --d-model 768 --heads 12 --vocab 32768 --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
       | tee -a "$out/gpu_reference.jsonl"
   done
   echo "== PyTorch (gpu_reference.sh)"
-  OUT="$out" timeout 420 bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
+  OUT="$out" timeout "$(limit 420)" bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
+  echo "== tsukuru with each block's halves as separate graph nodes (what the single nodes save)"
+  TSUKURU_KERNELS=separate timeout "$(limit 240)" "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10 \
+    | tee "$out/train_separate.json"
   echo "== products and attention on their own (tsukuru, then PyTorch)"
-  timeout 90 "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
-  timeout 90 python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
+  timeout "$(limit 90)" "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
+  timeout "$(limit 90)" python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
   # Last, where the GPU's tools allow it: out-of-bounds accesses and shared-memory races in the
   # kernels (compute-sanitizer runs only on some of these machines; each tool under a time limit).
   if command -v compute-sanitizer > /dev/null; then
     echo "== compute-sanitizer"
-    timeout 150 compute-sanitizer --tool memcheck "$out/gpu_kernels" --test-threads 1 > "$out/memcheck.txt" 2>&1
-    timeout 120 compute-sanitizer --tool racecheck "$out/gpu_kernels" --test-threads 1 attention \
+    timeout "$(limit 150)" compute-sanitizer --tool memcheck "$out/gpu_kernels" --test-threads 1 > "$out/memcheck.txt" 2>&1
+    timeout "$(limit 120)" compute-sanitizer --tool racecheck "$out/gpu_kernels" --test-threads 1 attention \
       > "$out/racecheck.txt" 2>&1
     grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported" "$out/memcheck.txt" "$out/racecheck.txt"
   fi
