@@ -63,7 +63,6 @@ impl HalfBackward for AttnBackward {
 /// over whole sequences (kept apart with `packing`), as one node: `x (B, T, D)`, `wq (H·hd, D)`,
 /// `wk` and `wv (KV·hd, D)`, `wo (D, H·hd)`, gain `(D)`, the RoPE tables of
 /// [`super::rope_tables`]; `heads` is `(H, KV)`.
-#[allow(clippy::too_many_arguments)]
 pub fn attn_residual(
     x: &Tensor,
     gain: &Tensor,
