@@ -1,5 +1,6 @@
 // Cross-entropy of rows of logits, in place: one block per row computes the row's log-sum-exp in
-// one pass (each thread a running maximum and sum, then combined over the block), writes the row's
+// one pass (each thread a running maximum and sum, one exponential per element, then combined over
+// the block; 16-byte loads where the rows allow), writes the row's
 // loss lse − x[target] (0 for an ignored target), and when asked overwrites the logits with the
 // loss's gradient, (softmax − onehot) · scale, times row_scale[row] when given (per-row upstream
 // gradients: the token log-probabilities of preference losses); 0 for an ignored row.
@@ -15,14 +16,36 @@ __device__ __forceinline__ void fold(float& m, float& s, float m2, float s2) {
     m = mx;
 }
 
+// Adds exp(x − m) to the running sum s, first moving the maximum m up to x when x exceeds it: one
+// exponential per element, two when the maximum moves.
+__device__ __forceinline__ void push(float& m, float& s, float x) {
+    if (x == -INFINITY) return;
+    if (x > m) {
+        s = s * __expf(m - x) + 1.f;
+        m = x;
+    } else {
+        s += __expf(x - m);
+    }
+}
+
 template <typename T>
 __device__ void rows(T* logits, const unsigned* targets, float* loss, int v, float scale, const float* row_scale,
                      int write_grad) {
+    constexpr int N = Vec16<T>::N;
     __shared__ float sm[32], ss[32];
     const size_t row = blockIdx.x;
     T* x = logits + row * v;
+    const bool wide = v % N == 0 && aligned16(logits);
     float m = -INFINITY, s = 0.f;
-    for (int j = threadIdx.x; j < v; j += blockDim.x) fold(m, s, to_f32(x[j]), 1.f);
+    if (wide) {
+        for (int j = N * threadIdx.x; j < v; j += N * blockDim.x) {
+            Vec16<T> c;
+            c.load(x + j);
+            for (int e = 0; e < N; ++e) push(m, s, to_f32(c.e()[e]));
+        }
+    } else {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) push(m, s, to_f32(x[j]));
+    }
     for (int o = 16; o > 0; o >>= 1) {
         const float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
         fold(m, s, m2, s2);
@@ -48,9 +71,17 @@ __device__ void rows(T* logits, const unsigned* targets, float* loss, int v, flo
     if (!write_grad) return;
     __syncthreads();
     const float k = row_scale == nullptr ? scale : scale * row_scale[row];
-    for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        const float p = __expf(to_f32(x[j]) - lse);
-        x[j] = from_f32<T>(ignored ? 0.f : (p - (j == (int)t ? 1.f : 0.f)) * k);
+    // (softmax − onehot) · k of one logit at index j.
+    auto grad = [&](float xj, int j) { return ignored ? 0.f : (__expf(xj - lse) - (j == (int)t ? 1.f : 0.f)) * k; };
+    if (wide) {
+        for (int j = N * threadIdx.x; j < v; j += N * blockDim.x) {
+            Vec16<T> c;
+            c.load(x + j);
+            for (int e = 0; e < N; ++e) c.e()[e] = from_f32<T>(grad(to_f32(c.e()[e]), j + e));
+            c.store(x + j);
+        }
+    } else {
+        for (int j = threadIdx.x; j < v; j += blockDim.x) x[j] = from_f32<T>(grad(to_f32(x[j]), j));
     }
 }
 
