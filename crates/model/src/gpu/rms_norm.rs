@@ -67,13 +67,15 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tenso
     Ok((Tensor::from_storage(Storage::Cuda(y), x.shape(), BackpropOp::none(), false), inv))
 }
 
-/// The backward outside the graph, from the forward's inverse RMS: `dx`, and with `want_dw` the
+/// The backward outside the graph, from the forward's inverse RMS: `dx` (plus `residual`, the
+/// gradient reaching x around the norm, when given, in the same pass), and with `want_dw` the
 /// weight's gradient.
 pub(crate) fn backward(
     x: &Tensor,
     w: &Tensor,
     inv: &Tensor,
     grad: &Tensor,
+    residual: Option<&Tensor>,
     want_dw: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let dev = device(x)?;
@@ -84,7 +86,20 @@ pub(crate) fn backward(
     let name = "gpu-rms-norm backward";
     let dx = output(&dev, x.shape(), dtype)?;
     let (xp, wp, gp, ip) = (ptr(&x, name)?, ptr(w, name)?, ptr(&g, name)?, ptr(inv, name)?);
-    let args = [Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(gp), Arg::Ptr(ip), Arg::Ptr(ptr(&dx, name)?), int(d, "width")?];
+    let residual = residual.map(|r| r.contiguous()).transpose()?;
+    if residual.as_ref().is_some_and(|r| r.shape() != x.shape() || r.dtype() != dtype) {
+        candle_core::bail!("{name}: the residual gradient's shape or dtype differs from x's {:?}", x.shape());
+    }
+    let rp = residual.as_ref().map(|r| ptr(r, name)).transpose()?.unwrap_or(0);
+    let args = [
+        Arg::Ptr(xp),
+        Arg::Ptr(wp),
+        Arg::Ptr(gp),
+        Arg::Ptr(ip),
+        Arg::Ptr(rp),
+        Arg::Ptr(ptr(&dx, name)?),
+        int(d, "width")?,
+    ];
     launch(&dev, &RMS_NORM, "rms_norm_bwd_dx", dtype, grid((rows as u32, 1, 1), (threads(d, dtype), 1, 1)), &args)?;
     if !want_dw {
         return Ok((dx, None));
@@ -128,7 +143,7 @@ impl CustomOp2 for RmsNorm {
             candle_core::bail!("gpu-rms-norm: backward before forward")
         };
         // A frozen gain (not tracked) gets no gradient.
-        let (dx, dw) = backward(x, w, &inv, grad, w.track_op())?;
+        let (dx, dw) = backward(x, w, &inv, grad, None, w.track_op())?;
         Ok((Some(dx), dw))
     }
 }

@@ -53,9 +53,9 @@ impl HalfBackward for AttnBackward {
         let dn = d_qkv.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?)?;
         let d_w = d_qkv.t()?.matmul(&self.n)?;
         let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
-        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn)?;
+        let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
         let d_stacked = Tensor::cat(&[d_w, dgain.reshape((1, d))?], 0)?;
-        Ok([(g + dxn)?.reshape(x.shape())?, d_stacked, d_wo])
+        Ok([dx.reshape(x.shape())?, d_stacked, d_wo])
     }
 }
 

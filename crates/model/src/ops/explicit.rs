@@ -21,12 +21,19 @@ pub(super) fn norm_forward(x: &Tensor, gain: &Tensor, eps: f64) -> Result<(Tenso
     Ok((y.to_dtype(x.dtype())?, inv.flatten_all()?))
 }
 
-/// RMSNorm's gradients `(dx, dgain)` from the upstream `g` and the kept inverse RMS:
-/// `dx = inv · (gain ⊙ g − x · inv² · mean(x ⊙ gain ⊙ g))`, `dgain = Σ_rows g ⊙ x · inv`.
-pub(super) fn norm_backward(x: &Tensor, gain: &Tensor, inv: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+/// RMSNorm's gradients `(dx + residual, dgain)` from the upstream `g`, the kept inverse RMS and
+/// the gradient `residual` reaching x around the norm: `dx = inv · (gain ⊙ g − x · inv² · mean(x ⊙
+/// gain ⊙ g))`, `dgain = Σ_rows g ⊙ x · inv`.
+pub(super) fn norm_backward(
+    x: &Tensor,
+    gain: &Tensor,
+    inv: &Tensor,
+    g: &Tensor,
+    residual: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        let (dx, dgain) = crate::gpu::rms_norm::backward(x, gain, inv, g, true)?;
+        let (dx, dgain) = crate::gpu::rms_norm::backward(x, gain, inv, g, Some(residual), true)?;
         return Ok((dx, dgain.expect("asked for")));
     }
     let (rows, d) = x.dims2()?;
@@ -36,7 +43,7 @@ pub(super) fn norm_backward(x: &Tensor, gain: &Tensor, inv: &Tensor, g: &Tensor)
     let coef = ((&xw * &wg)?.sum_keepdim(1)? * inv.sqr()?)? / d as f64;
     let dx = (wg - xw.broadcast_mul(&coef?)?)?.broadcast_mul(&inv)?;
     let dgain = (gw * xw.broadcast_mul(&inv)?)?.sum(0)?;
-    Ok((dx.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
+    Ok(((dx + f32(residual)?)?.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
 }
 
 /// `silu(gate) ⊙ up` `(rows, F)` of `gu (rows, 2F)`, the gate and up projections side by side.

@@ -36,9 +36,9 @@ impl HalfBackward for MlpBackward {
         // One product each way through the gate and up weights together.
         let dn = dgu.matmul(&stacked.narrow(0, 0, 2 * f)?)?;
         let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
-        let (dxn, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn)?;
+        let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
         let d_stacked = Tensor::cat(&[dgu.t()?.matmul(&self.n)?, dgain.reshape((1, d))?], 0)?;
-        Ok([(g + dxn)?.reshape(x.shape())?, d_stacked, d_down])
+        Ok([dx.reshape(x.shape())?, d_stacked, d_down])
     }
 }
 

@@ -18,7 +18,7 @@ using ll = long long;
 
 #define DECLARE(T, S)                                                                                    \
     extern "C" void rms_norm_fwd_##S(const T*, const T*, T*, float*, int, float);                        \
-    extern "C" void rms_norm_bwd_dx_##S(const T*, const T*, const T*, const float*, T*, int);            \
+    extern "C" void rms_norm_bwd_dx_##S(const T*, const T*, const T*, const float*, const T*, T*, int);  \
     extern "C" void rms_norm_bwd_dw_partial_##S(const T*, const T*, const float*, float*, int, int);      \
     extern "C" void rms_norm_bwd_dw_sum_##S(const float*, T*, int, int);                                 \
     extern "C" void swiglu_fwd_##S(const T*, const T*, T*, int, int, ll);                                \
@@ -193,12 +193,20 @@ template <typename T> void rms_norm(int rows, int d) {
     const int groups = std::min(128, std::max(1, (rows + 7) / 8));
     std::vector<float> partial(size_t(groups) * d, NAN);
     emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_fwd(xs.data(), ws.data(), ys.data(), inv.data(), d, eps); });
-    emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_bwd_dx(xs.data(), ws.data(), gs.data(), inv.data(), dxs.data(), d); });
+    emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_bwd_dx(xs.data(), ws.data(), gs.data(), inv.data(), nullptr, dxs.data(), d); });
+    // With a residual gradient added in the same pass.
+    std::vector<double> res;
+    auto ress = randn<T>(x.size(), res);
+    std::vector<double> dx_res(dx.size());
+    for (size_t i = 0; i < dx.size(); ++i) dx_res[i] = dx[i] + res[i];
+    auto dxrs = poisoned<T>(x.size());
+    emu_launch({unsigned(rows)}, {threads}, 0, [&] { Ops<T>::rms_norm_bwd_dx(xs.data(), ws.data(), gs.data(), inv.data(), ress.data(), dxrs.data(), d); });
     emu_launch({unsigned((d + 31) / 32), unsigned(groups)}, {32, 8}, 0, [&] { Ops<T>::rms_norm_bwd_dw_partial(xs.data(), gs.data(), inv.data(), partial.data(), rows, d); });
     emu_launch({unsigned((d + 255) / 256)}, {256}, 0, [&] { Ops<T>::rms_norm_bwd_dw_sum(partial.data(), dws.data(), groups, d); });
     const std::string what = "rms_norm " + std::to_string(rows) + "x" + std::to_string(d);
     expect((what + " y").c_str(), kind<T>(), ys, y, tolerance<T>());
     expect((what + " dx").c_str(), kind<T>(), dxs, dx, tolerance<T>());
+    expect((what + " dx + residual").c_str(), kind<T>(), dxrs, dx_res, tolerance<T>());
     expect((what + " dw").c_str(), kind<T>(), dws, dw, tolerance<T>());
 }
 

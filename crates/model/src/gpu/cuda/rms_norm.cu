@@ -62,14 +62,16 @@ __device__ void forward(const T* x, const T* w, T* y, float* inv, int d, float e
     });
 }
 
+// dx for one row; with `res` (not null) the gradient arriving at x around the norm (a residual
+// connection's) is added in the same pass.
 template <typename T>
-__device__ void backward_dx(const T* x, const T* w, const T* g, const float* inv, T* dx, int d) {
+__device__ void backward_dx(const T* x, const T* w, const T* g, const float* inv, const T* res, T* dx, int d) {
     constexpr int N = Vec16<T>::N;
     __shared__ float scratch[32];
     const size_t row = blockIdx.x;
-    const T *xr = x + row * d, *gr = g + row * d;
+    const T *xr = x + row * d, *gr = g + row * d, *rr = res ? res + row * d : nullptr;
     T* dr = dx + row * d;
-    const bool wide = d % N == 0 && aligned16(x, w, g, dx);
+    const bool wide = d % N == 0 && aligned16(x, w, g, res, dx);
     float inner = 0.f;
     each<T>(d, wide, [&](int c, int n) {
         float xv[N], wv[N], gv[N];
@@ -81,11 +83,12 @@ __device__ void backward_dx(const T* x, const T* w, const T* g, const float* inv
     const float r = inv[row];
     const float coef = block_sum(inner, scratch) * r * r / d;
     each<T>(d, wide, [&](int c, int n) {
-        float xv[N], wv[N], gv[N];
+        float xv[N], wv[N], gv[N], rv[N] = {};
         load(xr, c, n, xv);
         load(w, c, n, wv);
         load(gr, c, n, gv);
-        for (int j = 0; j < n; ++j) xv[j] = r * (wv[j] * gv[j] - xv[j] * coef);
+        if (rr) load(rr, c, n, rv);
+        for (int j = 0; j < n; ++j) xv[j] = r * (wv[j] * gv[j] - xv[j] * coef) + rv[j];
         store(dr, c, n, xv);
     });
 }
@@ -126,8 +129,8 @@ __device__ void backward_dw_sum(const float* partial, T* dw, int groups, int d) 
         forward<T>(x, w, y, inv, d, eps);                                                                \
     }                                                                                                    \
     extern "C" __global__ void rms_norm_bwd_dx_##S(const T* x, const T* w, const T* g, const float* inv,   \
-                                                   T* dx, int d) {                                       \
-        backward_dx<T>(x, w, g, inv, dx, d);                                                             \
+                                                   const T* res, T* dx, int d) {                         \
+        backward_dx<T>(x, w, g, inv, res, dx, d);                                                        \
     }                                                                                                    \
     extern "C" __global__ void rms_norm_bwd_dw_partial_##S(const T* x, const T* g, const float* inv,      \
                                                            float* partial, int rows, int d) {            \
