@@ -86,10 +86,8 @@ __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, co
     constexpr int LD = HD + 4;
     float *sq = smem, *sk = sq + TILE * LD, *sv = sk + TILE * LD;
     const int r = threadIdx.x >> 2, j = threadIdx.x & 3;
-    const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
+    const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, qi = q0 + r;
-    const T* kb = k + b * ks.b + kvh * ks.h;
-    const T* vb = v + b * vs.b + kvh * vs.h;
     load_tile<T, HD>(sq, q + b * qs.b + h * qs.h, qs.t, q0, t);
     float m = -INFINITY, l = 0.f, acc[HD / 4] = {};
     const int end = min(s, start + q0 + TILE);
@@ -142,10 +140,8 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
     constexpr int LD = HD + 4;
     float *sq = smem, *sdo = sq + TILE * LD, *sk = sdo + TILE * LD, *sv = sk + TILE * LD;
     const int r = threadIdx.x >> 2, j = threadIdx.x & 3;
-    const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
+    const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, qi = q0 + r;
-    const T* kb = k + b * ks.b + kvh * ks.h;
-    const T* vb = v + b * vs.b + kvh * vs.h;
     load_tile<T, HD>(sq, q + b * qs.b + h * qs.h, qs.t, q0, t);
     load_tile<T, HD>(sdo, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
     const float row_lse = qi < t ? lse[(size_t)blockIdx.y * t + qi] : 0.f;

@@ -11,6 +11,21 @@ struct Strides {
     long long b, h, t;
 };
 
+// What a block over (query tile, b · heads + head) reads: its batch row, its query head, and the
+// rows of the key/value head serving that query head (heads / kv_heads query heads each) in k and v.
+template <typename T> struct QueryBlock {
+    int b, h;
+    const T* k;
+    const T* v;
+};
+
+template <typename T>
+__device__ __forceinline__ QueryBlock<T> query_block(const T* k, const T* v, int heads, int kv_heads, Strides ks,
+                                                     Strides vs) {
+    const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
+    return {b, h, k + b * ks.b + kvh * ks.h, v + b * vs.b + kvh * vs.h};
+}
+
 // Whether query index qi (row b) may see key index kp: keys at or before the query's position
 // start + qi and, with `seg` (packed rows), at or after the start of the query's sequence.
 __device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int start, const unsigned* seg) {

@@ -155,15 +155,13 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
     __nv_bfloat16* svt = sk + TILE * LDH;                        // [HD][LDT]: V transposed
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
-    const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
+    const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's rows: r0, r0 + 8
     load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4];  // the warp's 16 query rows, for the whole walk
 #pragma unroll
     for (int kk = 0; kk < KSTEPS; ++kk) load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
-    const __nv_bfloat16* kb = k + b * ks.b + kvh * ks.h;
-    const __nv_bfloat16* vb = v + b * vs.b + kvh * vs.h;
     float acc[NT][4] = {};
     // Per row (r0, r0 + 8): the running maximum, and this lane's part of the running sum.
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
@@ -238,7 +236,7 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
     __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: dO first, then V
     __nv_bfloat16* skt = sv + TILE * LDH;                        // [HD][LDT]: K transposed
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
-    const int b = blockIdx.y / heads, h = blockIdx.y % heads, kvh = h / (heads / kv_heads);
+    const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);
     load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
     load_tile<HD, false>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
@@ -256,8 +254,6 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
         row_lse[i] = qi < t ? lse[(size_t)blockIdx.y * t + qi] : 0.f;
         row_d[i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
     }
-    const __nv_bfloat16* kb = k + b * ks.b + kvh * ks.h;
-    const __nv_bfloat16* vb = v + b * vs.b + kvh * vs.h;
     float acc[NT][4] = {};
     const int end = min(s, start + q0 + TILE);
     for (int k0 = 0; k0 < end; k0 += TILE) {
