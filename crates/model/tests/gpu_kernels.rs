@@ -15,7 +15,8 @@ use tsukuru_model::Packing;
 
 fn device() -> Device {
     gpu::set_poison(true);
-    Device::new_cuda(0).expect("these checks need a CUDA device")
+    // Opened as the CLI opens it (one stream, no per-buffer events), so the checks run what a run does.
+    gpu::open(0).expect("these checks need a CUDA device")
 }
 
 /// ‖a − b‖ / ‖b‖ in f64 (NaN when either holds a NaN, which fails every bound).

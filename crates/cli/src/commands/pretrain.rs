@@ -57,7 +57,11 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
                 Some(rest) => rest.trim_start_matches(':').parse().with_context(|| format!("bad device '{other}'"))?,
                 None => anyhow::bail!("unknown device '{other}': use cpu, cuda or cuda:N"),
             };
-            candle_core::Device::new_cuda(ordinal).with_context(|| {
+            #[cfg(feature = "cuda")]
+            let opened = tsukuru_model::gpu::open(ordinal);
+            #[cfg(not(feature = "cuda"))]
+            let opened = candle_core::Device::new_cuda(ordinal);
+            opened.with_context(|| {
                 format!("device {other}: this build has no CUDA support or no such GPU (build with --features cuda)")
             })
         }
