@@ -156,9 +156,8 @@ impl Attention {
         Ok(Tensor::from_storage(Storage::Cuda(o), shape, BackpropOp::none(), false))
     }
 
-    /// `(dq, dk, dv)` (shaped as q, k and v; dq contiguous, dk and dv transposed views of
-    /// `(B, S, KV, hd)`) from the forward's inputs and output and the output's gradient, outside the
-    /// graph.
+    /// `(dq, dk, dv)`, shaped as q, k and v (views of positions-major `(B, T, heads, hd)` buffers),
+    /// from the forward's inputs and output and the output's gradient, outside the graph.
     pub(crate) fn backward(
         &self,
         q: &Tensor,
@@ -167,6 +166,58 @@ impl Attention {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
+        let dev = device(q)?;
+        let (dq, dk, dv) = (
+            output(&dev, (b, t, h, hd), q.dtype())?,
+            output(&dev, (b, s, kv, hd), q.dtype())?,
+            output(&dev, (b, s, kv, hd), q.dtype())?,
+        );
+        let name = "gpu-attention backward";
+        let to = [ptr(&dq, name)?, ptr(&dk, name)?, ptr(&dv, name)?];
+        self.backward_to(q, k, v, out, grad, to, (h * hd, kv * hd))?;
+        Ok((dq.transpose(1, 2)?, dk.transpose(1, 2)?, dv.transpose(1, 2)?))
+    }
+
+    /// The gradients of q, k and v (as many keys as queries) side by side in one buffer
+    /// `(B, T, H + 2·KV, hd)`, the order of their projections' stacked output, so that their
+    /// weights' gradients take one product without a concatenating copy.
+    pub(crate) fn backward_joint(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
+        if s != t {
+            candle_core::bail!(
+                "gpu-attention backward: one buffer for dq, dk and dv needs as many keys ({s}) as queries ({t})"
+            );
+        }
+        let d = output(&device(q)?, (b, t, h + 2 * kv, hd), q.dtype())?;
+        let at = ptr(&d, "gpu-attention backward")?;
+        let size = q.dtype().size_in_bytes() as u64;
+        let to = [at, at + (h * hd) as u64 * size, at + ((h + kv) * hd) as u64 * size];
+        let ld = (h + 2 * kv) * hd;
+        self.backward_to(q, k, v, out, grad, to, (ld, ld))?;
+        Ok(d)
+    }
+
+    /// The backward's kernels: D, then dQ and dK/dV written positions-major from the addresses
+    /// `to`, `ld.0` (dQ) and `ld.1` (dK, dV) elements from one position's row of heads to the next.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_to(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+        [to_q, to_k, to_v]: [u64; 3],
+        (ld_q, ld_kv): (usize, usize),
+    ) -> Result<()> {
         let name = "gpu-attention backward";
         let Some(lse) = self.lse.lock().expect("not poisoned").clone() else {
             candle_core::bail!("{name}: backward before forward")
@@ -185,12 +236,6 @@ impl Attention {
         // A warp per row, eight per block.
         let cfg = super::grid((rows.div_ceil(8).clamp(1, 65_536) as u32, 1, 1), (256, 1, 1));
         launch(&dev, &ATTENTION, "attention_dsum", dtype, cfg, &args)?;
-        // dK and dV come out in the projections' order, (B, S, KV, hd), seen as (B, KV, S, hd).
-        let (dq, dk, dv) = (
-            output(&dev, (b, h, t, hd), dtype)?,
-            output(&dev, (b, s, kv, hd), dtype)?,
-            output(&dev, (b, s, kv, hd), dtype)?,
-        );
         let (gq, gk, gv) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
         let (Storage::Cuda(sq), Storage::Cuda(sk), Storage::Cuda(sv)) = (&*gq.0, &*gk.0, &*gv.0) else {
             candle_core::bail!("{name}: q, k and v must be on a CUDA device")
@@ -198,13 +243,13 @@ impl Attention {
         let operands = || Operands::of([(sq, gq.1), (sk, gk.1), (sv, gv.1)]);
         let common =
             [Arg::Ptr(ptr(&dout, name)?), Arg::Ptr(ptr(&lse, name)?), Arg::Ptr(ptr(&dsum, name)?), self.seg_arg()?];
-        let args =
-            operands()?.args(common.iter().cloned().chain([Arg::Ptr(ptr(&dq, name)?)]), self.scalars(h, kv, t, s)?);
+        let scalars = self.scalars(h, kv, t, s)?;
+        let mut args = operands()?.args(common.iter().cloned().chain([Arg::Ptr(to_q)]), scalars);
+        args.push(Arg::Long(ld_q as i64));
         run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
-        let outputs = [Arg::Ptr(ptr(&dk, name)?), Arg::Ptr(ptr(&dv, name)?)];
-        let args = operands()?.args(common.into_iter().chain(outputs), self.scalars(h, kv, t, s)?);
-        run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)?;
-        Ok((dq, dk.transpose(1, 2)?, dv.transpose(1, 2)?))
+        let mut args = operands()?.args(common.into_iter().chain([Arg::Ptr(to_k), Arg::Ptr(to_v)]), scalars);
+        args.push(Arg::Long(ld_kv as i64));
+        run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)
     }
 
     fn seg_arg(&self) -> Result<Arg> {

@@ -1,7 +1,7 @@
 //! Rotary embeddings on the GPU (`cuda/rope.cu`). The input is read and the output written through
 //! strides, so the projections' `(B, T, H, hd)` output transposed to `(B, H, T, hd)` needs no copy
-//! in, and the output can be contiguous, in the projections' order, or the input's own place. The
-//! backward is the rotation by the opposite angle.
+//! in, and the output can be contiguous or the input's own place. The backward is the rotation by
+//! the opposite angle.
 
 use super::{alloc, grid, int, launch, ptr, storage_base, storage_ptr, Arg, ROPE};
 use candle_core::backend::BackendStorage;
@@ -13,14 +13,6 @@ struct Rope {
     cos: Tensor,
     sin: Tensor,
     start: usize,
-}
-
-/// How a rotation's output is laid out: `(B, H, T, hd)` contiguous, or `(B, T, H, hd)` (the
-/// projections' order, what their input gradients need), seen as `(B, H, T, hd)` through strides.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Order {
-    HeadsMajor,
-    PositionsMajor,
 }
 
 impl Rope {
@@ -59,14 +51,11 @@ impl Rope {
         launch(&x.device, &ROPE, "rope", dtype, cfg, &args)
     }
 
-    /// `x` rotated by `sign` into new storage laid out in `order`.
-    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32, order: Order) -> Result<CudaStorage> {
+    /// `x` rotated by `sign` into new contiguous storage.
+    fn rotate(&self, x: &CudaStorage, l: &Layout, sign: f32) -> Result<CudaStorage> {
         let (_, h, t, hd) = l.shape().dims4()?;
         let y = alloc(&x.device, l.shape(), x.dtype())?;
-        let strides = match order {
-            Order::HeadsMajor => [h * t * hd, t * hd, hd],
-            Order::PositionsMajor => [t * h * hd, hd, h * hd],
-        };
+        let strides = [h * t * hd, t * hd, hd];
         self.launch(x, l, sign, (storage_ptr(&y, &Layout::contiguous(l.shape()), "gpu-rope")?, strides))?;
         Ok(y)
     }
@@ -82,29 +71,16 @@ impl CustomOp1 for Rope {
     }
 
     fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
-        Ok((self.rotate(x, l, 1.0, Order::HeadsMajor)?, l.shape().clone()))
+        Ok((self.rotate(x, l, 1.0)?, l.shape().clone()))
     }
 
+    /// The rotation of the gradient by the opposite angles, outside the graph.
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        rotate(grad, &self.cos, &self.sin, self.start, -1.0, Order::HeadsMajor).map(Some)
-    }
-}
-
-/// `x (B, H, T, hd)` (any strides, rows contiguous) rotated by `sign` times the tables' angles from
-/// `start`, outside the graph: the forward with 1, the backward with −1. The result is shaped as x
-/// and laid out in `order` (positions-major: a transposed view of a `(B, T, H, hd)` tensor).
-pub(crate) fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32, order: Order) -> Result<Tensor> {
-    let x = rows_contiguous(x)?;
-    let op = Rope { cos: cos.clone(), sin: sin.clone(), start };
-    let (s, l) = x.storage_and_layout();
-    let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: x not on a CUDA device") };
-    let y = op.rotate(c, l, sign, order)?;
-    let (b, h, t, hd) = x.dims4()?;
-    match order {
-        Order::HeadsMajor => Ok(Tensor::from_storage(Storage::Cuda(y), (b, h, t, hd), BackpropOp::none(), false)),
-        Order::PositionsMajor => {
-            Tensor::from_storage(Storage::Cuda(y), (b, t, h, hd), BackpropOp::none(), false).transpose(1, 2)
-        }
+        let grad = rows_contiguous(grad)?;
+        let (s, l) = grad.storage_and_layout();
+        let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: gradient not on a CUDA device") };
+        let y = self.rotate(c, l, -1.0)?;
+        Ok(Some(Tensor::from_storage(Storage::Cuda(y), grad.shape(), BackpropOp::none(), false)))
     }
 }
 

@@ -11,7 +11,7 @@
 //! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
 //! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
 
-use super::explicit::{norm_backward, norm_forward, rope_backward, rope_forward, Attention, HalfBackward, OneNode};
+use super::explicit::{norm_backward, norm_forward, rope_forward, Attention, HalfBackward, OneNode};
 use crate::packing::Packing;
 use candle_core::{Result, Tensor};
 
@@ -43,12 +43,8 @@ impl HalfBackward for AttnBackward {
         let g = grad.reshape((rows, d))?;
         let d_wo = g.t()?.matmul(&self.o.reshape((rows, h * hd))?)?;
         let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
-        let [dq, dk, dv] = self.attention.backward(&self.q, &self.k, &self.v, &self.o, &d_o)?;
-        let (dq, dk) = (rope_backward(&dq, &self.cos, &self.sin, 0)?, rope_backward(&dk, &self.cos, &self.sin, 0)?);
-        // Back to the projections' layout side by side, (rows, (H + 2·KV) · hd): on a GPU the
-        // rotations and dV come out in it already, so each transpose is contiguous without a copy.
-        let flat = |t: &Tensor, count: usize| t.transpose(1, 2)?.contiguous()?.reshape((rows, count * hd));
-        let d_qkv = Tensor::cat(&[flat(&dq, h)?, flat(&dk, kv)?, flat(&dv, kv)?], 1)?;
+        let d_qkv =
+            self.attention.backward_projections(&self.q, &self.k, &self.v, &self.o, &d_o, &self.cos, &self.sin)?;
         // One product each way through the three weights together.
         let dn = d_qkv.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?)?;
         let d_w = d_qkv.t()?.matmul(&self.n)?;

@@ -85,16 +85,6 @@ pub(super) fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize)
     composite::rope(x, cos, sin, start)
 }
 
-/// RoPE's backward: the rotation by the opposite angles (the transpose of a rotation). On a GPU
-/// the result is laid out `(B, T, H, hd)`, the projections' order, and seen as `(B, H, T, hd)`.
-pub(super) fn rope_backward(g: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if g.device().is_cuda() {
-        return crate::gpu::rope::rotate(g, cos, sin, start, -1.0, crate::gpu::rope::Order::PositionsMajor);
-    }
-    composite::rope(g, cos, &sin.neg()?, start)
-}
-
 /// Causal attention ([`super::attention`]'s arguments) outside the graph: on a GPU the flash
 /// kernels, which keep each query row's log-sum-exp for the backward; elsewhere the composite,
 /// whose backward runs through a graph of its own.
@@ -133,20 +123,32 @@ impl Attention {
         composite::attention(q, k, v, self.scale, self.start, self.packing.as_ref())
     }
 
-    /// `(dq, dk, dv)` from the forward's inputs and output and the output's gradient.
+    /// The gradient `(B · T, (H + 2·KV) · hd)` of the projections that made q `(B, H, T, hd)`, k and
+    /// v `(B, KV, T, hd)` (q and k then rotated by the tables `cos`, `sin` from position 0), side by
+    /// side in their stacked order, from the forward's rotated inputs, its output and the output's
+    /// gradient. On a GPU the kernels write the three into one buffer and the rotations are undone
+    /// there in place (RoPE's backward is the rotation by the opposite angles).
+    #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-    pub(super) fn backward(
+    pub(super) fn backward_projections(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         o: &Tensor,
         grad: &Tensor,
-    ) -> Result<[Tensor; 3]> {
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, h, t, hd) = q.dims4()?;
+        let kv = k.dim(1)?;
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
-            let (dq, dk, dv) = gpu.backward(q, k, v, o, grad)?;
-            return Ok([dq, dk, dv]);
+            let d = gpu.backward_joint(q, k, v, o, grad)?;
+            for (first, count) in [(0, h), (h, kv)] {
+                crate::gpu::rope::rotate_in_place(&d.narrow(2, first, count)?.transpose(1, 2)?, cos, sin, 0, -1.0)?;
+            }
+            return d.reshape((b * t, (h + 2 * kv) * hd));
         }
         let vars = [Var::from_tensor(q)?, Var::from_tensor(k)?, Var::from_tensor(v)?];
         let [vq, vk, vv] = &vars;
@@ -154,7 +156,9 @@ impl Attention {
         let grads = (out * grad)?.sum_all()?.backward()?;
         let get =
             |v: &Var| grads.get(v).cloned().ok_or_else(|| candle_core::Error::Msg("attention: no gradient".into()));
-        Ok([get(vq)?, get(vk)?, get(vv)?])
+        let unrotate = |g: Tensor| composite::rope(&g, cos, &sin.neg()?, 0);
+        let flat = |g: Tensor, count: usize| g.transpose(1, 2)?.contiguous()?.reshape((b * t, count * hd));
+        Tensor::cat(&[flat(unrotate(get(vq)?)?, h)?, flat(unrotate(get(vk)?)?, kv)?, flat(get(vv)?, kv)?], 1)
     }
 }
 

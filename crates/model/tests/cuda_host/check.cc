@@ -33,18 +33,18 @@ using ll = long long;
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
                                               const float*, const unsigned*, T*, int, int, int, int, int, \
-                                              float, ll, ll, ll, ll, ll, ll, ll, ll, ll);                 \
+                                              float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);             \
     extern "C" void attention_bwd_dkv_hd64_##S(const T*, const T*, const T*, const T*, const float*,      \
                                                const float*, const unsigned*, T*, T*, int, int, int, int, \
-                                               int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll);           \
+                                               int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);       \
     extern "C" void attention_fwd_hd128_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int, \
                                             int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd128_##S(const T*, const T*, const T*, const T*, const float*,      \
                                                const float*, const unsigned*, T*, int, int, int, int, int, \
-                                               float, ll, ll, ll, ll, ll, ll, ll, ll, ll);                \
+                                               float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);            \
     extern "C" void attention_bwd_dkv_hd128_##S(const T*, const T*, const T*, const T*, const float*,     \
                                                 const float*, const unsigned*, T*, T*, int, int, int, int, \
-                                                int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll);
+                                                int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);
 DECLARE(float, f32)
 DECLARE(bf16, bf16)
 #define DECLARE_TC(HD)                                                                                  \
@@ -57,11 +57,11 @@ DECLARE_TC(128)
     extern "C" void attention_bwd_dq_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
                                                       const float*, const float*, const unsigned*, bf16*, int, \
                                                       int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, \
-                                                      ll);                                              \
+                                                      ll, ll);                                          \
     extern "C" void attention_bwd_dkv_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
                                                        const float*, const float*, const unsigned*, bf16*, bf16*, \
                                                        int, int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, \
-                                                       ll, ll);
+                                                       ll, ll, ll);
 DECLARE_TC_BWD(64)
 DECLARE_TC_BWD(128)
 
@@ -341,6 +341,9 @@ template <typename T> void cross_entropy(int n, int v, bool per_row) {
 }
 
 // Attention: q (B, H, T, hd) contiguous; k and v stored (B, S, KV, hd), read as (B, KV, S, hd).
+// dQ is expected (B, T, H, hd), dK and dV (B, S, KV, hd): with as many keys as queries all three
+// are written side by side into one (B, T, H + 2·KV, hd) buffer, as the model's attention node has
+// them, else each into its own.
 template <typename T, int HD> void attention(int b, int h, int kv, int t, int s, int start, bool packed) {
     std::vector<double> q, k, v, dout;
     auto qs = randn<T>(size_t(b) * h * t * HD, q);
@@ -390,7 +393,7 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
                     for (int d = 0; d < HD; ++d) dp[j] += DO(bi, hi, i, d) * V(bi, g, j, d);
                     const double ds = p[j] * (dp[j] - dsi);
                     for (int d = 0; d < HD; ++d) {
-                        dq[((size_t(bi) * h + hi) * t + i) * HD + d] += scale * ds * K(bi, g, j, d);
+                        dq[((size_t(bi) * t + i) * h + hi) * HD + d] += scale * ds * K(bi, g, j, d);
                         dk[((size_t(bi) * s + j) * kv + g) * HD + d] += scale * ds * Q(bi, hi, i, d);
                         dv[((size_t(bi) * s + j) * kv + g) * HD + d] += p[j] * DO(bi, hi, i, d);
                     }
@@ -409,14 +412,36 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
         K_::fwd(qs.data(), ks.data(), vs.data(), os.data(), lses.data(), sp, h, kv, t, s, start, sc, qb, qh, qt, kb, kh,
                 kt, kb, kh, kt);
     });
-    emu_launch({qtiles, unsigned(b * h)}, {256}, 4 * tile, [&] {
-        K_::dq(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dqs.data(), h, kv, t, s, start,
-               sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
-    });
-    emu_launch({ktiles, unsigned(b * kv)}, {256}, 4 * tile + 2 * 64 * 4, [&] {
-        K_::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks.data(), dvs.data(), h, kv, t,
-                s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
-    });
+    const bool joint = s == t;
+    const ll ldq = joint ? ll(h + 2 * kv) * HD : ll(h) * HD, ldkv = joint ? ldq : ll(kv) * HD;
+    // Runs a dQ and a dK/dV kernel into the layout above and gathers what they wrote into dq_out,
+    // dk_out and dv_out (every element of a joint buffer lands in one of them, so one left unwritten
+    // shows as NaN).
+    auto backward = [&](auto dq_kernel, auto dkv_kernel, unsigned threads, size_t dq_shared, size_t dkv_shared,
+                        std::vector<T>& dq_out, std::vector<T>& dk_out, std::vector<T>& dv_out) {
+        auto buf = poisoned<T>(joint ? size_t(b) * t * ldq : 0);
+        T* pq = joint ? buf.data() : dq_out.data();
+        T* pk = joint ? buf.data() + h * HD : dk_out.data();
+        T* pv = joint ? buf.data() + (h + kv) * HD : dv_out.data();
+        emu_launch({qtiles, unsigned(b * h)}, {threads}, dq_shared, [&] {
+            dq_kernel(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, pq, h, kv, t, s, start,
+                      sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldq);
+        });
+        emu_launch({ktiles, unsigned(b * kv)}, {threads}, dkv_shared, [&] {
+            dkv_kernel(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, pk, pv, h, kv, t, s,
+                       start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldkv);
+        });
+        if (!joint) return;
+        for (size_t row = 0; row < size_t(b) * t; ++row)
+            for (int d = 0; d < h * HD; ++d) {
+                dq_out[row * h * HD + d] = buf[row * ldq + d];
+                if (d < kv * HD) {
+                    dk_out[row * kv * HD + d] = buf[row * ldq + h * HD + d];
+                    dv_out[row * kv * HD + d] = buf[row * ldq + (h + kv) * HD + d];
+                }
+            }
+    };
+    backward(K_::dq, K_::dkv, 256, 4 * tile, 4 * tile + 2 * 64 * 4, dqs, dks, dvs);
     // D = rowsum(dO ⊙ O) from the stored (rounded) outputs, as the backward computes it.
     std::vector<double> dsum_want(dsum.size(), 0.0);
     for (size_t r = 0; r < dsum.size(); ++r)
@@ -435,18 +460,12 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
         dqs_tc = poisoned<T>(q.size());
         dks_tc = poisoned<T>(k.size());
         dvs_tc = poisoned<T>(v.size());
-        emu_launch({qtiles, unsigned(b * h)}, {128}, tc_dq_shared(HD), [&] {
-            TensorCores<HD>::dq(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dqs_tc.data(),
-                                h, kv, t, s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
-        });
-        emu_launch({ktiles, unsigned(b * kv)}, {128}, tc_dkv_shared(HD), [&] {
-            TensorCores<HD>::dkv(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, dks_tc.data(),
-                                 dvs_tc.data(), h, kv, t, s, start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt);
-        });
+        backward(TensorCores<HD>::dq, TensorCores<HD>::dkv, 128, tc_dq_shared(HD), tc_dkv_shared(HD), dqs_tc, dks_tc,
+                 dvs_tc);
     }
-    char what[96];
-    std::snprintf(what, sizeof what, "attention b%d h%d kv%d t%d s%d hd%d start %d%s", b, h, kv, t, s, HD, start,
-                  packed ? " packed" : "");
+    char what[112];
+    std::snprintf(what, sizeof what, "attention b%d h%d kv%d t%d s%d hd%d start %d%s%s", b, h, kv, t, s, HD, start,
+                  packed ? " packed" : "", joint ? " (dq, dk, dv in one buffer)" : "");
     const std::string w(what);
     expect((w + " o").c_str(), kind<T>(), os, o, tolerance<T>());
     expect((w + " lse").c_str(), kind<T>(), lses, lse, 1e-5);

@@ -131,11 +131,12 @@ __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, co
 }
 
 // dQ = scale · Σ_keys dS · K with dS = P ⊙ (dO·Vᵀ − D), P recomputed from the kept log-sum-exp.
-// dout is (B, T, H, hd) contiguous; dsum D is (B, T, H); dq is written (B, H, T, hd).
+// dout is (B, T, H, hd) contiguous; dsum D is (B, T, H); dq is written positions-major, `ld`
+// elements from one position's row of heads to the next (H · hd for (B, T, H, hd)).
 template <typename T, int HD>
 __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                             const unsigned* seg, T* dq, int heads, int kv_heads, int t, int s, int start, float scale,
-                            Strides qs, Strides ks, Strides vs) {
+                            Strides qs, Strides ks, Strides vs, long long ld) {
     DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sq = smem, *sdo = sq + TILE * LD, *sk = sdo + TILE * LD, *sv = sk + TILE * LD;
@@ -164,7 +165,7 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
         accumulate<HD>(sk, p, j, acc);
     }
     if (qi < t) {
-        T* row = dq + (((size_t)b * heads + h) * t + qi) * HD;
+        T* row = dq + ((size_t)b * t + qi) * ld + h * HD;
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
@@ -173,12 +174,12 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
 }
 
 // dV = Σ_queries P · dO and dK = scale · Σ_queries dS · Q for a tile of keys of one key/value
-// head, over every query head it serves. Rows are keys here; dk and dv are written (B, S, KV, hd),
-// the projections' order.
+// head, over every query head it serves. Rows are keys here; dk and dv are written positions-major,
+// `ld` elements from one position's row of heads to the next (KV · hd for (B, S, KV, hd)).
 template <typename T, int HD>
 __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                              const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start,
-                             float scale, Strides qs, Strides ks, Strides vs) {
+                             float scale, Strides qs, Strides ks, Strides vs, long long ld) {
     DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sk = smem, *sv = sk + TILE * LD, *sq = sv + TILE * LD, *sdo = sq + TILE * LD;
@@ -219,7 +220,7 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
         }
     }
     if (kp < s) {
-        const size_t at = (((size_t)b * s + kp) * kv_heads + kvh) * HD;  // (B, S, KV, hd)
+        const size_t at = ((size_t)b * s + kp) * ld + kvh * HD;
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
@@ -242,17 +243,17 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,             \
         const unsigned* seg, T* dq, int heads, int kv_heads, int t, int s, int start, float scale,           \
         long long qb, long long qh, long long qt, long long kb, long long kh, long long kt, long long vb,     \
-        long long vh, long long vt) {                                                                       \
+        long long vh, long long vt, long long ld) {                                                         \
         backward_dq<T, HD>(q, k, v, dout, lse, dsum, seg, dq, heads, kv_heads, t, s, start, scale,           \
-                           {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt});                                       \
+                           {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                   \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_bwd_dkv_hd##HD##_##S(                   \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,             \
         const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start, float scale,    \
         long long qb, long long qh, long long qt, long long kb, long long kh, long long kt, long long vb,     \
-        long long vh, long long vt) {                                                                       \
+        long long vh, long long vt, long long ld) {                                                         \
         backward_dkv<T, HD>(q, k, v, dout, lse, dsum, seg, dk, dv, heads, kv_heads, t, s, start, scale,      \
-                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt});                                      \
+                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                  \
     }
 #define ENTRY(T, S) ENTRY_HD(T, S, 64) ENTRY_HD(T, S, 128)
 FOR_EACH_TYPE(ENTRY)

@@ -224,12 +224,13 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
 }
 
 // dQ = scale · Σ_keys dS · K, dS = P ⊙ (dO·Vᵀ − D), P from the kept log-sum-exp. dout is
-// (B, T, H, hd) contiguous, dsum D is (B, T, H), dq is written (B, H, T, hd).
+// (B, T, H, hd) contiguous, dsum D is (B, T, H), dq is written positions-major, `ld` elements from
+// one position's row of heads to the next.
 template <int HD>
 __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                             const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                             __nv_bfloat16* dq, int heads, int kv_heads, int t, int s, int start, float scale,
-                            Strides qs, Strides ks, Strides vs) {
+                            Strides qs, Strides ks, Strides vs, long long ld) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
@@ -282,19 +283,19 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int qi = q0 + r0 + 8 * i;
-        rows[i] = qi < t ? dq + (((size_t)b * heads + h) * t + qi) * HD : nullptr;
+        rows[i] = qi < t ? dq + ((size_t)b * t + qi) * ld + h * HD : nullptr;
     }
     store_rows<HD>(rows[0], rows[1], acc, scale, scale);
 }
 
 // dV = Σ_queries Pᵀ · dO and dK = scale · Σ_queries dSᵀ · Q for a tile of keys of one key/value head,
-// over every query head it serves; a warp's rows are 16 keys. dk and dv are written (B, S, KV, hd),
-// the projections' order.
+// over every query head it serves; a warp's rows are 16 keys. dk and dv are written positions-major,
+// `ld` elements from one position's row of heads to the next.
 template <int HD>
 __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                              const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                              __nv_bfloat16* dk, __nv_bfloat16* dv, int heads, int kv_heads, int t, int s, int start,
-                             float scale, Strides qs, Strides ks, Strides vs) {
+                             float scale, Strides qs, Strides ks, Strides vs, long long ld) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH], the block's keys
@@ -364,7 +365,7 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
     for (int i = 0; i < 2; ++i) {
         const int kp = k0 + r0 + 8 * i;
         if (kp >= s) continue;
-        const size_t at = (((size_t)b * s + kp) * kv_heads + kvh) * HD;  // (B, S, KV, hd)
+        const size_t at = ((size_t)b * s + kp) * ld + kvh * HD;
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
             *reinterpret_cast<uint32_t*>(dk + at + 8 * n + c) = pack(dka[n][2 * i] * scale, dka[n][2 * i + 1] * scale);
@@ -389,17 +390,18 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
         const float* lse, const float* dsum, const unsigned* seg, __nv_bfloat16* dq, int heads, int kv_heads, \
         int t, int s, int start, float scale, long long qb, long long qh, long long qt, long long kb,          \
-        long long kh, long long kt, long long vb, long long vh, long long vt) {                              \
+        long long kh, long long kt, long long vb, long long vh, long long vt, long long ld) {                \
         tc::backward_dq<HD>(q, k, v, dout, lse, dsum, seg, dq, heads, kv_heads, t, s, start, scale,           \
-                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt});                                       \
+                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                   \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(tc::THREADS) attention_bwd_dkv_tc_hd##HD##_bf16(            \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
         const float* lse, const float* dsum, const unsigned* seg, __nv_bfloat16* dk, __nv_bfloat16* dv,       \
         int heads, int kv_heads, int t, int s, int start, float scale, long long qb, long long qh,            \
-        long long qt, long long kb, long long kh, long long kt, long long vb, long long vh, long long vt) {     \
+        long long qt, long long kb, long long kh, long long kt, long long vb, long long vh, long long vt,       \
+        long long ld) {                                                                                      \
         tc::backward_dkv<HD>(q, k, v, dout, lse, dsum, seg, dk, dv, heads, kv_heads, t, s, start, scale,      \
-                             {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt});                                      \
+                             {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                  \
     }
 ENTRY(64)
 ENTRY(128)
