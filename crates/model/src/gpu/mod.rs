@@ -10,6 +10,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod device;
 pub mod linear_cross_entropy;
 pub mod linear_logprobs;
 pub mod rms_norm;
@@ -46,27 +47,7 @@ module!(SWIGLU, "swiglu");
 
 static POISON: AtomicBool = AtomicBool::new(false);
 
-/// CUDA device `ordinal`, opened once per process: every later call returns the same device, so
-/// all of a process's GPU work shares one stream and tensors pass freely between its stages.
-///
-/// cudarc's per-buffer event tracking is turned off. It orders a buffer's uses across streams: two
-/// events made at every allocation, a wait and a record per buffer at every launch, two waits at
-/// every free. candle runs each device on a single stream, which orders all of that already, so
-/// the tracking only adds driver calls to every op — several per op, which is most of what an op
-/// costs the host when decoding one token at a time.
-pub fn open(ordinal: usize) -> Result<candle_core::Device> {
-    static OPENED: std::sync::Mutex<Vec<(usize, CudaDevice)>> = std::sync::Mutex::new(Vec::new());
-    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, d)) = opened.iter().find(|(o, _)| *o == ordinal) {
-        return Ok(candle_core::Device::Cuda(d.clone()));
-    }
-    let d = CudaDevice::new(ordinal)?;
-    // SAFETY: buffers made from here on skip the events; this device's work, the only work on these
-    // buffers, runs in order on its one stream, and frees are ordered on that stream too.
-    unsafe { d.disable_event_tracking() };
-    opened.push((ordinal, d.clone()));
-    Ok(candle_core::Device::Cuda(d))
-}
+pub use device::open;
 
 /// Fills every output the kernels allocate with NaN before they run (for checks: an element left
 /// unwritten then shows). Off by default: it costs a memset per output.

@@ -249,27 +249,15 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * p).round() / p
 }
 
-/// Peak bytes taken from the GPU's memory pool so far (every candle allocation comes from it), in
-/// GiB: the counterpart of PyTorch's `max_memory_allocated`. None off the GPU.
-#[cfg(feature = "cuda")]
+/// Peak GiB in use from the GPU's memory pool (see `gpu::device::peak_bytes`); None off the GPU.
 fn peak_gpu_gib(device: &candle_core::Device) -> Option<f64> {
-    use candle_core::cuda_backend::cudarc::driver::sys;
-    let candle_core::Device::Cuda(d) = device else { return None };
-    let ctx = d.cuda_stream().context().clone();
-    ctx.bind_to_thread().ok()?;
-    let (mut pool, mut high) = (std::ptr::null_mut(), 0u64);
-    // SAFETY: plain queries of the current context's default pool into local variables.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().ok()?;
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
-        sys::cuMemPoolGetAttribute(pool, attr, (&mut high as *mut u64).cast()).result().ok()?;
+    #[cfg(feature = "cuda")]
+    return tsukuru_model::gpu::device::peak_bytes(device).map(|b| b as f64 / f64::from(1u32 << 30));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        None
     }
-    Some(high as f64 / f64::from(1u32 << 30))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn peak_gpu_gib(_: &candle_core::Device) -> Option<f64> {
-    None
 }
 
 /// Peak resident memory of this process (Linux's VmHWM), in MiB.
