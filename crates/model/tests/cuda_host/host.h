@@ -1,7 +1,7 @@
 // The CUDA C of src/gpu/cuda compiled as C++ for the host, to check the kernels' logic without a
 // GPU: each block runs as one OS thread per CUDA thread, blocks one after another. __syncthreads
-// is a barrier over the block; warp shuffles and the tensor-core product (mma_m16n8k16) exchange
-// through block-wide buffers between two barriers (every kernel here calls them with all of its
+// is a barrier over the block; warp shuffles, the tensor-core product (mma_m16n8k16) and the
+// matrix loads feeding it (ldmatrix) exchange through block-wide buffers between two barriers (every kernel here calls them with all of its
 // threads at once). `__shared__` variables
 // become statics, which is right while one block runs at a time. Timing, occupancy, shared-memory
 // limits and races the barriers hide are out of its reach: the device tests cover those.
@@ -70,11 +70,13 @@ using std::max;
 using std::min;
 
 // The block being run: its barrier, the shuffle buffer, the tensor-core operands of each thread
-// (four registers of A, two of B) and the dynamic shared memory.
+// (four registers of A, two of B), the row each thread points ldmatrix at, and the dynamic shared
+// memory.
 struct EmuBlock {
     std::barrier<>* barrier;
     std::vector<double> exchange;
     std::vector<std::array<uint32_t, 6>> operands;
+    std::vector<const __nv_bfloat16*> rows;
     std::vector<float> dynamic;
 };
 extern EmuBlock emu_block;
@@ -129,6 +131,30 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
     __syncthreads();
 }
 
+// ldmatrix.sync.aligned.m8n8.{x2,x4}[.trans].shared.b16 for the warp of the calling thread, as
+// the PTX ISA describes it: lane l < 8N gives the address of row l % 8 of matrix l / 8 (16 bytes,
+// 16-byte aligned); register j of lane 4g + i holds elements 2i and 2i + 1 of row g of matrix j,
+// or with TRANS elements g of rows 2i and 2i + 1, the lower element in the lower half.
+template <int N, bool TRANS> inline void emu_ldmatrix(uint32_t* r, const __nv_bfloat16* row) {
+    const unsigned t = emu_linear_thread(), warp = t & ~31u, lane = t & 31u;
+    if (lane < 8 * N && reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+        std::fprintf(stderr, "ldmatrix: lane %u's row address is not 16-byte aligned\n", lane);
+        std::exit(1);
+    }
+    emu_block.rows[t] = row;
+    __syncthreads();
+    const unsigned g = lane >> 2, i = lane & 3;
+    for (unsigned j = 0; j < N; ++j) {
+        const __nv_bfloat16* const* m = &emu_block.rows[warp + 8 * j];
+        const uint16_t lo = TRANS ? m[2 * i][g].bits : m[g][2 * i].bits;
+        const uint16_t hi = TRANS ? m[2 * i + 1][g].bits : m[g][2 * i + 1].bits;
+        r[j] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+    __syncthreads();
+}
+inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) { emu_ldmatrix<4, false>(r, row); }
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], const __nv_bfloat16* row) { emu_ldmatrix<2, true>(r, row); }
+
 // Runs `kernel` over the grid, one block at a time; dynamic shared memory starts as NaN so a read
 // of an element no thread wrote shows.
 inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
@@ -142,6 +168,7 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                 emu_block.barrier = &barrier;
                 emu_block.exchange.assign(n, NAN);
                 emu_block.operands.assign(n, {});
+                emu_block.rows.assign(n, nullptr);
                 // A canary past the end shows a kernel using more shared memory than it was given.
                 emu_block.dynamic.assign(shared_bytes / 4 + 256, NAN);
                 for (size_t i = shared_bytes / 4; i < emu_block.dynamic.size(); ++i) emu_block.dynamic[i] = 12345.f;

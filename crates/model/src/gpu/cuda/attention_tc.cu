@@ -5,18 +5,17 @@
 // accumulators stay in registers, in the instruction's fragment layout: a row's values sit in the
 // four lanes of a group (a row reduction is two shuffles), and the accumulators of one product,
 // rounded to bf16, are already the left operand of the next (P·V, dS·K, Pᵀ·dO, dSᵀ·Q). Shared
-// memory holds only the tiles every warp reads, row-major for operands read along the head
-// dimension and transposed for those read along positions, padded so that the fragment loads of a
-// warp fall in 32 different banks. Operands' rows start on 8-element boundaries (16-byte loads).
-// Same layouts, masks, inputs and outputs as attention.cu.
+// memory holds only the tiles every warp reads, each once, row-major with rows padded so that the
+// eight rows of an 8 × 8 matrix fall in 32 different banks; fragments come out of it by ldmatrix,
+// four matrices a lane-wide instruction, transposed on the way (.trans) for operands read along
+// positions (V in P·V, K in dS·K, dO and Q in the key-side products). Operands' rows start on
+// 8-element boundaries (16-byte loads). Same layouts, masks, inputs and outputs as attention.cu.
 #include "attention.cuh"
 
 namespace tc {
 
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
-// Row stride (bf16 elements) of a transposed tile, [HD][TILE].
-constexpr int LDT = TILE + 8;
 
 #ifdef __CUDA_ARCH__
 // d (16 × 8, f32) += a (16 × 16, bf16) · b (16 × 8, bf16), one warp; fragments as the PTX ISA lays
@@ -28,6 +27,24 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// Four 8 × 8 bf16 matrices from shared memory into r[0..4], one warp: lane l gives the address of
+// row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned); lane 4g + i receives elements 2i and
+// 2i + 1 of each matrix's row g, lower element in the lower half, as the PTX ISA lays out ldmatrix
+// (a host emulation defines these otherwise).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(at));
+}
+
+// Two matrices, transposed: lanes 0..16 give the rows (the other lanes' addresses are not read),
+// and lane 4g + i receives elements g of rows 2i and 2i + 1 of each, its column g.
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const __nv_bfloat16* row) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
+}
 #endif
 
 // Two values rounded to bf16 and packed low first, as an operand register holds them.
@@ -36,27 +53,34 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
            (uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
 }
 
-// The two bf16 at p (4-byte aligned) as one register.
-__device__ __forceinline__ uint32_t pair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// Each loader below has lane l point at row l % 8 of matrix m = l / 8 of a row-major tile (row
+// stride ld), so that ldmatrix's four registers are the operand fragments of mma.m16n8k16 (lane
+// 4g + i: A's rows g and g + 8 at columns 2i, 2i + 1 and 2i + 8, 2i + 9; B's column g at rows 2i,
+// 2i + 1 and 2i + 8, 2i + 9).
 
-// The left operand (16 × 16) at rows r.., columns c.. of a row-major tile (row stride ld). Lane
-// 4g + i holds rows g and g + 8, columns 2i, 2i + 1, 2i + 8 and 2i + 9.
+// The left operand (16 × 16) at rows r.., columns c..: matrices rows r.. and r + 8.. at columns c..,
+// then the same at c + 8...
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const __nv_bfloat16* tile, int ld, int r, int c) {
-    const int lane = threadIdx.x & 31;
-    const __nv_bfloat16* p = tile + (r + (lane >> 2)) * ld + c + 2 * (lane & 3);
-    a[0] = pair(p);
-    a[1] = pair(p + 8 * ld);
-    a[2] = pair(p + 8);
-    a[3] = pair(p + 8 * ld + 8);
+    const int lane = threadIdx.x & 31, m = lane >> 3;
+    ldmatrix_x4(a, tile + (r + (lane & 7) + 8 * (m & 1)) * ld + c + 8 * (m >> 1));
 }
 
-// The right operand (16 × 8) whose column j is row n + j of a row-major tile, read from column c:
-// (tile[n..n + 8][c..c + 16])ᵀ. Every product here is rows of one tile against rows of another.
-__device__ __forceinline__ void load_b(uint32_t& b0, uint32_t& b1, const __nv_bfloat16* tile, int ld, int n, int c) {
-    const int lane = threadIdx.x & 31;
-    const __nv_bfloat16* p = tile + (n + (lane >> 2)) * ld + c + 2 * (lane & 3);
-    b0 = pair(p);
-    b1 = pair(p + 8);
+// Two right operands (16 × 8 each), b[0..2] and b[2..4], whose column j is row n + j, then row
+// n + 8 + j, of the tile, read from column c: (tile[n..n + 16][c..c + 16])ᵀ. Products of rows of
+// one tile against rows of another (Q·Kᵀ, dO·Vᵀ and their transposes) take these.
+__device__ __forceinline__ void load_b2(uint32_t (&b)[4], const __nv_bfloat16* tile, int ld, int n, int c) {
+    const int lane = threadIdx.x & 31, m = lane >> 3;
+    ldmatrix_x4(b, tile + (n + (lane & 7) + 8 * (m >> 1)) * ld + c + 8 * (m & 1));
+}
+
+// The right operand (16 × 8) that is the tile's own block at rows k.., columns n..: tile[k..k +
+// 16][n..n + 8], read through ldmatrix's transposition (matrices rows k.. and k + 8..). The
+// products of a result along positions with a tile of positions (P·V, dS·K, Pᵀ·dO, dSᵀ·Q) take
+// these. One operand a load rather than two: at head size 128 the dK/dV kernel's accumulators fill
+// the register file, and the four registers of a paired load made it spill.
+__device__ __forceinline__ void load_bt(uint32_t (&b)[2], const __nv_bfloat16* tile, int ld, int k, int n) {
+    const int lane = threadIdx.x & 31, m = (lane >> 3) & 1;
+    ldmatrix_x2_trans(b, tile + (k + (lane & 7) + 8 * m) * ld + n);
 }
 
 // The left operand made of two accumulator tiles side by side (columns 16j.. of a 16-row result
@@ -69,26 +93,18 @@ __device__ __forceinline__ void to_a(uint32_t (&a)[4], const float (&lo)[4], con
 }
 
 // Rows first..first + TILE of a position-major bf16 operand (row stride st; HD columns) into `dst`,
-// zeros past `limit`: row-major with row stride HD + 8, or with TRANSPOSED as dst[column][row]
-// (row stride LDT). Sixteen bytes per load; a warp takes consecutive chunks of a row, or for the
-// transposed copy the same chunk of consecutive rows, so that its shared-memory writes spread over
-// the banks.
-template <int HD, bool TRANSPOSED>
+// row-major with row stride HD + 8, zeros past `limit`. Sixteen bytes per load; a warp takes
+// consecutive chunks of a row.
+template <int HD>
 __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat16* base, long long st, int first,
                                           int limit) {
     constexpr int CHUNKS = HD / 8;
     for (int i = threadIdx.x; i < TILE * CHUNKS; i += THREADS) {
-        const int r = TRANSPOSED ? i % TILE : i / CHUNKS, d = 8 * (TRANSPOSED ? i / TILE : i % CHUNKS);
+        const int r = i / CHUNKS, d = 8 * (i % CHUNKS);
         const int pos = first + r;
         uint4 x = make_uint4(0, 0, 0, 0);
         if (pos < limit) x = *reinterpret_cast<const uint4*>(base + pos * st + d);
-        if constexpr (TRANSPOSED) {
-            const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&x);
-#pragma unroll
-            for (int j = 0; j < 8; ++j) dst[(d + j) * LDT + r] = e[j];
-        } else {
-            *reinterpret_cast<uint4*>(dst + r * (HD + 8) + d) = x;
-        }
+        *reinterpret_cast<uint4*>(dst + r * (HD + 8) + d) = x;
     }
 }
 
@@ -115,33 +131,41 @@ __device__ __forceinline__ void store_rows(__nv_bfloat16* row0, __nv_bfloat16* r
     }
 }
 
-// s (16 × 64, eight accumulator tiles) = A · Bᵀ over HD: A the warp's 16 rows as operand
-// fragments (one per 16 columns), B the 64 rows of a row-major tile.
+// s (16 × 64, eight accumulator tiles) += A · Bᵀ over columns 16kk.. of the head dimension: A
+// the warp's 16 rows there as an operand fragment, B the 64 rows of a row-major tile.
+template <int HD>
+__device__ __forceinline__ void partial_scores(float (&s)[8][4], const uint32_t (&a)[4], const __nv_bfloat16* tile,
+                                               int kk) {
+#pragma unroll
+    for (int n = 0; n < 8; n += 2) {
+        uint32_t bb[4];
+        load_b2(bb, tile, HD + 8, 8 * n, 16 * kk);
+        mma_m16n8k16(s[n], a, bb[0], bb[1]);
+        mma_m16n8k16(s[n + 1], a, bb[2], bb[3]);
+    }
+}
+
+// s (16 × 64) = A · Bᵀ over HD: A the warp's 16 rows as operand fragments (one per 16 columns),
+// B the 64 rows of a row-major tile.
 template <int HD>
 __device__ __forceinline__ void scores(float (&s)[8][4], const uint32_t (&a)[HD / 16][4], const __nv_bfloat16* tile) {
 #pragma unroll
-    for (int kk = 0; kk < HD / 16; ++kk)
-#pragma unroll
-        for (int n = 0; n < 8; ++n) {
-            uint32_t b0, b1;
-            load_b(b0, b1, tile, HD + 8, 8 * n, 16 * kk);
-            mma_m16n8k16(s[n], a[kk], b0, b1);
-        }
+    for (int kk = 0; kk < HD / 16; ++kk) partial_scores<HD>(s, a[kk], tile, kk);
 }
 
 // acc (16 × HD) += W · B: W the 16 × 64 accumulator tiles of an earlier product, rounded to bf16
-// as the left operand; B a 64 × HD tile stored transposed (`bt` row n is B's column n).
+// as the left operand; B a row-major 64 × HD tile.
 template <int HD>
-__device__ __forceinline__ void accumulate(float (&acc)[HD / 8][4], const float (&w)[8][4], const __nv_bfloat16* bt) {
+__device__ __forceinline__ void accumulate(float (&acc)[HD / 8][4], const float (&w)[8][4], const __nv_bfloat16* tile) {
 #pragma unroll
     for (int j = 0; j < TILE / 16; ++j) {
         uint32_t a[4];
         to_a(a, w[2 * j], w[2 * j + 1]);
 #pragma unroll
         for (int n = 0; n < HD / 8; ++n) {
-            uint32_t b0, b1;
-            load_b(b0, b1, bt, LDT, 8 * n, 16 * j);
-            mma_m16n8k16(acc[n], a, b0, b1);
+            uint32_t bb[2];
+            load_bt(bb, tile, HD + 8, 16 * j, 8 * n);
+            mma_m16n8k16(acc[n], a, bb[0], bb[1]);
         }
     }
 }
@@ -153,11 +177,11 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
-    __nv_bfloat16* svt = sk + TILE * LDH;                        // [HD][LDT]: V transposed
+    __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: V
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's rows: r0, r0 + 8
-    load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
+    load_tile<HD>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4];  // the warp's 16 query rows, for the whole walk
 #pragma unroll
@@ -168,8 +192,8 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
     const int end = min(s, start + q0 + TILE);
     for (int k0 = 0; k0 < end; k0 += TILE) {
         __syncthreads();
-        load_tile<HD, false>(sk, kb, ks.t, k0, s);
-        load_tile<HD, true>(svt, vb, vs.t, k0, s);
+        load_tile<HD>(sk, kb, ks.t, k0, s);
+        load_tile<HD>(sv, vb, vs.t, k0, s);
         __syncthreads();
         // S (16 × 64) = Q_warp · Kᵀ.
         float sc[8][4] = {};
@@ -208,7 +232,7 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
         // O_warp (16 × HD) += P (16 × 64) · V, the probabilities straight from their registers.
-        accumulate<HD>(acc, sc, svt);
+        accumulate<HD>(acc, sc, sv);
     }
     __nv_bfloat16* rows[2];
     float inv[2];
@@ -235,12 +259,11 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
     __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: dO first, then V
-    __nv_bfloat16* skt = sv + TILE * LDH;                        // [HD][LDT]: K transposed
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);
-    load_tile<HD, false>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
-    load_tile<HD, false>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
+    load_tile<HD>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
+    load_tile<HD>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4], da[KSTEPS][4];
 #pragma unroll
@@ -259,9 +282,8 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
     const int end = min(s, start + q0 + TILE);
     for (int k0 = 0; k0 < end; k0 += TILE) {
         __syncthreads();
-        load_tile<HD, false>(sk, kb, ks.t, k0, s);
-        load_tile<HD, false>(sv, vb, vs.t, k0, s);
-        load_tile<HD, true>(skt, kb, ks.t, k0, s);
+        load_tile<HD>(sk, kb, ks.t, k0, s);
+        load_tile<HD>(sv, vb, vs.t, k0, s);
         __syncthreads();
         float sc[8][4] = {}, dp[8][4] = {};
         scores<HD>(sc, qa, sk);
@@ -277,7 +299,7 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
                 const float p = ok ? __expf(sc[n][e] * scale - row_lse[i]) : 0.f;
                 sc[n][e] = p * (dp[n][e] - row_d[i]);
             }
-        accumulate<HD>(acc, sc, skt);
+        accumulate<HD>(acc, sc, sk);
     }
     __nv_bfloat16* rows[2];
 #pragma unroll
@@ -302,15 +324,13 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
     __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH], their values
     __nv_bfloat16* sq = sv + TILE * LDH;                         // [TILE][LDH]
     __nv_bfloat16* sdo = sq + TILE * LDH;                        // [TILE][LDH]
-    __nv_bfloat16* sqt = sdo + TILE * LDH;                       // [HD][LDT]: Q transposed
-    __nv_bfloat16* sdot = sqt + HD * LDT;                        // [HD][LDT]: dO transposed
-    float* slse = reinterpret_cast<float*>(sdot + HD * LDT);     // [TILE]
+    float* slse = reinterpret_cast<float*>(sdo + TILE * LDH);    // [TILE]
     float* sd = slse + TILE;                                     // [TILE]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const int b = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads, group = heads / kv_heads;
     const int k0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's keys: k0 + r0, + 8
-    load_tile<HD, false>(sk, k + b * ks.b + kvh * ks.h, ks.t, k0, s);
-    load_tile<HD, false>(sv, v + b * vs.b + kvh * vs.h, vs.t, k0, s);
+    load_tile<HD>(sk, k + b * ks.b + kvh * ks.h, ks.t, k0, s);
+    load_tile<HD>(sv, v + b * vs.b + kvh * vs.h, vs.t, k0, s);
     float dka[NT][4] = {}, dva[NT][4] = {};
     const int first = max(0, k0 - start) / TILE * TILE;
     for (int g = 0; g < group; ++g) {
@@ -319,10 +339,8 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
         const __nv_bfloat16* db = dout + ((size_t)b * t * heads + h) * HD;
         for (int q0 = first; q0 < t; q0 += TILE) {
             __syncthreads();
-            load_tile<HD, false>(sq, qb, qs.t, q0, t);
-            load_tile<HD, false>(sdo, db, (long long)heads * HD, q0, t);
-            load_tile<HD, true>(sqt, qb, qs.t, q0, t);
-            load_tile<HD, true>(sdot, db, (long long)heads * HD, q0, t);
+            load_tile<HD>(sq, qb, qs.t, q0, t);
+            load_tile<HD>(sdo, db, (long long)heads * HD, q0, t);
             for (int i = threadIdx.x; i < TILE; i += THREADS) {
                 const int qi = q0 + i;
                 slse[i] = qi < t ? lse[((size_t)b * heads + h) * t + qi] : 0.f;
@@ -336,14 +354,8 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
                 uint32_t ka[4], va[4];
                 load_a(ka, sk, LDH, 16 * warp, 16 * kk);
                 load_a(va, sv, LDH, 16 * warp, 16 * kk);
-#pragma unroll
-                for (int n = 0; n < 8; ++n) {
-                    uint32_t b0, b1;
-                    load_b(b0, b1, sq, LDH, 8 * n, 16 * kk);
-                    mma_m16n8k16(st[n], ka, b0, b1);
-                    load_b(b0, b1, sdo, LDH, 8 * n, 16 * kk);
-                    mma_m16n8k16(dpt[n], va, b0, b1);
-                }
+                partial_scores<HD>(st, ka, sq, kk);
+                partial_scores<HD>(dpt, va, sdo, kk);
             }
             // Pᵀ into st and dSᵀ into dpt; columns are queries.
             const bool masked = tile_masked(q0, k0, t, s, start, seg);
@@ -357,8 +369,8 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
                     st[n][e] = p;
                     dpt[n][e] = p * (dpt[n][e] - sd[col]);
                 }
-            accumulate<HD>(dva, st, sdot);
-            accumulate<HD>(dka, dpt, sqt);
+            accumulate<HD>(dva, st, sdo);
+            accumulate<HD>(dka, dpt, sq);
         }
     }
 #pragma unroll
