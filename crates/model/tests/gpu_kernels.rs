@@ -51,8 +51,12 @@ fn check(
         .iter()
         .map(|t| Var::from_tensor(&t.to_device(&dev).unwrap().to_dtype(dtype).unwrap()).unwrap())
         .collect();
-    let refs: Vec<Var> =
-        vars.iter().map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap()).collect();
+    // Copies of their own (in f32 `to_dtype` would hand back the same tensor), so a kernel that
+    // wrote into an input would show against the reference.
+    let refs: Vec<Var> = vars
+        .iter()
+        .map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap().copy().unwrap()).unwrap())
+        .collect();
     let out = fused(&vars.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>()).unwrap();
     let want = reference(&refs.iter().map(|v| v.as_tensor().clone()).collect::<Vec<_>>()).unwrap();
     assert_eq!(out.dims(), want.dims(), "{what}: shape");

@@ -105,6 +105,10 @@ impl Attention {
         if (bk, hdk) != (b, hd) || k != v || kv == 0 || h % kv != 0 || !HEAD_DIMS.contains(&hd) || s < self.start + t {
             candle_core::bail!("gpu-attention: q {q:?}, k {k:?} and v {v:?} do not fit (start {})", self.start);
         }
+        if b * h > 65_535 || t == 0 {
+            // A block per (batch row, head) on the grid's second axis, which holds 65,535.
+            candle_core::bail!("gpu-attention: batch {b} × {h} heads over {t} queries: needs 1 to 65,535 (row, head) pairs and a query");
+        }
         Ok((b, h, kv, t, s, hd))
     }
 
@@ -222,11 +226,11 @@ impl Attention {
             candle_core::bail!("{name}: backward before forward")
         };
         let (q, k, v) = (aligned_rows(q)?, aligned_rows(k)?, aligned_rows(v)?);
-        let out = out.contiguous()?;
+        // Read whole, sixteen bytes at a time: contiguous from an aligned start.
+        let (out, dout) = (aligned_whole(out)?, aligned_whole(grad)?);
         let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
         let dev = device(&q)?;
         let dtype = q.dtype();
-        let dout = grad.contiguous()?;
         // D = rowsum(dO ⊙ O) per query and head, (B, T, H) in f32, one pass over each.
         let dsum = output(&dev, (b, t, h), DType::F32)?;
         let rows = b * t * h;
@@ -336,6 +340,15 @@ pub fn attention(
 fn rows_aligned(l: &Layout) -> bool {
     let (outer, last) = l.stride().split_at(l.stride().len().saturating_sub(1));
     last == [1] && outer.iter().chain([&l.start_offset()]).all(|x| x % ALIGN == 0)
+}
+
+/// `t` itself when it is contiguous from an [`ALIGN`]-element boundary, else a contiguous copy.
+fn aligned_whole(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().start_offset().is_multiple_of(ALIGN) {
+        Ok(t.clone())
+    } else {
+        t.force_contiguous()
+    }
 }
 
 /// `t` itself when its rows are contiguous and start on [`ALIGN`]-element boundaries, as the

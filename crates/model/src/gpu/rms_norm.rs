@@ -41,6 +41,10 @@ fn forward_storage(
     }
     let rows = n / d;
     let dtype = x.dtype();
+    if w.dtype() != dtype {
+        // The kernel reads the weight as x's type.
+        candle_core::bail!("{name}: x is {dtype:?} but the weight is {:?}; cast one to the other", w.dtype());
+    }
     let y = alloc(dev, lx.shape(), dtype)?;
     let inv = output(dev, rows, candle_core::DType::F32)?;
     let args = [
@@ -81,9 +85,21 @@ pub(crate) fn backward(
     let dev = device(x)?;
     let (x, g) = (x.contiguous()?, grad.contiguous()?);
     let d = w.elem_count();
-    let rows = x.elem_count() / d;
     let dtype = x.dtype();
     let name = "gpu-rms-norm backward";
+    if w.dtype() != dtype || g.dtype() != dtype || g.shape() != x.shape() || d == 0 || !x.elem_count().is_multiple_of(d)
+    {
+        candle_core::bail!(
+            "{name}: x {:?} ({dtype:?}), weight {:?} ({:?}) and gradient {:?} ({:?}) must share a dtype, the gradient \
+             x's shape, x's rows the weight's length",
+            x.shape(),
+            w.shape(),
+            w.dtype(),
+            g.shape(),
+            g.dtype()
+        );
+    }
+    let rows = x.elem_count() / d;
     let dx = output(&dev, x.shape(), dtype)?;
     let (xp, wp, gp, ip) = (ptr(&x, name)?, ptr(w, name)?, ptr(&g, name)?, ptr(inv, name)?);
     let residual = residual.map(|r| r.contiguous()).transpose()?;

@@ -72,8 +72,8 @@ fn backward(a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
 pub(crate) fn forward_paired(gu: &Tensor) -> Result<Tensor> {
     let name = "gpu swiglu (paired)";
     let gu = gu.contiguous()?;
-    let (rows, width) = gu.dims2()?;
-    let f = width / 2;
+    let (rows, f) = paired_halves(&gu, name)?;
+    let width = 2 * f;
     let dev = device(&gu)?;
     let h = output(&dev, (rows, f), gu.dtype())?;
     let base = ptr(&gu, name)?;
@@ -87,8 +87,16 @@ pub(crate) fn forward_paired(gu: &Tensor) -> Result<Tensor> {
 pub(crate) fn backward_paired(gu: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
     let name = "gpu swiglu backward (paired)";
     let (gu, g) = (gu.contiguous()?, g.contiguous()?);
-    let (rows, width) = gu.dims2()?;
-    let f = width / 2;
+    let (rows, f) = paired_halves(&gu, name)?;
+    let width = 2 * f;
+    if g.dims() != [rows, f] || g.dtype() != gu.dtype() {
+        candle_core::bail!(
+            "{name}: the gradient {:?} ({:?}) is not ({rows}, {f}) in {:?}",
+            g.dims(),
+            g.dtype(),
+            gu.dtype()
+        );
+    }
     let dev = device(&gu)?;
     let (dgu, h) = (output(&dev, (rows, width), gu.dtype())?, output(&dev, (rows, f), gu.dtype())?);
     let half = (f * gu.dtype().size_in_bytes()) as u64;
@@ -123,4 +131,13 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         candle_core::bail!("gpu swiglu: gate is {:?} but up {:?}", gate.dtype(), up.dtype());
     }
     gate.contiguous()?.apply_op2(&up.contiguous()?, Swiglu)
+}
+
+/// Rows and the half width F of `gu (rows, 2F)`, the gate and up projections side by side.
+fn paired_halves(gu: &Tensor, name: &str) -> Result<(usize, usize)> {
+    let (rows, width) = gu.dims2()?;
+    if !width.is_multiple_of(2) {
+        candle_core::bail!("{name}: {width} columns do not split into gate and up halves");
+    }
+    Ok((rows, width / 2))
 }
