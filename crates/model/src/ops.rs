@@ -80,6 +80,18 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
+/// Rows `ids` (u32, any shape) of an embedding table `(vocab, D)`, shaped `ids.dims() + [D]`. On
+/// a GPU with a backward of its own ([`crate::gpu::embedding`]); elsewhere candle's row gather.
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[table]) && ids.dtype() == DType::U32 {
+        return crate::gpu::embedding::embedding(table, ids);
+    }
+    let mut dims = ids.dims().to_vec();
+    dims.push(table.dim(1)?);
+    table.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+}
+
 /// Rotary embeddings (Llama's half-split convention) of `x (B, H, T, head_dim)` at positions
 /// `start..start + T`, from the tables of [`rope_tables`].
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {

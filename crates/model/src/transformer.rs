@@ -11,7 +11,7 @@ use crate::ops::{
 };
 use crate::packing::Packing;
 use crate::paged::{Chunk, KvBlocks};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 
 /// One layer's cached keys and values: `(B, KV, capacity, head_dim)` buffers whose first `len`
@@ -487,7 +487,7 @@ impl Transformer {
         let start = cache.as_ref().map_or(0, |c| c.len());
         self.check_length(start + t)?;
         // A cast model looks its rows up in the master table and computes in its own dtype.
-        let mut x = self.embed.forward(ids)?.to_dtype(self.dtype())?;
+        let mut x = crate::ops::embedding(self.embed.embeddings(), ids)?.to_dtype(self.dtype())?;
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.attn_residual(&x, &self.rope, start, slot, packing)?;

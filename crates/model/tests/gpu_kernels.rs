@@ -164,6 +164,24 @@ fn the_attention_half_as_one_node_matches_the_separate_composites() {
 }
 
 #[test]
+fn the_embedding_gradient_matches_candles_row_gather() {
+    let dev = device();
+    for dtype in [DType::F32, DType::BF16] {
+        // A vocabulary smaller than the batch, so tokens repeat and their rows' gradients meet.
+        let (vocab, d, b, t) = (37, 96, 4, 150);
+        let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7919 + i / 5) % vocab) as u32).collect();
+        let ids = Tensor::from_vec(ids, (b, t), &dev).unwrap();
+        check(
+            &format!("embedding vocab {vocab} d{d} b{b} t{t}"),
+            dtype,
+            &[randn(&[vocab, d])],
+            |x| gpu::embedding::embedding(&x[0], &ids),
+            |x| x[0].index_select(&ids.flatten_all()?, 0)?.reshape((b, t, d)),
+        );
+    }
+}
+
+#[test]
 fn rope_matches_the_composite_on_transposed_views() {
     let dev = device();
     for dtype in [DType::F32, DType::BF16] {

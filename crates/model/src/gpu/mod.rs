@@ -11,6 +11,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod device;
+pub mod embedding;
 pub mod linear_cross_entropy;
 pub mod linear_logprobs;
 pub mod rms_norm;
@@ -41,6 +42,7 @@ module!(ADAMW, "adamw");
 module!(ATTENTION, "attention");
 module!(ATTENTION_TC, "attention_tc");
 module!(CROSS_ENTROPY, "cross_entropy");
+module!(EMBEDDING, "embedding");
 module!(RMS_NORM, "rms_norm");
 module!(ROPE, "rope");
 module!(SWIGLU, "swiglu");

@@ -29,6 +29,7 @@ using ll = long long;
     extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
     extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, const float*, int);  \
     extern "C" void attention_dsum_##S(const T*, const T*, float*, int, int);                            \
+    extern "C" void embedding_bwd_##S(const unsigned*, const T*, float*, int, int, int);                 \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
@@ -81,6 +82,7 @@ template <typename T> struct Ops;
         static constexpr auto sum_squares = sum_squares_##S;                                             \
         static constexpr auto sum_partials = sum_partials_##S;                                           \
         static constexpr auto attention_dsum = attention_dsum_##S;                                       \
+        static constexpr auto embedding_bwd = embedding_bwd_##S;                                         \
     };
 OPS(float, f32)
 OPS(bf16, bf16)
@@ -533,6 +535,27 @@ template <typename T> void adamw() {
     expect("adamw sum of squares of 3 gradients", kind<T>(), total, {squares}, 1e-12);
 }
 
+// The embedding table's gradient from n looked-up rows' gradients: a vocabulary much smaller than
+// n, so rows repeat and their adds meet; an id past the vocabulary adds nothing; fewer threads
+// than elements, so each takes several.
+template <typename T> void embedding(int n, int d, int vocab) {
+    std::vector<double> g;
+    auto gs = randn<T>(size_t(n) * d, g);
+    std::vector<unsigned> ids(n);
+    std::uniform_int_distribution<unsigned> pick(0, unsigned(vocab - 1));
+    for (auto& id : ids) id = pick(rng);
+    ids[n / 2] = unsigned(vocab);
+    std::vector<double> want(size_t(vocab) * d, 0.0);
+    for (int i = 0; i < n; ++i)
+        if (ids[i] < unsigned(vocab))
+            for (int c = 0; c < d; ++c) want[size_t(ids[i]) * d + c] += g[size_t(i) * d + c];
+    std::vector<float> out(want.size(), 0.f);
+    emu_launch({3}, {64}, 0, [&] { Ops<T>::embedding_bwd(ids.data(), gs.data(), out.data(), n, d, vocab); });
+    char what[64];
+    std::snprintf(what, sizeof what, "embedding backward n%d d%d vocab %d", n, d, vocab);
+    expect(what, kind<T>(), out, want, 1e-6);
+}
+
 template <typename T> void all() {
     adamw<T>();
     rms_norm<T>(5, 64);
@@ -546,6 +569,7 @@ template <typename T> void all() {
     cross_entropy<T>(6, 50, false);
     cross_entropy<T>(3, 5000, false);
     cross_entropy<T>(7, 300, true);
+    embedding<T>(300, 24, 17);
     attention<T, 64>(1, 4, 2, 130, 130, 0, true);
     attention<T, 64>(1, 2, 2, 5, 150, 145, false);
     attention<T, 64>(1, 2, 1, 192, 192, 0, false);  // whole tiles below the diagonal: no mask

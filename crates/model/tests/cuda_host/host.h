@@ -8,6 +8,7 @@
 #pragma once
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -66,6 +67,8 @@ inline float __uint_as_float(unsigned u) {
     return f;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// A block's threads run at once (blocks one after another), so adds to global memory are atomic.
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 using std::max;
 using std::min;
 
