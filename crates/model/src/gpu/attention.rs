@@ -307,6 +307,16 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Causal attention's forward and backward (queries from position 0, no packing, as many keys as
+/// queries) outside candle's graph, the way a training step's attention node runs them: the
+/// output's gradient `grad (B, T, H · hd)` in, the gradients of q, k and v side by side
+/// `(B, T, H + 2·KV, hd)` out. For timing the kernels on their own (`tsukuru bench matmul`).
+pub fn forward_backward(q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor> {
+    let op = Attention::new(q, scale, 0, None)?;
+    let out = op.forward(q, k, v)?;
+    op.backward_joint(q, k, v, &out, grad)
+}
+
 /// True when the kernels take this head size.
 pub fn supports_head_dim(hd: usize) -> bool {
     HEAD_DIMS.contains(&hd)

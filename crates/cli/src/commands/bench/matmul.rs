@@ -101,6 +101,14 @@ pub fn run(a: &MatmulBenchArgs) -> Result<()> {
         let fwd = || Ok(f(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.125, 0, None)?);
         print(&format!("{name} fwd"), implementation, flops, median(&fwd)?);
         let both = || {
+            // On a GPU as a training step runs the kernels, and as the PyTorch peer times them: the
+            // backward from a given output gradient (through candle's graph the loss `Σ out ⊙ g`
+            // would add a sum over all of `out` in one block, by count up to a third of the kernels').
+            #[cfg(feature = "cuda")]
+            if dev.is_cuda() {
+                let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+                return Ok(tsukuru_model::gpu::attention::forward_backward(q, k, v, &g, 0.125)?);
+            }
             let grads = (fwd()? * &g)?.sum_all()?.backward()?;
             Ok(grads.get(q.as_tensor()).expect("gradient of q").clone())
         };
