@@ -86,10 +86,13 @@ impl Backward {
             self.dh.push(grad.matmul(wd)?);
         }
         if dw {
-            let part = grad.t()?.matmul(hc)?.to_dtype(DType::F32)?;
+            let part = grad.t()?.matmul(hc)?;
             self.dw = Some(match self.dw.take() {
-                None => part,
-                Some(acc) => (acc + part)?,
+                None => part.to_dtype(DType::F32)?,
+                Some(acc) => {
+                    add_into_f32(&acc, &part)?;
+                    acc
+                }
             });
         }
         Ok(())
@@ -153,4 +156,19 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     let loss = (loss * f64::from(scale))?;
     let (dh, dw) = back.finish()?;
     h.apply_op2(w, Loss { loss, dh, dw })
+}
+
+/// `acc += x` in place, `acc` f32 and `x` of its shape in f32 or bf16, both contiguous: one pass
+/// where a cast and an add would take three and a temporary. `acc` must be this code's own (made
+/// outside the graph, read by nothing else yet).
+fn add_into_f32(acc: &Tensor, x: &Tensor) -> Result<()> {
+    let name = "gpu add-into-f32";
+    if acc.dtype() != DType::F32 || acc.shape() != x.shape() {
+        candle_core::bail!("{name}: accumulator {:?} {:?} and addend {:?}", acc.dims(), acc.dtype(), x.dims());
+    }
+    let x = x.contiguous()?;
+    let n = x.elem_count();
+    let args = [Arg::Ptr(ptr(acc, name)?), Arg::Ptr(ptr(&x, name)?), Arg::Count(n as u64)];
+    let cfg = super::grid((n.div_ceil(256).clamp(1, 8192) as u32, 1, 1), (256, 1, 1));
+    launch(&device(acc)?, &CROSS_ENTROPY, "add_into_f32", x.dtype(), cfg, &args)
 }
