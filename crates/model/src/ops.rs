@@ -10,6 +10,8 @@ pub mod attn_residual;
 pub mod composite;
 mod explicit;
 pub mod mlp_residual;
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) mod rows_by_id;
 
 pub use composite::{causal_mask, rope_tables, softmax_last};
 

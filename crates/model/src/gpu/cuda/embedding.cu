@@ -1,23 +1,28 @@
-// The embedding table's gradient. Row ids[i] of `out` (vocab × d, f32, zeroed by the caller)
-// gains row i of `grad` (n × d, the looked-up rows' gradient). One thread per element of grad,
-// adding atomically: the same token appears many times in a batch, and this way the whole device
-// works at once. (Adding row after row in one thread per column, as a general index-add does,
-// walks all n rows in sequence on a single block.) The order of the additions is not fixed, so the
-// sum's last bits can differ between runs, as with PyTorch's index_add_ on a GPU.
+// The embedding table's gradient, row by row in a fixed order. The looked-up rows' gradients
+// (grad, n × d) are grouped by token id on the host beforehand: `order` lists the row indices id
+// by id (each id's rows in batch order), and `starts` where each of the `ids` present begins in it
+// (one more entry at the end). Block b sums the rows of ids[b] into that row of `out` (vocab × d,
+// f32, zeroed by the caller for the ids absent), its threads across the columns: no two blocks
+// write one row, and each sum runs in the same order every time, so the gradient is the same bits
+// run after run. (A general index-add gives one thread to each column and walks every row in
+// sequence, all on one block.)
 #include "common.cuh"
 
 template <typename T>
-__device__ void embedding_bwd(const unsigned* ids, const T* grad, float* out, int n, int d, int vocab) {
-    const size_t total = (size_t)n * d;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        const unsigned id = ids[i / d];
-        if (id < (unsigned)vocab) atomicAdd(out + (size_t)id * d + i % d, to_f32(grad[i]));
+__device__ void embedding_bwd(const unsigned* order, const unsigned* starts, const unsigned* ids, const T* grad,
+                              float* out, int d) {
+    const unsigned first = starts[blockIdx.x], end = starts[blockIdx.x + 1];
+    float* row = out + (size_t)ids[blockIdx.x] * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float sum = 0.f;
+        for (unsigned j = first; j < end; ++j) sum += to_f32(grad[(size_t)order[j] * d + c]);
+        row[c] = sum;
     }
 }
 
 #define ENTRY(T, S)                                                                                        \
-    extern "C" __global__ void embedding_bwd_##S(const unsigned* ids, const T* grad, float* out, int n, int d, \
-                                                 int vocab) {                                              \
-        embedding_bwd<T>(ids, grad, out, n, d, vocab);                                                     \
+    extern "C" __global__ void embedding_bwd_##S(const unsigned* order, const unsigned* starts,            \
+                                                 const unsigned* ids, const T* grad, float* out, int d) {   \
+        embedding_bwd<T>(order, starts, ids, grad, out, d);                                                \
     }
 FOR_EACH_TYPE(ENTRY)
