@@ -14,8 +14,9 @@
 # batch 1 and 64 and PyTorch's generation; the PyTorch figures (gpu_reference.sh: the bf16 matrix
 # peak, eager and torch.compile training, generation); then diagnostics: training with each block's
 # halves as separate graph nodes (TSUKURU_KERNELS=separate), the step's matrix products and causal
-# attention on their own beside PyTorch's (bench matmul, benches/matmul_peer.py), and where
-# compute-sanitizer works its memcheck and racecheck over the kernel checks. Each step's time limit
+# attention on their own beside PyTorch's (bench matmul, benches/matmul_peer.py), where Nsight
+# Compute reads the counters each kernel's time in one step, and where compute-sanitizer works its
+# memcheck and racecheck over the kernel checks. Each step's time limit
 # is cut to what is left of GPU_RUN_SECONDS (560), so a call limited to 600 s ends with the table:
 # the ratios and the MFU against the peak measured in the same call.
 # The reference files come from ../shared/bench beside the project, or $TORCH_REF_DIR.
@@ -98,6 +99,15 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   echo "== products and attention on their own (tsukuru, then PyTorch)"
   timeout "$(limit 90)" "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
   timeout "$(limit 90)" python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
+  # Where the time of a step goes, kernel by kernel: Nsight Compute's duration of every kernel of
+  # one training step at the reference shape (one counter pass, so no replay; clocks left as they
+  # are). It reads the counters only on some of these machines; the table sums it per kernel name.
+  if command -v ncu > /dev/null; then
+    echo "== kernel times of one step (ncu)"
+    timeout "$(limit 120)" ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+      "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 1 --warmup 0 > "$out/ncu.csv" 2> "$out/ncu.log"
+    tail -n 2 "$out/ncu.log"
+  fi
   # Last, where the GPU's tools allow it: out-of-bounds accesses and shared-memory races in the
   # kernels (compute-sanitizer runs only on some of these machines; each tool under a time limit).
   if command -v compute-sanitizer > /dev/null; then
@@ -157,6 +167,23 @@ for shape in dict.fromkeys(m["shape"] for m in lines("matmul.jsonl")):
     print(f"{shape}: TFLOP/s tsukuru {mine and round(mine, 1)}, PyTorch {theirs and round(theirs, 1)}, {ratio_s}")
 cpu, gpu = one("loss_cpu.json"), one("loss_gpu.json")
 print(f"small model, 20 steps from one initialisation: loss CPU f32 {cpu and cpu['loss_last']}, GPU bf16 {gpu and gpu['loss_last']}")
+# ncu's CSV: one row per kernel launch and metric; durations summed per kernel name.
+import csv
+unit = {"nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3, "second": 1.0}
+total = {}
+try:
+    rows = csv.DictReader(l for l in open(os.path.join(out, "ncu.csv")) if l.startswith('"'))
+    for r in rows:
+        if r.get("Metric Name") == "gpu__time_duration.sum":
+            name = r["Kernel Name"].split("(")[0][:60]
+            total[name] = total.get(name, 0.0) + float(r["Metric Value"].replace(",", "")) * unit.get(r["Metric Unit"], 1e-9)
+except (OSError, ValueError, KeyError):
+    pass
+if total:
+    whole = sum(total.values())
+    print(f"kernel time of one step and its set-up (ncu): {whole * 1e3:.1f} ms over {len(total)} kernels; the largest:")
+    for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:20]:
+        print(f"  {t * 1e3:8.2f} ms {100 * t / whole:5.1f}%  {name}")
 PY
   ;;
 *)
