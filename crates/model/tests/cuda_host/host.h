@@ -158,6 +158,34 @@ template <int N, bool TRANS> inline void emu_ldmatrix(uint32_t* r, const __nv_bf
 inline void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat16* row) { emu_ldmatrix<4, false>(r, row); }
 inline void ldmatrix_x2_trans(uint32_t (&r)[2], const __nv_bfloat16* row) { emu_ldmatrix<2, true>(r, row); }
 
+// cp.async as the PTX ISA describes it, its lateness included: a thread's copies wait in groups
+// (closed by cp_async_commit) and land only when cp_async_wait<N> lets all but its newest N groups
+// through, so a kernel that reads a buffer before waiting sees the old contents (NaN at first)
+// and fails its check.
+struct EmuCopy {
+    void* dst;
+    const void* src;
+    bool valid;
+};
+inline thread_local std::vector<EmuCopy> emu_open;
+inline thread_local std::vector<std::vector<EmuCopy>> emu_groups;
+inline void cp_async16(void* dst, const void* src, bool valid) { emu_open.push_back({dst, src, valid}); }
+inline void cp_async_commit() {
+    emu_groups.push_back(std::move(emu_open));
+    emu_open.clear();
+}
+template <int N> inline void cp_async_wait() {
+    while (emu_groups.size() > size_t(N)) {
+        for (const EmuCopy& c : emu_groups.front()) {
+            if (c.valid)
+                std::memcpy(c.dst, c.src, 16);
+            else
+                std::memset(c.dst, 0, 16);
+        }
+        emu_groups.erase(emu_groups.begin());
+    }
+}
+
 // Runs `kernel` over the grid, one block at a time; dynamic shared memory starts as NaN so a read
 // of an element no thread wrote shows.
 inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
@@ -181,6 +209,10 @@ inline void emu_launch(dim3 grid, dim3 block, size_t shared_bytes, const std::fu
                         blockIdx = {bx, by, bz};
                         threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
                         kernel();
+                        if (!emu_open.empty() || !emu_groups.empty()) {
+                            std::fprintf(stderr, "a kernel left cp.async copies it never waited for\n");
+                            std::exit(1);
+                        }
                     });
                 for (auto& th : threads) th.join();
                 for (size_t i = shared_bytes / 4; i < emu_block.dynamic.size(); ++i)

@@ -39,6 +39,19 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __nv_bfloat1
                  : "r"(at));
 }
 
+// Sixteen bytes from global `src` to shared `dst` without waiting (zeros instead when !valid, src
+// then unread); a thread's copies since the last commit form a group, and wait<N> returns once at
+// most N of its groups are still in flight. Other threads' copies are seen after a barrier.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(at), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 // Two matrices, transposed: lanes 0..16 give the rows (the other lanes' addresses are not read),
 // and lane 4g + i receives elements g of rows 2i and 2i + 1 of each, its column g.
 __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const __nv_bfloat16* row) {
@@ -105,6 +118,19 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
         uint4 x = make_uint4(0, 0, 0, 0);
         if (pos < limit) x = *reinterpret_cast<const uint4*>(base + pos * st + d);
         *reinterpret_cast<uint4*>(dst + r * (HD + 8) + d) = x;
+    }
+}
+
+// load_tile's copy started without waiting (cp.async), to be waited for by the caller; rows past
+// `limit` are zeros and their source is not read.
+template <int HD>
+__device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* base, long long st,
+                                                int first, int limit) {
+    constexpr int CHUNKS = HD / 8;
+    for (int i = threadIdx.x; i < TILE * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, d = 8 * (i % CHUNKS);
+        const int pos = first + r;
+        cp_async16(dst + r * (HD + 8) + d, base + (pos < limit ? pos : first) * st + d, pos < limit);
     }
 }
 
@@ -322,56 +348,73 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH], the block's keys
     __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH], their values
-    __nv_bfloat16* sq = sv + TILE * LDH;                         // [TILE][LDH]
-    __nv_bfloat16* sdo = sq + TILE * LDH;                        // [TILE][LDH]
-    float* slse = reinterpret_cast<float*>(sdo + TILE * LDH);    // [TILE]
-    float* sd = slse + TILE;                                     // [TILE]
+    __nv_bfloat16* sq = sv + TILE * LDH;                         // [2][TILE][LDH], two in turn
+    __nv_bfloat16* sdo = sq + 2 * TILE * LDH;                    // [2][TILE][LDH]
+    float* slse = reinterpret_cast<float*>(sdo + 2 * TILE * LDH);  // [2][TILE]
+    float* sd = slse + 2 * TILE;                                 // [2][TILE]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const int b = blockIdx.y / kv_heads, kvh = blockIdx.y % kv_heads, group = heads / kv_heads;
     const int k0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's keys: k0 + r0, + 8
     load_tile<HD>(sk, k + b * ks.b + kvh * ks.h, ks.t, k0, s);
     load_tile<HD>(sv, v + b * vs.b + kvh * vs.h, vs.t, k0, s);
     float dka[NT][4] = {}, dva[NT][4] = {};
+    // The (query head, query tile) steps this key tile meets: query tiles from `first` (those
+    // before see none of its keys) of each query head the key/value head serves. A step's Q and dO
+    // tiles load (cp.async) into one half of the double buffers while the step before computes on
+    // the other.
     const int first = max(0, k0 - start) / TILE * TILE;
-    for (int g = 0; g < group; ++g) {
-        const int h = kvh * group + g;
-        const __nv_bfloat16* qb = q + b * qs.b + h * qs.h;
-        const __nv_bfloat16* db = dout + ((size_t)b * t * heads + h) * HD;
-        for (int q0 = first; q0 < t; q0 += TILE) {
-            __syncthreads();
-            load_tile<HD>(sq, qb, qs.t, q0, t);
-            load_tile<HD>(sdo, db, (long long)heads * HD, q0, t);
-            for (int i = threadIdx.x; i < TILE; i += THREADS) {
-                const int qi = q0 + i;
-                slse[i] = qi < t ? lse[((size_t)b * heads + h) * t + qi] : 0.f;
-                sd[i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
-            }
-            __syncthreads();
-            // Sᵀ (16 keys × 64 queries) = K_warp · Qᵀ and (dO·Vᵀ)ᵀ = V_warp · dOᵀ.
-            float st[8][4] = {}, dpt[8][4] = {};
-#pragma unroll
-            for (int kk = 0; kk < KSTEPS; ++kk) {
-                uint32_t ka[4], va[4];
-                load_a(ka, sk, LDH, 16 * warp, 16 * kk);
-                load_a(va, sv, LDH, 16 * warp, 16 * kk);
-                partial_scores<HD>(st, ka, sq, kk);
-                partial_scores<HD>(dpt, va, sdo, kk);
-            }
-            // Pᵀ into st and dSᵀ into dpt; columns are queries.
-            const bool masked = tile_masked(q0, k0, t, s, start, seg);
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int col = 8 * n + c + (e & 1);
-                    const bool ok = !masked || visible(q0 + col, k0 + r0 + 8 * (e >> 1), b, t, s, start, seg);
-                    const float p = ok ? __expf(st[n][e] * scale - slse[col]) : 0.f;
-                    st[n][e] = p;
-                    dpt[n][e] = p * (dpt[n][e] - sd[col]);
-                }
-            accumulate<HD>(dva, st, sdo);
-            accumulate<HD>(dka, dpt, sq);
+    const int tiles = first < t ? (t - first + TILE - 1) / TILE : 0, steps = group * tiles;
+    auto fetch = [&](int step) {
+        const int h = kvh * group + step / tiles, q0 = first + step % tiles * TILE, half = step & 1;
+        load_tile_async<HD>(sq + half * TILE * LDH, q + b * qs.b + h * qs.h, qs.t, q0, t);
+        load_tile_async<HD>(sdo + half * TILE * LDH, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0,
+                            t);
+        cp_async_commit();
+        for (int i = threadIdx.x; i < TILE; i += THREADS) {
+            const int qi = q0 + i;
+            slse[half * TILE + i] = qi < t ? lse[((size_t)b * heads + h) * t + qi] : 0.f;
+            sd[half * TILE + i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
         }
+    };
+    if (steps > 0) fetch(0);
+    for (int step = 0; step < steps; ++step) {
+        // The next step's tiles start loading; this step's must have arrived, for every thread.
+        if (step + 1 < steps) {
+            fetch(step + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        const int q0 = first + step % tiles * TILE, half = step & 1;
+        const __nv_bfloat16 *cq = sq + half * TILE * LDH, *cdo = sdo + half * TILE * LDH;
+        const float *cl = slse + half * TILE, *cd = sd + half * TILE;
+        // Sᵀ (16 keys × 64 queries) = K_warp · Qᵀ and (dO·Vᵀ)ᵀ = V_warp · dOᵀ.
+        float st[8][4] = {}, dpt[8][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+            uint32_t ka[4], va[4];
+            load_a(ka, sk, LDH, 16 * warp, 16 * kk);
+            load_a(va, sv, LDH, 16 * warp, 16 * kk);
+            partial_scores<HD>(st, ka, cq, kk);
+            partial_scores<HD>(dpt, va, cdo, kk);
+        }
+        // Pᵀ into st and dSᵀ into dpt; columns are queries.
+        const bool masked = tile_masked(q0, k0, t, s, start, seg);
+#pragma unroll
+        for (int n = 0; n < 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = 8 * n + c + (e & 1);
+                const bool ok = !masked || visible(q0 + col, k0 + r0 + 8 * (e >> 1), b, t, s, start, seg);
+                const float p = ok ? __expf(st[n][e] * scale - cl[col]) : 0.f;
+                st[n][e] = p;
+                dpt[n][e] = p * (dpt[n][e] - cd[col]);
+            }
+        accumulate<HD>(dva, st, cdo);
+        accumulate<HD>(dka, dpt, cq);
+        // Every warp is done with this half before the next step's fetch refills it.
+        __syncthreads();
     }
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
