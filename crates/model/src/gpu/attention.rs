@@ -80,14 +80,14 @@ enum Kernel {
 
 /// Launches `kernel` for head size `hd`: in bf16 the tensor-core version (attention_tc.cu, four
 /// warps), in f32 the FMA one (attention.cu, 256 threads), each with the shared memory its layout
-/// takes (64-row tiles: f32 rows padded by 4; bf16 rows padded by 8, and for dK/dV the query-side
-/// tiles twice, loading one pair while the other is used).
+/// takes (64-row tiles: f32 rows padded by 4; bf16 rows padded by 8, each tile the walk loads
+/// twice over, one pair loading while the other is used).
 fn run(dev: &CudaDevice, kernel: Kernel, dtype: DType, hd: usize, grid: (u32, u32, u32), args: &[Arg]) -> Result<()> {
     let f32_tile = TILE * (hd + 4) * 4;
     let bf16_tile = TILE * (hd + 8) * 2;
     let (name, block, bytes) = match (kernel, dtype) {
-        (Kernel::Forward, DType::BF16) => ("attention_fwd_tc", 128, 2 * bf16_tile),
-        (Kernel::Dq, DType::BF16) => ("attention_bwd_dq_tc", 128, 2 * bf16_tile),
+        (Kernel::Forward, DType::BF16) => ("attention_fwd_tc", 128, 4 * bf16_tile),
+        (Kernel::Dq, DType::BF16) => ("attention_bwd_dq_tc", 128, 4 * bf16_tile),
         (Kernel::Dkv, DType::BF16) => ("attention_bwd_dkv_tc", 128, 6 * bf16_tile + 4 * TILE * 4),
         (Kernel::Forward, _) => ("attention_fwd", THREADS, 3 * f32_tile),
         (Kernel::Dq, _) => ("attention_bwd_dq", THREADS, 4 * f32_tile),

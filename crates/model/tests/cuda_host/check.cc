@@ -115,10 +115,10 @@ template <> struct TensorCores<128> {
     static constexpr auto dkv = attention_bwd_dkv_tc_hd128_bf16;
 };
 // Shared memory of the three kernels, as attention_tc.cu lays it out: bf16 tiles of 64 rows,
-// row-major (hd + 8 per row); for dK, dV six (keys, values, two each of queries and output
-// gradients) and four rows of f32.
-size_t tc_fwd_shared(int hd) { return 2 * 2 * 64 * (hd + 8); }
-size_t tc_dq_shared(int hd) { return 2 * 2 * 64 * (hd + 8); }
+// row-major (hd + 8 per row): two each of keys and values for the forward and dQ; for dK, dV six
+// (keys, values, two each of queries and output gradients) and four rows of f32.
+size_t tc_fwd_shared(int hd) { return 2 * 4 * 64 * (hd + 8); }
+size_t tc_dq_shared(int hd) { return 2 * 4 * 64 * (hd + 8); }
 size_t tc_dkv_shared(int hd) { return 2 * 6 * 64 * (hd + 8) + 4 * 64 * 4; }
 
 static std::mt19937_64 rng;

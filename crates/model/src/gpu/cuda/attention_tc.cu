@@ -134,6 +134,36 @@ __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_b
     }
 }
 
+// The key and value tiles of a query block's walk over keys, double-buffered in shared memory laid
+// out [half][K, V][TILE][HD + 8]: step j's tiles (keys 64j..) load by cp.async into half j % 2
+// while step j − 1 computes on the other half.
+template <int HD> struct KvTiles {
+    static constexpr int LDH = HD + 8;
+    __nv_bfloat16* smem;
+    const __nv_bfloat16 *kb, *vb;
+    long long kt, vt;
+    int s, steps;
+
+    __device__ __forceinline__ __nv_bfloat16* k(int step) const { return smem + (step & 1) * 2 * TILE * LDH; }
+    __device__ __forceinline__ __nv_bfloat16* v(int step) const { return k(step) + TILE * LDH; }
+    __device__ __forceinline__ void fetch(int step) const {
+        load_tile_async<HD>(k(step), kb, kt, step * TILE, s);
+        load_tile_async<HD>(v(step), vb, vt, step * TILE, s);
+        cp_async_commit();
+    }
+    // Starts the next step's loads and waits, block-wide, for this step's tiles. Every warp must be
+    // done with the half the next step refills (the previous step's) before this is called.
+    __device__ __forceinline__ void arrive(int step) const {
+        if (step + 1 < steps) {
+            fetch(step + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+    }
+};
+
 // The maximum and the sum over the four lanes that share a row.
 __device__ __forceinline__ float row_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
@@ -202,25 +232,26 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
                         Strides qs, Strides ks, Strides vs) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
-    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
-    __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: V
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);  // this lane's rows: r0, r0 + 8
-    load_tile<HD>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
+    const int end = min(s, start + q0 + TILE);
+    const KvTiles<HD> kv{reinterpret_cast<__nv_bfloat16*>(smem), kb, vb, ks.t, vs.t, s, (end + TILE - 1) / TILE};
+    // The queries pass through the K buffer of half 1, which step 1 refills.
+    load_tile<HD>(kv.k(1), q + b * qs.b + h * qs.h, qs.t, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4];  // the warp's 16 query rows, for the whole walk
 #pragma unroll
-    for (int kk = 0; kk < KSTEPS; ++kk) load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
+    for (int kk = 0; kk < KSTEPS; ++kk) load_a(qa[kk], kv.k(1), LDH, 16 * warp, 16 * kk);
+    __syncthreads();
     float acc[NT][4] = {};
     // Per row (r0, r0 + 8): the running maximum, and this lane's part of the running sum.
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const int end = min(s, start + q0 + TILE);
-    for (int k0 = 0; k0 < end; k0 += TILE) {
-        __syncthreads();
-        load_tile<HD>(sk, kb, ks.t, k0, s);
-        load_tile<HD>(sv, vb, vs.t, k0, s);
-        __syncthreads();
+    if (kv.steps > 0) kv.fetch(0);
+    for (int step = 0; step < kv.steps; ++step) {
+        kv.arrive(step);
+        const int k0 = step * TILE;
+        const __nv_bfloat16 *sk = kv.k(step), *sv = kv.v(step);
         // S (16 × 64) = Q_warp · Kᵀ.
         float sc[8][4] = {};
         scores<HD>(sc, qa, sk);
@@ -259,6 +290,7 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
             for (int e = 0; e < 4; ++e) acc[n][e] *= alpha[e >> 1];
         // O_warp (16 × HD) += P (16 × 64) · V, the probabilities straight from their registers.
         accumulate<HD>(acc, sc, sv);
+        __syncthreads();
     }
     __nv_bfloat16* rows[2];
     float inv[2];
@@ -283,20 +315,22 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
                             Strides qs, Strides ks, Strides vs, long long ld) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
-    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH]: Q first, then K
-    __nv_bfloat16* sv = sk + TILE * LDH;                         // [TILE][LDH]: dO first, then V
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
     const auto [b, h, kb, vb] = query_block(k, v, heads, kv_heads, ks, vs);
     const int q0 = blockIdx.x * TILE, r0 = 16 * warp + (lane >> 2);
-    load_tile<HD>(sk, q + b * qs.b + h * qs.h, qs.t, q0, t);
-    load_tile<HD>(sv, dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
+    const int end = min(s, start + q0 + TILE);
+    const KvTiles<HD> kv{reinterpret_cast<__nv_bfloat16*>(smem), kb, vb, ks.t, vs.t, s, (end + TILE - 1) / TILE};
+    // The queries and their output gradients pass through half 1, which step 1 refills.
+    load_tile<HD>(kv.k(1), q + b * qs.b + h * qs.h, qs.t, q0, t);
+    load_tile<HD>(kv.v(1), dout + ((size_t)b * t * heads + h) * HD, (long long)heads * HD, q0, t);
     __syncthreads();
     uint32_t qa[KSTEPS][4], da[KSTEPS][4];
 #pragma unroll
     for (int kk = 0; kk < KSTEPS; ++kk) {
-        load_a(qa[kk], sk, LDH, 16 * warp, 16 * kk);
-        load_a(da[kk], sv, LDH, 16 * warp, 16 * kk);
+        load_a(qa[kk], kv.k(1), LDH, 16 * warp, 16 * kk);
+        load_a(da[kk], kv.v(1), LDH, 16 * warp, 16 * kk);
     }
+    __syncthreads();
     float row_lse[2], row_d[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -305,12 +339,11 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
         row_d[i] = qi < t ? dsum[((size_t)b * t + qi) * heads + h] : 0.f;
     }
     float acc[NT][4] = {};
-    const int end = min(s, start + q0 + TILE);
-    for (int k0 = 0; k0 < end; k0 += TILE) {
-        __syncthreads();
-        load_tile<HD>(sk, kb, ks.t, k0, s);
-        load_tile<HD>(sv, vb, vs.t, k0, s);
-        __syncthreads();
+    if (kv.steps > 0) kv.fetch(0);
+    for (int step = 0; step < kv.steps; ++step) {
+        kv.arrive(step);
+        const int k0 = step * TILE;
+        const __nv_bfloat16 *sk = kv.k(step), *sv = kv.v(step);
         float sc[8][4] = {}, dp[8][4] = {};
         scores<HD>(sc, qa, sk);
         scores<HD>(dp, da, sv);
@@ -326,6 +359,7 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
                 sc[n][e] = p * (dp[n][e] - row_d[i]);
             }
         accumulate<HD>(acc, sc, sk);
+        __syncthreads();
     }
     __nv_bfloat16* rows[2];
 #pragma unroll
