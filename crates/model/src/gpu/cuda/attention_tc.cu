@@ -122,7 +122,8 @@ __device__ __forceinline__ void load_tile(__nv_bfloat16* dst, const __nv_bfloat1
 }
 
 // load_tile's copy started without waiting (cp.async), to be waited for by the caller; rows past
-// `limit` are zeros (their source, pointed at row 0, is not read).
+// `limit` are zeros (their source, pointed at row `first`, which every caller has below `limit`, is
+// not read).
 template <int HD>
 __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_bfloat16* base, long long st,
                                                 int first, int limit) {
@@ -130,7 +131,7 @@ __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_b
     for (int i = threadIdx.x; i < TILE * CHUNKS; i += THREADS) {
         const int r = i / CHUNKS, d = 8 * (i % CHUNKS);
         const int pos = first + r;
-        cp_async16(dst + r * (HD + 8) + d, base + (pos < limit ? pos : 0) * st + d, pos < limit);
+        cp_async16(dst + r * (HD + 8) + d, base + (pos < limit ? pos : first) * st + d, pos < limit);
     }
 }
 
