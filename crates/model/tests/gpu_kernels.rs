@@ -6,6 +6,8 @@
 //! model's loss and gradients on the GPU (f32, and bf16 through a cast) against the CPU.
 #![cfg(feature = "cuda")]
 
+mod parity;
+
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tsukuru_model::gpu;
 use tsukuru_model::ops::attn_residual::attn_residual;
@@ -305,6 +307,18 @@ fn adamw_and_the_gradient_norm_match_the_cpu_kernels() {
     let gpu_sum = gpu::adamw::sum_squares(&[&g0.to_device(&dev).unwrap(), &m0.to_device(&dev).unwrap()]).unwrap();
     let cpu_sum = sum_squares(g0).unwrap() + sum_squares(m0).unwrap();
     assert!((gpu_sum - cpu_sum).abs() < 1e-9 * cpu_sum, "sum of squares {gpu_sum} vs {cpu_sum}");
+}
+
+/// PyTorch's training curves from the parity fixture (the same weights and batch; PyTorch in f32,
+/// and in bf16 autocast), followed on the GPU: every fused GPU op the model's shapes take, the
+/// GPU's AdamW over the f32 masters.
+#[test]
+fn adamw_loss_curves_on_the_gpu_follow_pytorch_in_f32_and_in_bf16_mixed_precision() {
+    parity::follow_curves(&device(), &|params, step| {
+        let list: Vec<gpu::adamw::Param> =
+            params.iter().map(|&(w, m, v, g)| gpu::adamw::Param { w, m, v, g, weight_decay: 0.0 }).collect();
+        gpu::adamw::adamw_step(&list, step).unwrap();
+    });
 }
 
 #[test]
