@@ -69,16 +69,6 @@ __device__ __forceinline__ void accumulate(const float* tile, const float (&w)[T
     }
 }
 
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
-    return fmaxf(v, __shfl_xor_sync(FULL, v, 2));
-}
-
-__device__ __forceinline__ float quad_sum(float v) {
-    v += __shfl_xor_sync(FULL, v, 1);
-    return v + __shfl_xor_sync(FULL, v, 2);
-}
-
 template <typename T, int HD>
 __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, const unsigned* seg, int heads,
                         int kv_heads, int t, int s, int start, float scale, Strides qs, Strides ks, Strides vs) {

@@ -26,6 +26,17 @@ __device__ __forceinline__ QueryBlock<T> query_block(const T* k, const T* v, int
     return {b, h, k + b * ks.b + kvh * ks.h, v + b * vs.b + kvh * vs.h};
 }
 
+// The maximum and the sum over the four lanes of a quad (lanes 4g..4g + 4), which hold one row
+// between them in both files' layouts.
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
+    return fmaxf(v, __shfl_xor_sync(FULL, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(FULL, v, 1);
+    return v + __shfl_xor_sync(FULL, v, 2);
+}
+
 // Whether query index qi (row b) may see key index kp: keys at or before the query's position
 // start + qi and, with `seg` (packed rows), at or after the start of the query's sequence.
 __device__ __forceinline__ bool visible(int qi, int kp, int b, int t, int s, int start, const unsigned* seg) {

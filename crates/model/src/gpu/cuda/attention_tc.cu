@@ -135,6 +135,19 @@ __device__ __forceinline__ void load_tile_async(__nv_bfloat16* dst, const __nv_b
     }
 }
 
+// A double-buffered walk's turn at `step` of `steps`: starts the next step's loads
+// (`fetch(step + 1)`, which commits its cp.async group) and waits, block-wide, for this step's.
+// Every warp must be done with the half the next step refills (the previous step's) beforehand.
+template <typename Fetch> __device__ __forceinline__ void arrive(int step, int steps, const Fetch& fetch) {
+    if (step + 1 < steps) {
+        fetch(step + 1);
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+
 // The key and value tiles of a query block's walk over keys, double-buffered in shared memory laid
 // out [half][K, V][TILE][HD + 8]: step j's tiles (keys 64j..) load by cp.async into half j % 2
 // while step j − 1 computes on the other half.
@@ -152,28 +165,11 @@ template <int HD> struct KvTiles {
         load_tile_async<HD>(v(step), vb, vt, step * TILE, s);
         cp_async_commit();
     }
-    // Starts the next step's loads and waits, block-wide, for this step's tiles. Every warp must be
-    // done with the half the next step refills (the previous step's) before this is called.
+    // The walk's turn at `step` (tc::arrive).
     __device__ __forceinline__ void arrive(int step) const {
-        if (step + 1 < steps) {
-            fetch(step + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        ::tc::arrive(step, steps, [this](int next) { fetch(next); });
     }
 };
-
-// The maximum and the sum over the four lanes that share a row.
-__device__ __forceinline__ float row_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
-    return fmaxf(v, __shfl_xor_sync(FULL, v, 2));
-}
-__device__ __forceinline__ float row_sum(float v) {
-    v += __shfl_xor_sync(FULL, v, 1);
-    return v + __shfl_xor_sync(FULL, v, 2);
-}
 
 // Writes rows r and r + 8 of a 16 × HD accumulator (times `scale`) as bf16 into `row0` and `row8`
 // (either null when that row is past the end).
@@ -271,7 +267,7 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
         float alpha[2];
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            const float next = fmaxf(m[i], row_max(mx[i]));
+            const float next = fmaxf(m[i], quad_max(mx[i]));
             alpha[i] = next == -INFINITY ? 1.f : __expf(m[i] - next);
             m[i] = next;
             l[i] *= alpha[i];
@@ -297,7 +293,7 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
     float inv[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-        const float sum = row_sum(l[i]);
+        const float sum = quad_sum(l[i]);
         const int qi = q0 + r0 + 8 * i;
         inv[i] = sum > 0.f ? 1.f / sum : 0.f;
         rows[i] = qi < t ? o + (((size_t)b * t + qi) * heads + h) * HD : nullptr;
@@ -413,14 +409,7 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
     };
     if (steps > 0) fetch(0);
     for (int step = 0; step < steps; ++step) {
-        // The next step's tiles start loading; this step's must have arrived, for every thread.
-        if (step + 1 < steps) {
-            fetch(step + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        arrive(step, steps, fetch);
         const int q0 = first + step % tiles * TILE, half = step & 1;
         const __nv_bfloat16 *cq = sq + half * TILE * LDH, *cdo = sdo + half * TILE * LDH;
         const float *cl = slse + half * TILE, *cd = sd + half * TILE;
