@@ -12,6 +12,7 @@ mod explicit;
 pub mod mlp_residual;
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) mod rows_by_id;
+pub(crate) mod trunk;
 
 pub use composite::{causal_mask, rope_tables, softmax_last};
 

@@ -5,14 +5,17 @@
 use crate::config::{Activation, ModelConfig};
 use crate::kernels;
 use crate::lora::{LoraSpec, Proj};
+use crate::ops::trunk::{trunk, Layer};
 use crate::ops::{
     attention, fused, linear, linear_cross_entropy, linear_logprobs, one_node, rms_norm, rope, rope_tables, swiglu,
     swiglu_down, swiglu_residual,
 };
 use crate::packing::Packing;
 use crate::paged::{Chunk, KvBlocks};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, TensorId};
 use candle_nn::{Embedding, Linear, VarBuilder};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// One layer's cached keys and values: `(B, KV, capacity, head_dim)` buffers whose first `len`
 /// positions are filled. New positions are written in place, the capacity doubling when full, so a
@@ -272,6 +275,20 @@ impl Block {
         x + a.forward(&rms_norm(x, &self.input_norm, self.eps)?, rope, start, cache, packing)?
     }
 
+    /// The block's weights for the stack of blocks as one node ([`crate::ops::trunk`]): where both
+    /// halves would be one node each (SwiGLU, no adapters or QK-norm, tensors the CPU kernels do
+    /// not take, a gradient to be taken).
+    fn stack_layer(&self, x: &Tensor, rope: &(Tensor, Tensor)) -> Option<Layer<'_>> {
+        let (a, m) = (&self.attn, &self.mlp);
+        let gate = m.gate.as_ref()?;
+        let plain = a.q_norm.is_none() && ![&a.q, &a.k, &a.v, &a.o, gate, &m.up, &m.down].iter().any(|p| p.adapted());
+        let attn = [&self.input_norm, a.q.weight(), a.k.weight(), a.v.weight(), a.o.weight()];
+        let mlp = [&self.post_norm, gate.weight(), m.up.weight(), m.down.weight()];
+        let all: Vec<&Tensor> = attn.iter().chain(&mlp).copied().chain([x, &rope.0]).collect();
+        let heads = (a.n_heads, a.n_kv_heads);
+        (plain && !fused(&all) && one_node(&all)).then_some(Layer { attn, mlp, heads, eps: self.eps })
+    }
+
     /// `x` plus the feed-forward half of its normalised self: for SwiGLU without adapters one op.
     fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
         let m = &self.mlp;
@@ -293,6 +310,9 @@ pub struct Transformer {
     pub(crate) lm_head: Linear,
     pub(crate) rope: (Tensor, Tensor),
     device: Device,
+    /// For a copy made by [`Transformer::cast`]: each cast weight's master variable, by the cast's
+    /// id, where the block stack sends its gradient ([`crate::ops::trunk`]).
+    masters: HashMap<TensorId, Tensor>,
 }
 
 impl Transformer {
@@ -326,6 +346,7 @@ impl Transformer {
             lm_head,
             rope,
             device: vb.device().clone(),
+            masters: HashMap::new(),
         })
     }
 
@@ -371,7 +392,14 @@ impl Transformer {
     /// gradient sums every occurrence of a token, a sum bf16 would round after a few hundred terms.
     /// A tied output layer gets a cast of its own, so the two gradients meet in the master's dtype.
     pub fn cast(&self, dtype: DType) -> Result<Self> {
-        let f = |t: &Tensor| t.to_dtype(dtype);
+        let masters = RefCell::new(HashMap::new());
+        let f = |t: &Tensor| {
+            let cast = t.to_dtype(dtype)?;
+            if t.is_variable() {
+                masters.borrow_mut().insert(cast.id(), t.clone());
+            }
+            Ok(cast)
+        };
         let blocks = self.blocks.iter().map(|b| {
             Ok(Block {
                 input_norm: f(&b.input_norm)?,
@@ -389,6 +417,7 @@ impl Transformer {
             lm_head: Linear::new(f(self.lm_head.weight())?, None),
             rope: (f(&self.rope.0)?, f(&self.rope.1)?),
             device: self.device.clone(),
+            masters: masters.into_inner(),
         })
     }
 
@@ -481,6 +510,16 @@ impl Transformer {
         linear_logprobs(&h.reshape((b * t, d))?, self.lm_head.weight(), targets)
     }
 
+    /// Every block over whole sequences as one node of the graph while a training step collects
+    /// the weights' gradients ([`crate::ops::trunk`]); `None` where that does not apply.
+    fn stack(&self, x: &Tensor, packing: Option<&Packing>) -> Result<Option<Tensor>> {
+        let Some(layers) = self.blocks.iter().map(|b| b.stack_layer(x, &self.rope)).collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        let master = |w: &Tensor| self.masters.get(&w.id()).cloned().or_else(|| w.is_variable().then(|| w.clone()));
+        trunk(x, &layers, (&self.rope.0, &self.rope.1), packing, &master)
+    }
+
     /// The final normalised hidden states `(B, T, D)`, before the output projection.
     fn hidden(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, packing: Option<&Packing>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
@@ -488,6 +527,11 @@ impl Transformer {
         self.check_length(start + t)?;
         // A cast model looks its rows up in the master table and computes in its own dtype.
         let mut x = crate::ops::embedding(self.embed.embeddings(), ids)?.to_dtype(self.dtype())?;
+        if cache.is_none() {
+            if let Some(y) = self.stack(&x, packing)? {
+                return rms_norm(&y, &self.norm, self.cfg.norm_eps);
+            }
+        }
         for (i, block) in self.blocks.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.attn_residual(&x, &self.rope, start, slot, packing)?;

@@ -10,6 +10,7 @@ mod parity;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use tsukuru_model::gpu;
+use tsukuru_model::kernels::grad_sink;
 use tsukuru_model::ops::attn_residual::attn_residual;
 use tsukuru_model::ops::composite;
 use tsukuru_model::ops::mlp_residual::mlp_residual;
@@ -330,13 +331,24 @@ fn a_whole_model_on_the_gpu_matches_the_cpu() {
     let cfg = ModelConfig { vocab_size: 300, n_kv_heads: 2, ..ModelConfig::from_depth(4, 300, 96) };
     let ids: Vec<u32> = (0..2 * 90u32).map(|i| i.wrapping_mul(2_654_435_761) % 300).collect();
     let targets: Vec<u32> = ids.iter().map(|&i| (i * 7 + 1) % 300).collect();
-    let run = |device: &Device, dtype: DType| {
+    // `sunk`: as the trainer runs it, the weights' gradients collected past candle's walk (the
+    // blocks then one node); otherwise every gradient through the walk.
+    let run = |device: &Device, dtype: DType, sunk: bool| {
         let map = init_params(&cfg, 11, DType::F32, device).unwrap();
         let model = Transformer::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, device)).unwrap();
         let inputs = Tensor::from_slice(&ids, (2, 90), device).unwrap();
         let targets = Tensor::from_slice(&targets, 180, device).unwrap();
-        let loss = model.cast(dtype).unwrap().loss(&inputs, &targets, None).unwrap();
-        let grads = loss.backward().unwrap();
+        let loss = || model.cast(dtype).unwrap().loss(&inputs, &targets, None).unwrap();
+        let (loss, grads) = if sunk {
+            let (loss, sink) = grad_sink::collect(loss);
+            let mut grads = loss.backward().unwrap();
+            sink.add_to(&mut grads).unwrap();
+            (loss, grads)
+        } else {
+            let loss = loss();
+            let grads = loss.backward().unwrap();
+            (loss, grads)
+        };
         let data = map.data().lock().unwrap();
         let mut named: Vec<(String, Tensor)> = data
             .iter()
@@ -345,14 +357,19 @@ fn a_whole_model_on_the_gpu_matches_the_cpu() {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         (loss.to_dtype(DType::F32).unwrap().to_scalar::<f32>().unwrap(), named)
     };
-    let (want, want_grads) = run(&Device::Cpu, DType::F32);
+    let (want, want_grads) = run(&Device::Cpu, DType::F32, false);
     // f32 allows for cuBLAS running f32 products in TF32 if candle asks it to.
     for (dtype, tol) in [(DType::F32, 2e-3), (DType::BF16, 3e-2)] {
-        let (got, got_grads) = run(&dev, dtype);
-        assert!((got - want).abs() < tol as f32 * want, "{dtype:?}: loss {got} on the GPU, {want} on the CPU");
-        for ((name, g), (_, w)) in got_grads.iter().zip(&want_grads) {
-            let e = rel(g, w);
-            assert!(e < tol, "{dtype:?}: gradient of {name} off by {e:.2e}");
+        for sunk in [false, true] {
+            let (got, got_grads) = run(&dev, dtype, sunk);
+            assert!(
+                (got - want).abs() < tol as f32 * want,
+                "{dtype:?}, sunk {sunk}: loss {got} on the GPU, {want} on the CPU"
+            );
+            for ((name, g), (_, w)) in got_grads.iter().zip(&want_grads) {
+                let e = rel(g, w);
+                assert!(e < tol, "{dtype:?}, sunk {sunk}: gradient of {name} off by {e:.2e}");
+            }
         }
     }
 }

@@ -42,7 +42,18 @@ pub fn collect<T>(f: impl FnOnce() -> T) -> (T, Arc<GradSink>) {
     (f(), sink)
 }
 
+/// The sink open on this thread, if any: ops that route their weights' gradients themselves
+/// (the block stack of [`crate::ops::trunk`]) hand them to it.
+pub(crate) fn open() -> Option<Arc<GradSink>> {
+    OPEN.with(|o| o.borrow().clone())
+}
+
 impl GradSink {
+    /// Adds `grad`, the gradient of the variable `var` (in its dtype and shape).
+    pub(crate) fn push(&self, var: &Tensor, grad: Tensor) {
+        self.grads.lock().expect("gradient sink lock").push((var.clone(), grad));
+    }
+
     /// Moves every gradient in the sink into `grads`, summed with what candle's walk left there
     /// for the same variable (a weight both read by a fused op and used elsewhere, such as a tied
     /// embedding).
@@ -69,7 +80,7 @@ pub(crate) struct WeightGrad {
 /// and where its gradient goes. With a sink open and every part a variable, the tensor is built
 /// from detached parts, so candle's walk never reaches them.
 pub(crate) fn stack(parts: &[&Tensor], width: usize) -> Result<(Tensor, WeightGrad)> {
-    let sink = OPEN.with(|o| o.borrow().clone()).filter(|_| parts.iter().all(|p| p.is_variable()));
+    let sink = open().filter(|_| parts.iter().all(|p| p.is_variable()));
     let rows = |p: &Tensor| -> Result<Tensor> {
         let p = if sink.is_some() { p.detach() } else { p.clone() };
         if p.rank() == 2 && p.dim(1)? == width {
@@ -97,15 +108,14 @@ impl WeightGrad {
         let Some((parts, sink)) = &self.sunk else {
             return Tensor::from_vec(grad, w.shape(), w.device()).map(Some);
         };
-        let mut out = sink.grads.lock().expect("gradient sink lock");
         if let [p] = parts.as_slice() {
-            out.push((p.clone(), Tensor::from_vec(grad, p.shape(), p.device())?));
+            sink.push(p, Tensor::from_vec(grad, p.shape(), p.device())?);
             return Ok(None);
         }
         let mut at = 0;
         for p in parts {
             let n = p.elem_count();
-            out.push((p.clone(), Tensor::from_slice(&grad[at..at + n], p.shape(), p.device())?));
+            sink.push(p, Tensor::from_slice(&grad[at..at + n], p.shape(), p.device())?);
             at += n;
         }
         Ok(None)

@@ -11,12 +11,12 @@
 //! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
 //! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
 
-use super::explicit::{norm_backward, norm_forward, rope_forward, Attention, HalfBackward, OneNode};
+use super::explicit::{norm_backward, norm_forward, rope_forward, Attention, HalfBackward, HalfGrads, OneNode};
 use crate::packing::Packing;
 use candle_core::{Result, Tensor};
 
 /// What the backward reads.
-struct AttnBackward {
+pub(super) struct AttnBackward {
     /// `n (rows, D)` and the inverse RMS `(rows)`.
     n: Tensor,
     inv: Tensor,
@@ -36,12 +36,12 @@ struct AttnBackward {
 impl HalfBackward for AttnBackward {
     const NAME: &'static str = "attn-residual";
 
-    fn backward(&self, x: &Tensor, stacked: &Tensor, wo: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
+    fn backward(&self, x: &Tensor, stacked: &Tensor, wo: &Tensor, grad: &Tensor) -> Result<HalfGrads> {
         let (rows, d) = self.n.dims2()?;
         let (h, kv) = self.heads;
         let (b, _, t, hd) = self.q.dims4()?;
         let g = grad.reshape((rows, d))?;
-        let d_wo = g.t()?.matmul(&self.o.reshape((rows, h * hd))?)?;
+        let d_proj = g.t()?.matmul(&self.o.reshape((rows, h * hd))?)?;
         let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
         let d_qkv =
             self.attention.backward_projections(&self.q, &self.k, &self.v, &self.o, &d_o, &self.cos, &self.sin)?;
@@ -50,25 +50,19 @@ impl HalfBackward for AttnBackward {
         let d_w = d_qkv.t()?.matmul(&self.n)?;
         let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
         let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
-        let d_stacked = Tensor::cat(&[d_w, dgain.reshape((1, d))?], 0)?;
-        Ok([dx.reshape(x.shape())?, d_stacked, d_wo])
+        Ok(HalfGrads { dx: dx.reshape(x.shape())?, d_w, dgain, d_proj })
     }
 }
 
-/// `x + attention(rope(n·wqᵀ), rope(n·wkᵀ), n·wvᵀ)·woᵀ` with `n = rms_norm(x, gain, eps)`, causal
-/// over whole sequences (kept apart with `packing`), as one node: `x (B, T, D)`, `wq (H·hd, D)`,
-/// `wk` and `wv (KV·hd, D)`, `wo (D, H·hd)`, gain `(D)`, the RoPE tables of
-/// [`super::rope_tables`]; `heads` is `(H, KV)`.
-pub fn attn_residual(
+/// The query, key and value weights and the gain stacked by rows, `((H + 2·KV)·hd + 1, D)`, after
+/// checking that `x (B, T, D)` and the weights fit `heads`.
+pub(super) fn stack(
     x: &Tensor,
     gain: &Tensor,
     [wq, wk, wv, wo]: [&Tensor; 4],
-    (cos, sin): (&Tensor, &Tensor),
     heads: (usize, usize),
-    packing: Option<&Packing>,
-    eps: f64,
 ) -> Result<Tensor> {
-    let (b, t, d) = x.dims3()?;
+    let (_, _, d) = x.dims3()?;
     let (h, kv) = heads;
     let hd = wq.dim(0)? / h.max(1);
     let fits = h > 0
@@ -90,15 +84,32 @@ pub fn attn_residual(
             gain.dims()
         );
     }
+    Tensor::cat(&[wq, wk, wv, &gain.reshape((1, d))?], 0)
+}
+
+/// The half's attention term `y` (x excluded) and what its backward reads, outside the graph:
+/// `x (B, T, D)`, `stacked` from [`stack`] and `wo`, all detached.
+pub(super) fn forward(
+    x: &Tensor,
+    stacked: &Tensor,
+    wo: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    heads: (usize, usize),
+    packing: Option<&Packing>,
+    eps: f64,
+) -> Result<(Tensor, AttnBackward)> {
+    let (b, t, d) = x.dims3()?;
+    let (h, kv) = heads;
+    let hd = wo.dim(1)? / h;
     if let Some(p) = packing {
         p.check(b, t)?;
     }
     let rows = b * t;
-    let stacked = Tensor::cat(&[wq, wk, wv, &gain.reshape((1, d))?], 0)?;
-    let (n, inv) = norm_forward(&x.detach().contiguous()?.reshape((rows, d))?, &gain.detach(), eps)?;
+    let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
+    let (n, inv) = norm_forward(&x.contiguous()?.reshape((rows, d))?, &gain, eps)?;
     // The three projections as one product against their stacked weights, each then viewed
     // (B, heads, T, hd) where it lies (on a GPU the queries and keys are rotated there too).
-    let qkv = n.matmul(&stacked.detach().narrow(0, 0, (h + 2 * kv) * hd)?.t()?)?.reshape((b, t, h + 2 * kv, hd))?;
+    let qkv = n.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?.t()?)?.reshape((b, t, h + 2 * kv, hd))?;
     let part = |first: usize, count: usize| qkv.narrow(2, first, count)?.transpose(1, 2);
     let (cos, sin) = (cos.detach(), sin.detach());
     let q = rope_forward(&part(0, h)?, &cos, &sin, 0)?;
@@ -106,8 +117,27 @@ pub fn attn_residual(
     let v = part(h + kv, kv)?;
     let attention = Attention::new(&q, 1.0 / (hd as f64).sqrt(), 0, packing)?;
     let o = attention.forward(&q, &k, &v)?;
-    let y = o.reshape((rows, h * hd))?.matmul(&wo.detach().t()?)?.reshape((b, t, d))?;
-    OneNode::apply(x, &stacked, wo, y, AttnBackward { n, inv, q, k, v, o, attention, cos, sin, heads })
+    let y = o.reshape((rows, h * hd))?.matmul(&wo.t()?)?.reshape((b, t, d))?;
+    Ok((y, AttnBackward { n, inv, q, k, v, o, attention, cos, sin, heads }))
+}
+
+/// `x + attention(rope(n·wqᵀ), rope(n·wkᵀ), n·wvᵀ)·woᵀ` with `n = rms_norm(x, gain, eps)`, causal
+/// over whole sequences (kept apart with `packing`), as one node: `x (B, T, D)`, `wq (H·hd, D)`,
+/// `wk` and `wv (KV·hd, D)`, `wo (D, H·hd)`, gain `(D)`, the RoPE tables of
+/// [`super::rope_tables`]; `heads` is `(H, KV)`.
+pub fn attn_residual(
+    x: &Tensor,
+    gain: &Tensor,
+    weights: [&Tensor; 4],
+    rope: (&Tensor, &Tensor),
+    heads: (usize, usize),
+    packing: Option<&Packing>,
+    eps: f64,
+) -> Result<Tensor> {
+    let stacked = stack(x, gain, weights, heads)?;
+    let wo = weights[3];
+    let (y, back) = forward(&x.detach(), &stacked.detach(), &wo.detach(), rope, heads, packing, eps)?;
+    OneNode::apply(x, &stacked, wo, y, back)
 }
 
 #[cfg(test)]

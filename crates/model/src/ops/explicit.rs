@@ -154,21 +154,37 @@ impl Attention {
         let [vq, vk, vv] = &vars;
         let out = composite::attention(vq, vk, vv, self.scale, self.start, self.packing.as_ref())?;
         let grads = (out * grad)?.sum_all()?.backward()?;
-        let get =
-            |v: &Var| grads.get(v).cloned().ok_or_else(|| candle_core::Error::Msg("attention: no gradient".into()));
+        // Detached: the walk's results record how they were made (from the variables above), and
+        // a caller passing them on must not have a later walk retrace this one.
+        let get = |v: &Var| {
+            grads.get(v).map(Tensor::detach).ok_or_else(|| candle_core::Error::Msg("attention: no gradient".into()))
+        };
         let unrotate = |g: Tensor| composite::rope(&g, cos, &sin.neg()?, 0);
         let flat = |g: Tensor, count: usize| g.transpose(1, 2)?.contiguous()?.reshape((b * t, count * hd));
         Tensor::cat(&[flat(unrotate(get(vq)?)?, h)?, flat(unrotate(get(vk)?)?, kv)?, flat(get(vv)?, kv)?], 1)
     }
 }
 
-/// The backward of a block half that is one node: the gradients of `x`, the stacked weights and
-/// the output projection (the node's three inputs) from the output's gradient.
+/// A block half's gradients from its output's gradient.
+pub(super) struct HalfGrads {
+    /// Of its input x, the residual's share included.
+    pub(super) dx: Tensor,
+    /// Of the projections read along D (the stacked weights without the gain row), in their rows.
+    pub(super) d_w: Tensor,
+    /// Of the norm's gain `(D)`.
+    pub(super) dgain: Tensor,
+    /// Of the output projection.
+    pub(super) d_proj: Tensor,
+}
+
+/// The backward of a block half computed outside the graph, from its input `x`, its stacked
+/// weights (the projections read along D, then the norm's gain as the last row), its output
+/// projection and its output's gradient.
 pub(super) trait HalfBackward: Send + Sync + 'static {
     /// The node's name in candle's graph.
     const NAME: &'static str;
-    /// `(dx, d_stacked, d_out_proj)`.
-    fn backward(&self, x: &Tensor, stacked: &Tensor, proj: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]>;
+    /// The half's gradients.
+    fn backward(&self, x: &Tensor, stacked: &Tensor, proj: &Tensor, grad: &Tensor) -> Result<HalfGrads>;
 }
 
 /// A block half as one node over `(x, stacked weights, output projection)`: its output `x + y`, `y`
@@ -239,8 +255,9 @@ impl<B: HalfBackward> CustomOp3 for OneNode<B> {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let [dx, ds, dp] = self.back.backward(x, stacked, proj, grad)?;
-        Ok((Some(dx), Some(ds), Some(dp)))
+        let g = self.back.backward(x, stacked, proj, grad)?;
+        let d_stacked = Tensor::cat(&[g.d_w, g.dgain.reshape((1, g.dgain.elem_count()))?], 0)?;
+        Ok((Some(g.dx), Some(d_stacked), Some(g.d_proj)))
     }
 }
 

@@ -13,12 +13,12 @@
 //! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
 //! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
 
-use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, HalfBackward, OneNode};
+use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, HalfBackward, HalfGrads, OneNode};
 use candle_core::{Result, Tensor};
 
 /// What the backward reads: `n (rows, D)`, the inverse RMS `(rows)`, and the gate and up
 /// projections side by side `(rows, 2F)`.
-struct MlpBackward {
+pub(super) struct MlpBackward {
     n: Tensor,
     inv: Tensor,
     gu: Tensor,
@@ -27,24 +27,23 @@ struct MlpBackward {
 impl HalfBackward for MlpBackward {
     const NAME: &'static str = "mlp-residual";
 
-    fn backward(&self, x: &Tensor, stacked: &Tensor, down: &Tensor, grad: &Tensor) -> Result<[Tensor; 3]> {
+    fn backward(&self, x: &Tensor, stacked: &Tensor, down: &Tensor, grad: &Tensor) -> Result<HalfGrads> {
         let (rows, d) = self.n.dims2()?;
         let f = self.gu.dim(1)? / 2;
         let g = grad.reshape((rows, d))?;
         let (dgu, h) = gate_backward(&self.gu, &g.matmul(down)?)?;
-        let d_down = g.t()?.matmul(&h)?;
+        let d_proj = g.t()?.matmul(&h)?;
         // One product each way through the gate and up weights together.
         let dn = dgu.matmul(&stacked.narrow(0, 0, 2 * f)?)?;
         let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
         let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
-        let d_stacked = Tensor::cat(&[dgu.t()?.matmul(&self.n)?, dgain.reshape((1, d))?], 0)?;
-        Ok([dx.reshape(x.shape())?, d_stacked, d_down])
+        Ok(HalfGrads { dx: dx.reshape(x.shape())?, d_w: dgu.t()?.matmul(&self.n)?, dgain, d_proj })
     }
 }
 
-/// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain, eps)`, as one node:
-/// `x (…, D)`, weights `(F, D)`, `(F, D)`, `(D, F)`, gain `(D)`, all one dtype on one device.
-pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, eps: f64) -> Result<Tensor> {
+/// The gate and up weights and the gain stacked by rows, `(2F + 1, D)`, after checking that
+/// `x (…, D)` and the weights fit.
+pub(super) fn stack(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Result<Tensor> {
     let ((f, d), x_dims) = (gate.dims2()?, x.dims());
     if x_dims.last() != Some(&d) || up.dims() != [f, d] || down.dims() != [d, f] || gain.dims() != [d] {
         candle_core::bail!(
@@ -55,15 +54,29 @@ pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
             down.dims()
         );
     }
-    let rows = x.elem_count() / d;
     // The three read along D are one input of the node (candle takes three); the gate and up
     // weights, its first 2F rows, are one product each way.
-    let stacked = Tensor::cat(&[gate, up, &gain.reshape((1, d))?], 0)?;
-    let xd = x.detach().contiguous()?.reshape((rows, d))?;
-    let (n, inv) = norm_forward(&xd, &gain.detach(), eps)?;
-    let gu = n.matmul(&stacked.detach().narrow(0, 0, 2 * f)?.t()?)?;
-    let y = gate_forward(&gu)?.matmul(&down.detach().t()?)?.reshape(x.shape())?;
-    OneNode::apply(x, &stacked, down, y, MlpBackward { n, inv, gu })
+    Tensor::cat(&[gate, up, &gain.reshape((1, d))?], 0)
+}
+
+/// The half's feed-forward term `y` (x excluded) and what its backward reads, outside the graph:
+/// `x (…, D)`, `stacked` from [`stack`] and `down`, all detached.
+pub(super) fn forward(x: &Tensor, stacked: &Tensor, down: &Tensor, eps: f64) -> Result<(Tensor, MlpBackward)> {
+    let (d, f) = down.dims2()?;
+    let rows = x.elem_count() / d;
+    let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
+    let (n, inv) = norm_forward(&x.contiguous()?.reshape((rows, d))?, &gain, eps)?;
+    let gu = n.matmul(&stacked.narrow(0, 0, 2 * f)?.t()?)?;
+    let y = gate_forward(&gu)?.matmul(&down.t()?)?.reshape(x.shape())?;
+    Ok((y, MlpBackward { n, inv, gu }))
+}
+
+/// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain, eps)`, as one node:
+/// `x (…, D)`, weights `(F, D)`, `(F, D)`, `(D, F)`, gain `(D)`, all one dtype on one device.
+pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, eps: f64) -> Result<Tensor> {
+    let stacked = stack(x, gain, gate, up, down)?;
+    let (y, back) = forward(&x.detach(), &stacked.detach(), &down.detach(), eps)?;
+    OneNode::apply(x, &stacked, down, y, back)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use tsukuru_model::init::param_specs;
 use tsukuru_model::kernels::adamw::AdamWStep;
+use tsukuru_model::kernels::grad_sink;
 use tsukuru_model::{ModelConfig, Transformer};
 
 /// The fixture: model variants with PyTorch's outputs, and training curves.
@@ -88,8 +89,11 @@ pub fn follow_curves(dev: &Device, update: Update) {
             vars.iter().map(|w| (w.zeros_like().unwrap(), w.zeros_like().unwrap())).collect();
         let mut got = Vec::new();
         for t in 1..=c.steps as i32 {
-            let loss = model.cast(dtype).unwrap().loss(&inputs, &targets, None).unwrap();
-            let grads = loss.backward().unwrap();
+            // As the trainer takes a step: the weights' gradients collected past candle's walk.
+            let (loss, sink) = grad_sink::collect(|| model.cast(dtype).unwrap().loss(&inputs, &targets, None));
+            let loss = loss.unwrap();
+            let mut grads = loss.backward().unwrap();
+            sink.add_to(&mut grads).unwrap();
             let params: Vec<_> = vars
                 .iter()
                 .zip(&moments)
