@@ -148,7 +148,8 @@ if train and peak:
 print(f"train tokens/s: tsukuru {train and train['tokens_per_s']}, PyTorch eager {eager and eager['tokens_per_s']}, "
       f"compile {compiled and compiled['tokens_per_s']}; vs eager {ratio(train, eager)}, vs compile "
       f"{ratio(train, compiled)}; MFU {mfu} (peak {peak} TFLOP/s), PyTorch compile MFU {compiled and compiled.get('mfu')}")
-print(f"peak GiB: tsukuru {train and train.get('peak_mem_gib')}, PyTorch compile {compiled and compiled.get('peak_mem_gib')}")
+print(f"peak GiB: tsukuru {train and train.get('peak_mem_gib')}, PyTorch compile {compiled and compiled.get('peak_mem_gib')}; "
+      f"products cuBLASLt refused: {train and train.get('matmul_fallbacks')}")
 separate = one("train_separate.json")
 print(f"block halves as one node each: {train and train['tokens_per_s']} tokens/s, as separate ops "
       f"{separate and separate['tokens_per_s']} ({ratio(train, separate)}); peak GiB {train and train.get('peak_mem_gib')} "

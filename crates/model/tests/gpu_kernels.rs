@@ -232,6 +232,47 @@ fn the_output_layer_losses_match_the_composites() {
     }
 }
 
+/// cuBLASLt's products against candle's on the CPU in f32: operands row-major or transposed
+/// views, starting off any 16-byte boundary, with and without an addend, into the operands' dtype
+/// or f32, and accumulated in place.
+#[test]
+fn cublaslt_products_match_candles() {
+    let dev = device();
+    let (m, k, n) = (37, 70, 45);
+    for dtype in [DType::F32, DType::BF16] {
+        let on = |t: &Tensor| t.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
+        // Row 1 onwards of a larger matrix: the first element is 2 or 4 bytes past a row of 70.
+        let a_rows = randn(&[m + 1, k]);
+        let b_rows = randn(&[k, n]);
+        let c = randn(&[m, n]);
+        let (a_cpu, b_cpu) = (a_rows.narrow(0, 1, m).unwrap(), b_rows.clone());
+        let want = a_cpu.matmul(&b_cpu).unwrap();
+        let a_views =
+            [on(&a_rows).narrow(0, 1, m).unwrap(), on(&a_cpu.t().unwrap().contiguous().unwrap()).t().unwrap()];
+        let b_views = [on(&b_rows), on(&b_cpu.t().unwrap().contiguous().unwrap()).t().unwrap()];
+        for (i, a) in a_views.iter().enumerate() {
+            for (j, b) in b_views.iter().enumerate() {
+                for out in [dtype, DType::F32] {
+                    let what = format!("{dtype:?} a{i} b{j} into {out:?}");
+                    let got = gpu::matmul::matmul(a, b, None, out).unwrap();
+                    assert_eq!(got.dtype(), out, "{what}");
+                    let e = rel(&got.to_device(&Device::Cpu).unwrap(), &want);
+                    assert!(e < tolerance(dtype), "{what}: product off by {e:.2e}");
+                    let add = on(&c).to_dtype(out).unwrap();
+                    let got = gpu::matmul::matmul(a, b, Some(&add), out).unwrap();
+                    let e = rel(&got.to_device(&Device::Cpu).unwrap(), &(&want + &c).unwrap());
+                    assert!(e < tolerance(dtype), "{what}: product plus addend off by {e:.2e}");
+                }
+                let acc = gpu::matmul::matmul(a, b, None, DType::F32).unwrap();
+                let acc = gpu::matmul::accumulate(acc, a, b).unwrap();
+                let e = rel(&acc.to_device(&Device::Cpu).unwrap(), &(&want * 2.0).unwrap());
+                assert!(e < tolerance(dtype), "{dtype:?} a{i} b{j}: accumulated twice, off by {e:.2e}");
+            }
+        }
+    }
+    assert_eq!(gpu::matmul::fallbacks(), 0, "cuBLASLt refused a product (the first reason is on stderr)");
+}
+
 #[test]
 fn attention_matches_the_composite() {
     use tsukuru_model::packing::Packing;

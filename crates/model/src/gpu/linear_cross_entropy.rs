@@ -3,7 +3,8 @@
 //! candle), `cuda/cross_entropy.cu` turns them into the rows' losses and, in place, into their
 //! gradient, and both products of the backward (`dh = G · W`, `dW += Gᵀ · h`) follow at once. The
 //! forward pass thus computes `dh` and `dW` of the mean loss; the backward only scales them by the
-//! incoming gradient. `dW` is summed over chunks in f32.
+//! incoming gradient. `dW` is summed over chunks in f32 by cuBLASLt, each chunk's product added
+//! into the sum in place ([`super::matmul`]).
 
 use super::{device, int, launch, output, ptr, storage_copy, Arg, CROSS_ENTROPY};
 use crate::ops::IGNORE;
@@ -86,13 +87,11 @@ impl Backward {
             self.dh.push(grad.matmul(wd)?);
         }
         if dw {
-            let part = grad.t()?.matmul(hc)?;
+            // Products straight into the f32 sum: the first chunk makes it, the rest add into it.
+            let gt = grad.t()?;
             self.dw = Some(match self.dw.take() {
-                None => part.to_dtype(DType::F32)?,
-                Some(acc) => {
-                    add_into_f32(&acc, &part)?;
-                    acc
-                }
+                None => super::matmul::matmul(&gt, hc, None, DType::F32)?,
+                Some(acc) => super::matmul::accumulate(acc, &gt, hc)?,
             });
         }
         Ok(())
@@ -156,19 +155,4 @@ pub fn linear_cross_entropy(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<
     let loss = (loss * f64::from(scale))?;
     let (dh, dw) = back.finish()?;
     h.apply_op2(w, Loss { loss, dh, dw })
-}
-
-/// `acc += x` in place, `acc` f32 and `x` of its shape in f32 or bf16, both contiguous: one pass
-/// where a cast and an add would take three and a temporary. `acc` must be this code's own (made
-/// outside the graph, read by nothing else yet).
-fn add_into_f32(acc: &Tensor, x: &Tensor) -> Result<()> {
-    let name = "gpu add-into-f32";
-    if acc.dtype() != DType::F32 || acc.shape() != x.shape() {
-        candle_core::bail!("{name}: accumulator {:?} {:?} and addend {:?}", acc.dims(), acc.dtype(), x.dims());
-    }
-    let x = x.contiguous()?;
-    let n = x.elem_count();
-    let args = [Arg::Ptr(ptr(acc, name)?), Arg::Ptr(ptr(&x, name)?), Arg::Count(n as u64)];
-    let cfg = super::grid((n.div_ceil(256).clamp(1, 8192) as u32, 1, 1), (256, 1, 1));
-    launch(&device(acc)?, &CROSS_ENTROPY, "add_into_f32", x.dtype(), cfg, &args)
 }

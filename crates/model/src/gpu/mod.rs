@@ -14,6 +14,7 @@ pub mod device;
 pub mod embedding;
 pub mod linear_cross_entropy;
 pub mod linear_logprobs;
+pub mod matmul;
 pub mod rms_norm;
 pub mod rope;
 pub mod swiglu;

@@ -11,7 +11,10 @@
 //! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
 //! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
 
-use super::explicit::{norm_backward, norm_forward, rope_forward, Attention, HalfBackward, HalfGrads, OneNode};
+use super::explicit::{
+    norm_backward, norm_forward, residual_product, rope_forward, weight_grad, Attention, HalfBackward, HalfGrads,
+    OneNode,
+};
 use crate::packing::Packing;
 use candle_core::{Result, Tensor};
 
@@ -41,13 +44,13 @@ impl HalfBackward for AttnBackward {
         let (h, kv) = self.heads;
         let (b, _, t, hd) = self.q.dims4()?;
         let g = grad.reshape((rows, d))?;
-        let d_proj = g.t()?.matmul(&self.o.reshape((rows, h * hd))?)?;
+        let d_proj = weight_grad(&g, &self.o.reshape((rows, h * hd))?)?;
         let d_o = g.matmul(wo)?.reshape((b, t, h * hd))?;
         let d_qkv =
             self.attention.backward_projections(&self.q, &self.k, &self.v, &self.o, &d_o, &self.cos, &self.sin)?;
         // One product each way through the three weights together.
         let dn = d_qkv.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?)?;
-        let d_w = d_qkv.t()?.matmul(&self.n)?;
+        let d_w = weight_grad(&d_qkv, &self.n)?;
         let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
         let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
         Ok(HalfGrads { dx: dx.reshape(x.shape())?, d_w, dgain, d_proj })
@@ -87,8 +90,8 @@ pub(super) fn stack(
     Tensor::cat(&[wq, wk, wv, &gain.reshape((1, d))?], 0)
 }
 
-/// The half's attention term `y` (x excluded) and what its backward reads, outside the graph:
-/// `x (B, T, D)`, `stacked` from [`stack`] and `wo`, all detached.
+/// The half's output `x + y` and what its backward reads, outside the graph: `x (B, T, D)`,
+/// `stacked` from [`stack`] and `wo`, all detached.
 pub(super) fn forward(
     x: &Tensor,
     stacked: &Tensor,
@@ -106,7 +109,8 @@ pub(super) fn forward(
     }
     let rows = b * t;
     let gain = stacked.narrow(0, (h + 2 * kv) * hd, 1)?.reshape(d)?;
-    let (n, inv) = norm_forward(&x.contiguous()?.reshape((rows, d))?, &gain, eps)?;
+    let x = x.contiguous()?.reshape((rows, d))?;
+    let (n, inv) = norm_forward(&x, &gain, eps)?;
     // The three projections as one product against their stacked weights, each then viewed
     // (B, heads, T, hd) where it lies (on a GPU the queries and keys are rotated there too).
     let qkv = n.matmul(&stacked.narrow(0, 0, (h + 2 * kv) * hd)?.t()?)?.reshape((b, t, h + 2 * kv, hd))?;
@@ -117,8 +121,8 @@ pub(super) fn forward(
     let v = part(h + kv, kv)?;
     let attention = Attention::new(&q, 1.0 / (hd as f64).sqrt(), 0, packing)?;
     let o = attention.forward(&q, &k, &v)?;
-    let y = o.reshape((rows, h * hd))?.matmul(&wo.t()?)?.reshape((b, t, d))?;
-    Ok((y, AttnBackward { n, inv, q, k, v, o, attention, cos, sin, heads }))
+    let out = residual_product(&x, &o.reshape((rows, h * hd))?, wo)?.reshape((b, t, d))?;
+    Ok((out, AttnBackward { n, inv, q, k, v, o, attention, cos, sin, heads }))
 }
 
 /// `x + attention(rope(n·wqᵀ), rope(n·wkᵀ), n·wvᵀ)·woᵀ` with `n = rms_norm(x, gain, eps)`, causal
@@ -136,8 +140,8 @@ pub fn attn_residual(
 ) -> Result<Tensor> {
     let stacked = stack(x, gain, weights, heads)?;
     let wo = weights[3];
-    let (y, back) = forward(&x.detach(), &stacked.detach(), &wo.detach(), rope, heads, packing, eps)?;
-    OneNode::apply(x, &stacked, wo, y, back)
+    let (out, back) = forward(&x.detach(), &stacked.detach(), &wo.detach(), rope, heads, packing, eps)?;
+    OneNode::apply(x, &stacked, wo, out, back)
 }
 
 #[cfg(test)]

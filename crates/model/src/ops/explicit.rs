@@ -46,6 +46,27 @@ pub(super) fn norm_backward(
     Ok(((dx + f32(residual)?)?.to_dtype(x.dtype())?, dgain.to_dtype(gain.dtype())?))
 }
 
+/// `x + a · wᵀ` for `x (rows, D)`, `a (rows, K)`, `w (D, K)`: a block half's output projection
+/// with its residual connection. On a GPU one cuBLASLt product that adds x in its epilogue.
+pub(super) fn residual_product(x: &Tensor, a: &Tensor, w: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[x, a, w]) && x.dtype() == a.dtype() {
+        return crate::gpu::matmul::matmul(a, &w.t()?, Some(x), x.dtype());
+    }
+    x + a.matmul(&w.t()?)?
+}
+
+/// `gᵀ · a`, a weight's gradient from the gradient `g (rows, out)` of its product and the
+/// product's input `a (rows, in)`. On a GPU in f32 straight from bf16 operands (a master weight's
+/// dtype, so no cast follows); elsewhere in the operands' dtype.
+pub(super) fn weight_grad(g: &Tensor, a: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if crate::gpu::supported(&[g, a]) {
+        return crate::gpu::matmul::matmul(&g.t()?, a, None, DType::F32);
+    }
+    g.t()?.matmul(a)
+}
+
 /// `silu(gate) ⊙ up` `(rows, F)` of `gu (rows, 2F)`, the gate and up projections side by side.
 pub(super) fn gate_forward(gu: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
@@ -187,27 +208,58 @@ pub(super) trait HalfBackward: Send + Sync + 'static {
     fn backward(&self, x: &Tensor, stacked: &Tensor, proj: &Tensor, grad: &Tensor) -> Result<HalfGrads>;
 }
 
-/// A block half as one node over `(x, stacked weights, output projection)`: its output `x + y`, `y`
+/// An output computed outside the graph, for the node that records it: its forward hands over a
+/// copy as the node's own storage (a node's output is new storage), once.
+pub(super) struct Computed(Mutex<Option<Tensor>>);
+
+impl Computed {
+    pub(super) fn new(t: Tensor) -> Self {
+        Self(Mutex::new(Some(t)))
+    }
+
+    /// The CPU forward's result.
+    pub(super) fn cpu(&self, name: &str) -> Result<(CpuStorage, Shape)> {
+        self.take(name, |s, l| match s {
+            Storage::Cpu(c) => c.try_clone(l),
+            _ => candle_core::bail!("{name}: output on another device than the inputs"),
+        })
+    }
+
+    /// The CUDA forward's result.
+    #[cfg(feature = "cuda")]
+    pub(super) fn cuda(&self, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.take(name, |s, l| match s {
+            Storage::Cuda(c) => c.try_clone(l),
+            _ => candle_core::bail!("{name}: output on another device than the inputs"),
+        })
+    }
+
+    fn take<S>(&self, name: &str, copy: impl Fn(&Storage, &Layout) -> Result<S>) -> Result<(S, Shape)> {
+        let Some(out) = self.0.lock().expect("not poisoned").take() else {
+            candle_core::bail!("{name}: forward ran twice")
+        };
+        // `try_clone` copies the whole buffer: the output must be laid out from its start.
+        let starts = {
+            let (_, l) = out.storage_and_layout();
+            l.is_contiguous() && l.start_offset() == 0
+        };
+        let out = if starts { out } else { out.copy()? };
+        let (s, l) = out.storage_and_layout();
+        Ok((copy(&s, l)?, out.shape().clone()))
+    }
+}
+
+/// A block half as one node over `(x, stacked weights, output projection)`: its output `x + y`,
 /// computed beforehand outside the graph, and its backward `B`.
 pub(super) struct OneNode<B> {
-    y: Mutex<Option<Tensor>>,
+    out: Computed,
     back: B,
 }
 
 impl<B: HalfBackward> OneNode<B> {
-    /// `x + y` as a node over `x`, `stacked` and `proj` whose backward is `back`.
-    pub(super) fn apply(x: &Tensor, stacked: &Tensor, proj: &Tensor, y: Tensor, back: B) -> Result<Tensor> {
-        x.contiguous()?.apply_op3(stacked, &proj.contiguous()?, Self { y: Mutex::new(Some(y)), back })
-    }
-
-    /// `x + y` into new storage of x's kind; `pick` finds y's storage of that kind.
-    fn add<S: BackendStorage>(&self, x: &S, lx: &Layout, pick: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)> {
-        let Some(y) = self.y.lock().expect("not poisoned").take() else {
-            candle_core::bail!("{}: forward ran twice", B::NAME)
-        };
-        let (ys, ly) = y.storage_and_layout();
-        let Some(ys) = pick(&ys) else { candle_core::bail!("{}: input and output on different devices", B::NAME) };
-        Ok((x.binary_impl::<candle_core::op::Add>(ys, lx, ly)?, lx.shape().clone()))
+    /// `out` as a node over `x`, `stacked` and `proj` whose backward is `back`.
+    pub(super) fn apply(x: &Tensor, stacked: &Tensor, proj: &Tensor, out: Tensor, back: B) -> Result<Tensor> {
+        x.contiguous()?.apply_op3(stacked, &proj.contiguous()?, Self { out: Computed::new(out), back })
     }
 }
 
@@ -218,33 +270,27 @@ impl<B: HalfBackward> CustomOp3 for OneNode<B> {
 
     fn cpu_fwd(
         &self,
-        x: &CpuStorage,
-        lx: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
         _: &CpuStorage,
         _: &Layout,
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.add(x, lx, |s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
+        self.out.cpu(B::NAME)
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
         _: &candle_core::CudaStorage,
         _: &Layout,
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.add(x, lx, |s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
+        self.out.cuda(B::NAME)
     }
 
     fn bwd(
@@ -256,8 +302,11 @@ impl<B: HalfBackward> CustomOp3 for OneNode<B> {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.back.backward(x, stacked, proj, grad)?;
-        let d_stacked = Tensor::cat(&[g.d_w, g.dgain.reshape((1, g.dgain.elem_count()))?], 0)?;
-        Ok((Some(g.dx), Some(d_stacked), Some(g.d_proj)))
+        // The weights' gradients come in f32 from the GPU's products; candle routes them back in
+        // their inputs' dtype.
+        let dgain = g.dgain.reshape((1, g.dgain.elem_count()))?.to_dtype(stacked.dtype())?;
+        let d_stacked = Tensor::cat(&[g.d_w.to_dtype(stacked.dtype())?, dgain], 0)?;
+        Ok((Some(g.dx), Some(d_stacked), Some(g.d_proj.to_dtype(proj.dtype())?)))
     }
 }
 

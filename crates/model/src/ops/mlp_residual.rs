@@ -13,7 +13,10 @@
 //! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
 //! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
 
-use super::explicit::{gate_backward, gate_forward, norm_backward, norm_forward, HalfBackward, HalfGrads, OneNode};
+use super::explicit::{
+    gate_backward, gate_forward, norm_backward, norm_forward, residual_product, weight_grad, HalfBackward, HalfGrads,
+    OneNode,
+};
 use candle_core::{Result, Tensor};
 
 /// What the backward reads: `n (rows, D)`, the inverse RMS `(rows)`, and the gate and up
@@ -32,12 +35,12 @@ impl HalfBackward for MlpBackward {
         let f = self.gu.dim(1)? / 2;
         let g = grad.reshape((rows, d))?;
         let (dgu, h) = gate_backward(&self.gu, &g.matmul(down)?)?;
-        let d_proj = g.t()?.matmul(&h)?;
+        let d_proj = weight_grad(&g, &h)?;
         // One product each way through the gate and up weights together.
         let dn = dgu.matmul(&stacked.narrow(0, 0, 2 * f)?)?;
         let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
         let (dx, dgain) = norm_backward(&x.reshape((rows, d))?, &gain, &self.inv, &dn, &g)?;
-        Ok(HalfGrads { dx: dx.reshape(x.shape())?, d_w: dgu.t()?.matmul(&self.n)?, dgain, d_proj })
+        Ok(HalfGrads { dx: dx.reshape(x.shape())?, d_w: weight_grad(&dgu, &self.n)?, dgain, d_proj })
     }
 }
 
@@ -59,24 +62,25 @@ pub(super) fn stack(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down:
     Tensor::cat(&[gate, up, &gain.reshape((1, d))?], 0)
 }
 
-/// The half's feed-forward term `y` (x excluded) and what its backward reads, outside the graph:
-/// `x (…, D)`, `stacked` from [`stack`] and `down`, all detached.
+/// The half's output `x + y` and what its backward reads, outside the graph: `x (…, D)`,
+/// `stacked` from [`stack`] and `down`, all detached.
 pub(super) fn forward(x: &Tensor, stacked: &Tensor, down: &Tensor, eps: f64) -> Result<(Tensor, MlpBackward)> {
     let (d, f) = down.dims2()?;
     let rows = x.elem_count() / d;
     let gain = stacked.narrow(0, 2 * f, 1)?.reshape(d)?;
-    let (n, inv) = norm_forward(&x.contiguous()?.reshape((rows, d))?, &gain, eps)?;
+    let xr = x.contiguous()?.reshape((rows, d))?;
+    let (n, inv) = norm_forward(&xr, &gain, eps)?;
     let gu = n.matmul(&stacked.narrow(0, 0, 2 * f)?.t()?)?;
-    let y = gate_forward(&gu)?.matmul(&down.t()?)?.reshape(x.shape())?;
-    Ok((y, MlpBackward { n, inv, gu }))
+    let out = residual_product(&xr, &gate_forward(&gu)?, down)?.reshape(x.shape())?;
+    Ok((out, MlpBackward { n, inv, gu }))
 }
 
 /// `x + (silu(n · gateᵀ) ⊙ (n · upᵀ)) · downᵀ` with `n = rms_norm(x, gain, eps)`, as one node:
 /// `x (…, D)`, weights `(F, D)`, `(F, D)`, `(D, F)`, gain `(D)`, all one dtype on one device.
 pub fn mlp_residual(x: &Tensor, gain: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor, eps: f64) -> Result<Tensor> {
     let stacked = stack(x, gain, gate, up, down)?;
-    let (y, back) = forward(&x.detach(), &stacked.detach(), &down.detach(), eps)?;
-    OneNode::apply(x, &stacked, down, y, back)
+    let (out, back) = forward(&x.detach(), &stacked.detach(), &down.detach(), eps)?;
+    OneNode::apply(x, &stacked, down, out, back)
 }
 
 #[cfg(test)]

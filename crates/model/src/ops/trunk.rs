@@ -12,12 +12,11 @@
 //! to half, and each weight's gradient is cast once into its variable's dtype. The numbers are the
 //! same bits either way (the fills add zeros; the cat and its backward copy).
 
-use super::explicit::{HalfBackward, HalfGrads};
+use super::explicit::{Computed, HalfBackward, HalfGrads};
 use super::{attn_residual, mlp_residual};
 use crate::kernels::grad_sink::{self, GradSink};
 use crate::packing::Packing;
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
 /// One block's weights as the stack reads them.
@@ -60,7 +59,7 @@ pub(crate) fn trunk(
         let [gain, wq, wk, wv, wo] = l.attn;
         let stacked = attn_residual::stack(&h, gain, [wq, wk, wv, wo], l.heads)?.detach();
         let wo_ = wo.detach();
-        let (y, back) = attn_residual::forward(&h, &stacked, &wo_, rope, l.heads, packing, l.eps)?;
+        let (out, back) = attn_residual::forward(&h, &stacked, &wo_, rope, l.heads, packing, l.eps)?;
         let input = h.clone();
         halves.push(Half {
             back: Box::new(move |g| back.backward(&input, &stacked, &wo_, g)),
@@ -68,12 +67,12 @@ pub(crate) fn trunk(
             gain: master(gain),
             proj: master(wo),
         });
-        h = (h + y)?;
+        h = out;
 
         let [gain, gate, up, down] = l.mlp;
         let stacked = mlp_residual::stack(&h, gain, gate, up, down)?.detach();
         let down_ = down.detach();
-        let (y, back) = mlp_residual::forward(&h, &stacked, &down_, l.eps)?;
+        let (out, back) = mlp_residual::forward(&h, &stacked, &down_, l.eps)?;
         let input = h.clone();
         halves.push(Half {
             back: Box::new(move |g| back.backward(&input, &stacked, &down_, g)),
@@ -81,9 +80,9 @@ pub(crate) fn trunk(
             gain: master(gain),
             proj: master(down),
         });
-        h = (h + y)?;
+        h = out;
     }
-    let node = Trunk { out: Mutex::new(Some(h)), halves: Mutex::new(halves), sink };
+    let node = Trunk { out: Computed::new(h), halves: Mutex::new(halves), sink };
     x.apply_op1(node).map(Some)
 }
 
@@ -125,23 +124,9 @@ fn give(sink: &GradSink, var: &Option<Tensor>, grad: Tensor) -> Result<()> {
 
 /// The node: its output computed beforehand, and the halves in forward order.
 struct Trunk {
-    out: Mutex<Option<Tensor>>,
+    out: Computed,
     halves: Mutex<Vec<Half>>,
     sink: Arc<GradSink>,
-}
-
-impl Trunk {
-    /// The output's storage (a copy: a node's output is new storage), taken once.
-    fn take<S>(&self, pick: impl Fn(&Storage, &Layout) -> Result<S>) -> Result<(S, Shape)> {
-        let Some(out) = self.out.lock().expect("not poisoned").take() else {
-            candle_core::bail!("block stack: forward ran twice")
-        };
-        let (s, l) = out.storage_and_layout();
-        if !l.is_contiguous() || l.start_offset() != 0 {
-            candle_core::bail!("block stack: output not laid out from its start");
-        }
-        Ok((pick(&s, l)?, out.shape().clone()))
-    }
 }
 
 impl CustomOp1 for Trunk {
@@ -150,18 +135,12 @@ impl CustomOp1 for Trunk {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.take(|s, l| match s {
-            Storage::Cpu(c) => c.try_clone(l),
-            _ => candle_core::bail!("block stack: output on another device than x"),
-        })
+        self.out.cpu("block stack")
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.take(|s, l| match s {
-            Storage::Cuda(c) => c.try_clone(l),
-            _ => candle_core::bail!("block stack: output on another device than x"),
-        })
+        self.out.cuda("block stack")
     }
 
     fn bwd(&self, _: &Tensor, _: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -28,7 +28,6 @@ using ll = long long;
     extern "C" void sum_squares_##S(const u64*, int, u64, double*);                                      \
     extern "C" void sum_partials_##S(const double*, u64, double*);                                       \
     extern "C" void cross_entropy_rows_##S(T*, const unsigned*, float*, int, float, const float*, int);  \
-    extern "C" void add_into_f32_##S(float*, const T*, u64);                                             \
     extern "C" void attention_dsum_##S(const T*, const T*, float*, int, int);                            \
     extern "C" void embedding_bwd_##S(const unsigned*, const unsigned*, const unsigned*, const T*, float*, int); \
     extern "C" void attention_fwd_hd64_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int,  \
@@ -79,7 +78,6 @@ template <typename T> struct Ops;
         static constexpr auto swiglu_bwd = swiglu_bwd_##S;                                               \
         static constexpr auto rope = rope_##S;                                                           \
         static constexpr auto cross_entropy_rows = cross_entropy_rows_##S;                               \
-        static constexpr auto add_into_f32 = add_into_f32_##S;                                           \
         static constexpr auto adamw_update = adamw_update_##S;                                           \
         static constexpr auto sum_squares = sum_squares_##S;                                             \
         static constexpr auto sum_partials = sum_partials_##S;                                           \
@@ -569,17 +567,6 @@ template <typename T> void embedding(int n, int d, int vocab) {
     expect(what, kind<T>(), out, want, 1e-6);
 }
 
-// acc += x into f32 over more elements than the grid's threads.
-template <typename T> void add_into_f32(size_t n) {
-    std::vector<double> a, x;
-    auto as = randn<float>(n, a);
-    auto xs = randn<T>(n, x);
-    std::vector<double> want(n);
-    for (size_t i = 0; i < n; ++i) want[i] = a[i] + x[i];
-    emu_launch({2}, {64}, 0, [&] { Ops<T>::add_into_f32(as.data(), xs.data(), n); });
-    expect("add into f32", kind<T>(), as, want, 1e-6);
-}
-
 template <typename T> void all() {
     adamw<T>();
     rms_norm<T>(5, 64);
@@ -595,7 +582,6 @@ template <typename T> void all() {
     cross_entropy<T>(7, 300, true);
     embedding<T>(300, 24, 41);
     embedding<T>(200, 24, 500);  // most ids absent
-    add_into_f32<T>(1000);
     attention<T, 64>(1, 4, 2, 130, 130, 0, true);
     attention<T, 64>(1, 2, 2, 5, 150, 145, false);
     attention<T, 64>(1, 2, 1, 192, 192, 0, false);  // whole tiles below the diagonal: no mask

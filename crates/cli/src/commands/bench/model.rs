@@ -183,6 +183,11 @@ pub fn train(a: &ModelBenchArgs) -> Result<()> {
     });
     if let Some(gib) = peak_gpu_gib(&device) {
         out["peak_mem_gib"] = round(gib, 2).into();
+        // Products cuBLASLt refused and candle ran instead (0 is the fast path throughout).
+        #[cfg(feature = "cuda")]
+        {
+            out["matmul_fallbacks"] = tsukuru_model::gpu::matmul::fallbacks().into();
+        }
     }
     if a.peak_tflops > 0.0 {
         // The reference's count: 6 FLOPs per non-embedding weight plus the attention term.

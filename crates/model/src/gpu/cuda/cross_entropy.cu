@@ -85,21 +85,10 @@ __device__ void rows(T* logits, const unsigned* targets, float* loss, int v, flo
     }
 }
 
-// acc[i] += x[i] for n elements, acc in f32: the output layer's weight gradient summed over chunks
-// of rows in one pass each (a cast and an add would take three passes and a temporary).
-template <typename T> __device__ void add_into_f32(float* acc, const T* x, unsigned long long n) {
-    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
-         i += (unsigned long long)gridDim.x * blockDim.x)
-        acc[i] += to_f32(x[i]);
-}
-
 #define ENTRY(T, S)                                                                                      \
     extern "C" __global__ void cross_entropy_rows_##S(T* logits, const unsigned* targets, float* loss,  \
                                                       int v, float scale, const float* row_scale,        \
                                                       int write_grad) {                                  \
         rows<T>(logits, targets, loss, v, scale, row_scale, write_grad);                                 \
-    }                                                                                                    \
-    extern "C" __global__ void add_into_f32_##S(float* acc, const T* x, unsigned long long n) {         \
-        add_into_f32<T>(acc, x, n);                                                                      \
     }
 FOR_EACH_TYPE(ENTRY)
