@@ -40,6 +40,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, add: Option<&Tensor>, out: DType) -> Resul
         }
     }
     let d = output(&device(a)?, (m, n), out)?;
+    check(a, b, &d, name)?;
     let c = add.map(Tensor::contiguous).transpose()?;
     match product(a, b, c.as_ref(), &d, name) {
         Ok(()) => Ok(d),
@@ -59,9 +60,10 @@ pub fn matmul(a: &Tensor, b: &Tensor, add: Option<&Tensor>, out: DType) -> Resul
 /// returned.
 pub fn accumulate(acc: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let name = "gpu matmul-accumulate";
-    if acc.dtype() != DType::F32 || !acc.is_contiguous() {
-        candle_core::bail!("{name}: the accumulator must be contiguous f32, got {:?}", acc.dtype());
+    if acc.dtype() != DType::F32 {
+        candle_core::bail!("{name}: the accumulator must be f32, got {:?}", acc.dtype());
     }
+    check(a, b, &acc, name)?;
     match product(a, b, Some(&acc), &acc, name) {
         Ok(()) => Ok(acc),
         Err(e) => {
@@ -71,7 +73,8 @@ pub fn accumulate(acc: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Products that went through candle instead of cuBLASLt so far in this process.
+/// Products that went through candle instead of cuBLASLt so far in this process (after their
+/// shapes passed [`check`]: a misfit is an error, not a fallback).
 static FALLBACKS: AtomicUsize = AtomicUsize::new(0);
 
 /// How many products fell back to candle's (same numbers up to rounding, a pass or two more)
@@ -86,8 +89,9 @@ fn fell_back(e: &candle_core::Error) {
     }
 }
 
-/// `d = a · b (+ c)`, `d` and `c` contiguous `(M, N)` of one dtype.
-fn product(a: &Tensor, b: &Tensor, c: Option<&Tensor>, d: &Tensor, name: &str) -> Result<()> {
+/// Checks that `a · b` fits into `d`: `(M, K) · (K, N)` of one dtype (f32 or bf16) into a
+/// contiguous `(M, N)` of f32 or that dtype.
+fn check(a: &Tensor, b: &Tensor, d: &Tensor, name: &str) -> Result<()> {
     let ((m, k), (kb, n)) = (a.dims2()?, b.dims2()?);
     let dtype = a.dtype();
     let fits = k == kb
@@ -107,6 +111,13 @@ fn product(a: &Tensor, b: &Tensor, c: Option<&Tensor>, d: &Tensor, name: &str) -
             d.dtype()
         );
     }
+    Ok(())
+}
+
+/// `d = a · b (+ c)` by cuBLASLt, `d` and `c` contiguous `(M, N)` of one dtype, the shapes checked.
+fn product(a: &Tensor, b: &Tensor, c: Option<&Tensor>, d: &Tensor, name: &str) -> Result<()> {
+    let ((m, k), (_, n)) = (a.dims2()?, b.dims2()?);
+    let dtype = a.dtype();
     if m == 0 || n == 0 {
         return Ok(());
     }
