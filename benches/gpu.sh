@@ -13,7 +13,8 @@
 # (12 layers, width 768, vocabulary 32,768, 1,024 positions, batch 32); `tsukuru bench generate` at
 # batch 1 and 64 and PyTorch's generation; the PyTorch figures (gpu_reference.sh: the bf16 matrix
 # peak, eager and torch.compile training, generation); then diagnostics: training with each block's
-# halves as separate graph nodes (TSUKURU_KERNELS=separate), the step's matrix products and causal
+# halves as separate graph nodes (TSUKURU_KERNELS=separate), and with a node per half and candle's
+# products (TSUKURU_KERNELS=halves TSUKURU_MATMUL=candle), the step's matrix products and causal
 # attention on their own beside PyTorch's (bench matmul, benches/matmul_peer.py), where Nsight
 # Compute reads the counters each kernel's time in one step, and where compute-sanitizer works its
 # memcheck and racecheck over the kernel checks. Each step's time limit
@@ -96,6 +97,9 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   echo "== tsukuru with each block's halves as separate graph nodes (what the single nodes save)"
   TSUKURU_KERNELS=separate timeout "$(limit 240)" "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10 \
     | tee "$out/train_separate.json"
+  echo "== tsukuru with a graph node per block half and candle's products (what the block stack and cuBLASLt save)"
+  TSUKURU_KERNELS=halves TSUKURU_MATMUL=candle timeout "$(limit 150)" "$bin" bench train "${shape[@]}" --seq 1024 \
+    --batch 32 --steps 10 | tee "$out/train_halves.json"
   echo "== products and attention on their own (tsukuru, then PyTorch)"
   timeout "$(limit 90)" "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
   timeout "$(limit 90)" python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
@@ -154,6 +158,10 @@ separate = one("train_separate.json")
 print(f"block halves as one node each: {train and train['tokens_per_s']} tokens/s, as separate ops "
       f"{separate and separate['tokens_per_s']} ({ratio(train, separate)}); peak GiB {train and train.get('peak_mem_gib')} "
       f"vs {separate and separate.get('peak_mem_gib')}")
+halves = one("train_halves.json")
+print(f"block stack and cuBLASLt products: {train and train['tokens_per_s']} tokens/s, a node per half and candle's "
+      f"products {halves and halves['tokens_per_s']} ({ratio(train, halves)}); peak GiB {train and train.get('peak_mem_gib')} "
+      f"vs {halves and halves.get('peak_mem_gib')}")
 if train and train.get("forward_s") is not None:
     rest = train["step_s"] - train["forward_s"] - train["backward_s"]
     print(f"tsukuru step {train['step_s']} s: forward {train['forward_s']} s, backward and norm {train['backward_s']} s, "

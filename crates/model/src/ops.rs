@@ -4,7 +4,8 @@
 //! Setting `TSUKURU_KERNELS=composite` in the environment forces the composite versions everywhere
 //! (to compare speed or numbers against the reference path); `TSUKURU_KERNELS=separate` keeps the
 //! fused kernels but runs a block's halves as separate ops where they would be one graph node
-//! ([`one_node`]), to measure what the single node saves.
+//! ([`one_node`]), to measure what the single node saves; `TSUKURU_KERNELS=halves` keeps a node
+//! per half where a training step would make the whole stack of blocks one (`ops::trunk`).
 
 pub mod attn_residual;
 pub mod composite;
@@ -51,11 +52,21 @@ pub fn fused(ts: &[&Tensor]) -> bool {
     fused_enabled() && ts.iter().all(|t| kernels::supported(t))
 }
 
-/// Whether a block's halves may be one graph node each (`TSUKURU_KERNELS=separate` says no),
-/// read from the environment once.
+/// `TSUKURU_KERNELS`, read from the environment once.
+fn kernels_setting() -> &'static str {
+    static SETTING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SETTING.get_or_init(|| std::env::var("TSUKURU_KERNELS").unwrap_or_default())
+}
+
+/// Whether a block's halves may be one graph node each (`TSUKURU_KERNELS=separate` says no).
 fn one_node_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "separate"))
+    kernels_setting() != "separate"
+}
+
+/// Whether a training step may run the whole stack of blocks as one node (`ops::trunk`);
+/// `TSUKURU_KERNELS=halves` keeps one node per half, to measure what the stack saves.
+pub(crate) fn stack_enabled() -> bool {
+    one_node_enabled() && kernels_setting() != "halves"
 }
 
 /// Whether `ts` take the one-node block halves ([`attn_residual`], [`mlp_residual`]) where the

@@ -42,10 +42,12 @@ pub fn matmul(a: &Tensor, b: &Tensor, add: Option<&Tensor>, out: DType) -> Resul
     let d = output(&device(a)?, (m, n), out)?;
     check(a, b, &d, name)?;
     let c = add.map(Tensor::contiguous).transpose()?;
-    match product(a, b, c.as_ref(), &d, name) {
-        Ok(()) => Ok(d),
-        Err(e) => {
-            fell_back(&e);
+    match enabled().then(|| product(a, b, c.as_ref(), &d, name)) {
+        Some(Ok(())) => Ok(d),
+        refused => {
+            if let Some(Err(e)) = refused {
+                fell_back(&e);
+            }
             let p = a.matmul(b)?.to_dtype(out)?;
             match add {
                 Some(c) => c + p,
@@ -64,13 +66,22 @@ pub fn accumulate(acc: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         candle_core::bail!("{name}: the accumulator must be f32, got {:?}", acc.dtype());
     }
     check(a, b, &acc, name)?;
-    match product(a, b, Some(&acc), &acc, name) {
-        Ok(()) => Ok(acc),
-        Err(e) => {
-            fell_back(&e);
+    match enabled().then(|| product(a, b, Some(&acc), &acc, name)) {
+        Some(Ok(())) => Ok(acc),
+        refused => {
+            if let Some(Err(e)) = refused {
+                fell_back(&e);
+            }
             acc + a.matmul(b)?.to_dtype(DType::F32)?
         }
     }
+}
+
+/// Whether cuBLASLt may be used (`TSUKURU_MATMUL=candle` says no: every product then goes through
+/// candle's, with a separate add or cast, to measure what cuBLASLt saves), read once.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TSUKURU_MATMUL").map_or(true, |v| v != "candle"))
 }
 
 /// Products that went through candle instead of cuBLASLt so far in this process (after their

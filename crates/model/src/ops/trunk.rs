@@ -38,7 +38,7 @@ pub(crate) type Master<'a> = &'a dyn Fn(&Tensor) -> Option<Tensor>;
 
 /// x `(B, T, D)` through every layer (`x + attention half`, then `+ feed-forward half`), causal
 /// over whole sequences (kept apart with `packing`), as one node over x. `None` when no sink is
-/// open on this thread or a weight's gradient has nowhere to go but candle's walk (a weight that
+/// open on this thread (or `TSUKURU_KERNELS=halves` is set) or a weight's gradient has nowhere to go but candle's walk (a weight that
 /// is neither a variable nor a registered copy of one, yet takes part in a graph): the caller then
 /// takes the halves one node each.
 pub(crate) fn trunk(
@@ -48,7 +48,7 @@ pub(crate) fn trunk(
     packing: Option<&Packing>,
     master: Master,
 ) -> Result<Option<Tensor>> {
-    let Some(sink) = grad_sink::open() else { return Ok(None) };
+    let Some(sink) = grad_sink::open().filter(|_| super::stack_enabled()) else { return Ok(None) };
     let all = layers.iter().flat_map(|l| l.attn.iter().chain(&l.mlp));
     if layers.is_empty() || all.clone().any(|w| master(w).is_none() && w.track_op()) {
         return Ok(None);
