@@ -208,7 +208,12 @@ pub fn generate(a: &ModelBenchArgs) -> Result<()> {
         None => {
             let cfg = a.config(a.prompt + a.new_tokens)?;
             let map = init_params(&cfg, 0, dtype, &device)?;
-            Transformer::new(&cfg, VarBuilder::from_varmap(&map, dtype, &device))?
+            // Plain tensors, as loaded weights are: decoding takes no gradient (the reference runs
+            // under no_grad), and variables would have every op record itself for a backward pass
+            // and the block ops keep what that pass reads.
+            let data = map.data().lock().expect("not poisoned");
+            let weights = data.iter().map(|(name, v)| (name.clone(), v.as_tensor().detach())).collect();
+            Transformer::new(&cfg, VarBuilder::from_tensors(weights, dtype, &device))?
         }
     };
     let cfg = model.config().clone();
