@@ -391,6 +391,8 @@ impl Transformer {
     /// table is not cast; the rows it looks up are (as autocast leaves embeddings alone): its
     /// gradient sums every occurrence of a token, a sum bf16 would round after a few hundred terms.
     /// A tied output layer gets a cast of its own, so the two gradients meet in the master's dtype.
+    /// The copy records each cast weight's master, where the block stack of a training step sends
+    /// its gradient directly ([`crate::ops::trunk`]).
     pub fn cast(&self, dtype: DType) -> Result<Self> {
         let masters = RefCell::new(HashMap::new());
         let f = |t: &Tensor| {

@@ -213,6 +213,7 @@ pub(super) trait HalfBackward: Send + Sync + 'static {
 pub(super) struct Computed(Mutex<Option<Tensor>>);
 
 impl Computed {
+    /// Holds `t` until the node's forward takes it.
     pub(super) fn new(t: Tensor) -> Self {
         Self(Mutex::new(Some(t)))
     }
