@@ -18,7 +18,7 @@ use candle_core::{DType, Result, Storage, Tensor};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Workspace bytes, NVIDIA's recommendation for Hopper.
@@ -227,6 +227,9 @@ struct Lt {
 // SAFETY: the handle is used only under the lock that holds it, on its device's one stream.
 unsafe impl Send for Lt {}
 
+/// Set when loading the cuBLASLt library failed, so it is not tried again.
+static MISSING: AtomicBool = AtomicBool::new(false);
+
 /// One handle per device stream (one stream per device in a process: `gpu::open`).
 static LTS: Mutex<Vec<(usize, Lt)>> = Mutex::new(Vec::new());
 
@@ -238,7 +241,18 @@ fn lt_err(name: &str, what: &str) -> impl FnOnce(result::CublasError) -> candle_
 
 impl Lt {
     fn new(dev: &CudaDevice, name: &str) -> Result<Self> {
-        let handle = result::create_handle().map_err(lt_err(name, "handle"))?;
+        if MISSING.load(Ordering::Relaxed) {
+            candle_core::bail!("{name}: the cuBLASLt library could not be loaded");
+        }
+        // cudarc loads the library at the first call and panics where it finds none; that is a
+        // fallback to candle's products here, not the end of a run.
+        let handle = match std::panic::catch_unwind(result::create_handle) {
+            Ok(h) => h.map_err(lt_err(name, "handle"))?,
+            Err(_) => {
+                MISSING.store(true, Ordering::Relaxed);
+                candle_core::bail!("{name}: the cuBLASLt library could not be loaded");
+            }
+        };
         let workspace = output(dev, WORKSPACE / 4, DType::F32)?;
         Ok(Self { handle, workspace, algos: HashMap::new() })
     }
