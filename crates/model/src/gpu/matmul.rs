@@ -15,11 +15,11 @@ use super::{device, output, storage_base};
 use candle_core::cuda_backend::cudarc::cublaslt::{result, sys};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Result, Storage, Tensor};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Workspace bytes, NVIDIA's recommendation for Hopper.
 const WORKSPACE: usize = 32 << 20;
@@ -140,12 +140,6 @@ fn product(a: &Tensor, b: &Tensor, c: Option<&Tensor>, d: &Tensor, name: &str) -
         None => out.ptr,
     };
     let dev = device(d)?;
-    let mut lts = LTS.lock().expect("not poisoned");
-    let key = dev.cuda_stream().cu_stream() as usize;
-    if !lts.iter().any(|(s, _)| *s == key) {
-        lts.push((key, Lt::new(&dev, name)?));
-    }
-    let lt = &mut lts.iter_mut().find(|(s, _)| *s == key).expect("just added").1;
     let shape = Shape {
         types: [cuda_type(dtype), cuda_type(d.dtype())],
         mnk: [n as u64, m as u64, k as u64],
@@ -155,7 +149,14 @@ fn product(a: &Tensor, b: &Tensor, c: Option<&Tensor>, d: &Tensor, name: &str) -
         align: [align(op_a.ptr), align(op_b.ptr), align(c_ptr), align(out.ptr)],
     };
     let beta: f32 = if c.is_some() { 1.0 } else { 0.0 };
-    lt.run(&dev, &shape, [op_a.ptr, op_b.ptr, c_ptr, out.ptr], beta, name)
+    let ordinal = dev.cuda_stream().context().ordinal();
+    LTS.with_borrow_mut(|lts| {
+        if !lts.iter().any(|(o, _)| *o == ordinal) {
+            lts.push((ordinal, Lt::new(&dev, name)?));
+        }
+        let lt = &mut lts.iter_mut().find(|(o, _)| *o == ordinal).expect("just added").1;
+        lt.run(&dev, &shape, [op_a.ptr, op_b.ptr, c_ptr, out.ptr], beta, name)
+    })
 }
 
 /// Where a matrix lies, as the column-major operand cuBLASLt reads: the stored matrix's rows,
@@ -233,14 +234,11 @@ struct Lt {
     algos: HashMap<Shape, sys::cublasLtMatmulAlgo_t>,
 }
 
-// SAFETY: the handle is used only under the lock that holds it, on its device's one stream.
-unsafe impl Send for Lt {}
-
-/// Set when loading the cuBLASLt library failed, so it is not tried again.
-static MISSING: AtomicBool = AtomicBool::new(false);
-
-/// One handle per device stream (one stream per device in a process: `gpu::open`).
-static LTS: Mutex<Vec<(usize, Lt)>> = Mutex::new(Vec::new());
+thread_local! {
+    /// This thread's handles, one per device ordinal. Per thread because candle's device runs each
+    /// thread's work on that thread's own stream, and a workspace must not serve two streams at once.
+    static LTS: RefCell<Vec<(usize, Lt)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A cuBLASLt failure as candle's error, naming the call.
 fn lt_err(name: &str, what: &str) -> impl FnOnce(result::CublasError) -> candle_core::Error {
@@ -250,18 +248,7 @@ fn lt_err(name: &str, what: &str) -> impl FnOnce(result::CublasError) -> candle_
 
 impl Lt {
     fn new(dev: &CudaDevice, name: &str) -> Result<Self> {
-        if MISSING.load(Ordering::Relaxed) {
-            candle_core::bail!("{name}: the cuBLASLt library could not be loaded");
-        }
-        // cudarc loads the library at the first call and panics where it finds none; that is a
-        // fallback to candle's products here, not the end of a run.
-        let handle = match std::panic::catch_unwind(result::create_handle) {
-            Ok(h) => h.map_err(lt_err(name, "handle"))?,
-            Err(_) => {
-                MISSING.store(true, Ordering::Relaxed);
-                candle_core::bail!("{name}: the cuBLASLt library could not be loaded");
-            }
-        };
+        let handle = result::create_handle().map_err(lt_err(name, "handle"))?;
         let workspace = output(dev, WORKSPACE / 4, DType::F32)?;
         Ok(Self { handle, workspace, algos: HashMap::new() })
     }
@@ -330,6 +317,13 @@ impl Lt {
                 .map(|h| h.algo)
                 .map_err(lt_err(name, "heuristic (no algorithm for these layouts)"))
         }
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: the handle was made by `Lt::new` and is destroyed once, here.
+        let _ = unsafe { result::destroy_handle(self.handle) };
     }
 }
 

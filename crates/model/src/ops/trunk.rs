@@ -9,8 +9,10 @@
 //! GPT-2-small's shape, 0.2 GB of traffic each in bf16), and each weight's gradient passes through
 //! the backward of the stacking `cat` and of the cast from its f32 master, with a fill and an add in
 //! each dtype on the way: by count ~9 GB a step, ~3 ms at 3 TB/s. Here x's gradient goes from half
-//! to half, and each weight's gradient is cast once into its variable's dtype. The numbers are the
-//! same bits either way (the fills add zeros; the cat and its backward copy).
+//! to half, and each weight's gradient is cast once into its variable's dtype. On the CPU the
+//! numbers are the same bits either way (the fills add zeros; the cat and its backward copy); on a
+//! GPU the weights' gradients come from their products in f32, which the per-half nodes round to
+//! the weights' bf16 before candle casts them back.
 
 use super::explicit::{Computed, HalfBackward, HalfGrads};
 use super::{attn_residual, mlp_residual};
@@ -48,7 +50,11 @@ pub(crate) fn trunk(
     packing: Option<&Packing>,
     master: Master,
 ) -> Result<Option<Tensor>> {
-    let Some(sink) = grad_sink::open().filter(|_| super::stack_enabled()) else { return Ok(None) };
+    // x must carry the graph: the node records a backward only over its input, so an untracked x
+    // (a frozen embedding) would leave every block weight without a gradient, silently.
+    let Some(sink) = grad_sink::open().filter(|_| super::stack_enabled() && x.track_op()) else {
+        return Ok(None);
+    };
     let all = layers.iter().flat_map(|l| l.attn.iter().chain(&l.mlp));
     if layers.is_empty() || all.clone().any(|w| master(w).is_none() && w.track_op()) {
         return Ok(None);
