@@ -179,13 +179,16 @@ impl Attention {
         );
         let name = "gpu-attention backward";
         let to = [ptr(&dq, name)?, ptr(&dk, name)?, ptr(&dv, name)?];
-        self.backward_to(q, k, v, out, grad, to, (h * hd, kv * hd))?;
+        self.backward_to(q, k, v, out, grad, to, (h * hd, kv * hd), None)?;
         Ok((dq.transpose(1, 2)?, dk.transpose(1, 2)?, dv.transpose(1, 2)?))
     }
 
     /// The gradients of q, k and v (as many keys as queries) side by side in one buffer
     /// `(B, T, H + 2·KV, hd)`, the order of their projections' stacked output, so that their
-    /// weights' gradients take one product without a concatenating copy.
+    /// weights' gradients take one product without a concatenating copy. Where q and k were
+    /// rotated by the RoPE tables `rope` (`(positions, hd / 2)` each), the kernels take dQ and dK
+    /// back through the rotation as they write them, so the buffer holds the projections' gradients.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward_joint(
         &self,
         q: &Tensor,
@@ -193,6 +196,7 @@ impl Attention {
         v: &Tensor,
         out: &Tensor,
         grad: &Tensor,
+        rope: Option<(&Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, h, kv, t, s, hd) = self.sizes(q.shape(), k.shape(), v.shape())?;
         if s != t {
@@ -205,12 +209,13 @@ impl Attention {
         let size = q.dtype().size_in_bytes() as u64;
         let to = [at, at + (h * hd) as u64 * size, at + ((h + kv) * hd) as u64 * size];
         let ld = (h + 2 * kv) * hd;
-        self.backward_to(q, k, v, out, grad, to, (ld, ld))?;
+        self.backward_to(q, k, v, out, grad, to, (ld, ld), rope)?;
         Ok(d)
     }
 
     /// The backward's kernels: D, then dQ and dK/dV written positions-major from the addresses
-    /// `to`, `ld.0` (dQ) and `ld.1` (dK, dV) elements from one position's row of heads to the next.
+    /// `to`, `ld.0` (dQ) and `ld.1` (dK, dV) elements from one position's row of heads to the next;
+    /// with `rope`, dQ and dK taken back through the rotation by those tables.
     #[allow(clippy::too_many_arguments)]
     fn backward_to(
         &self,
@@ -221,6 +226,7 @@ impl Attention {
         grad: &Tensor,
         [to_q, to_k, to_v]: [u64; 3],
         (ld_q, ld_kv): (usize, usize),
+        rope: Option<(&Tensor, &Tensor)>,
     ) -> Result<()> {
         let name = "gpu-attention backward";
         let Some(lse) = self.lse.lock().expect("not poisoned").clone() else {
@@ -248,11 +254,35 @@ impl Attention {
         let common =
             [Arg::Ptr(ptr(&dout, name)?), Arg::Ptr(ptr(&lse, name)?), Arg::Ptr(ptr(&dsum, name)?), self.seg_arg()?];
         let scalars = self.scalars(h, kv, t, s)?;
+        // The tables in the operands' dtype, one row per position, as the kernels index them.
+        let tables = match rope {
+            Some((cos, sin)) => {
+                let positions = (self.start + t).max(s);
+                let fits = |x: &Tensor| {
+                    x.dims().len() == 2 && x.dim(0).ok() >= Some(positions) && x.dim(1).ok() == Some(hd / 2)
+                };
+                if !fits(cos) || !fits(sin) {
+                    candle_core::bail!(
+                        "{name}: RoPE tables {:?} and {:?} do not cover {positions} positions of head size {hd}",
+                        cos.dims(),
+                        sin.dims()
+                    );
+                }
+                Some((cos.to_dtype(dtype)?.contiguous()?, sin.to_dtype(dtype)?.contiguous()?))
+            }
+            None => None,
+        };
+        let table_args = match &tables {
+            Some((cos, sin)) => [Arg::Ptr(ptr(cos, name)?), Arg::Ptr(ptr(sin, name)?)],
+            None => [Arg::Ptr(0), Arg::Ptr(0)],
+        };
         let mut args = operands()?.args(common.iter().cloned().chain([Arg::Ptr(to_q)]), scalars);
         args.push(Arg::Long(ld_q as i64));
+        args.extend(table_args);
         run(&dev, Kernel::Dq, dtype, hd, (t.div_ceil(TILE) as u32, (b * h) as u32, 1), &args)?;
         let mut args = operands()?.args(common.into_iter().chain([Arg::Ptr(to_k), Arg::Ptr(to_v)]), scalars);
         args.push(Arg::Long(ld_kv as i64));
+        args.extend(table_args);
         run(&dev, Kernel::Dkv, dtype, hd, (s.div_ceil(TILE) as u32, (b * kv) as u32, 1), &args)
     }
 
@@ -315,7 +345,7 @@ impl CustomOp3 for Attention {
 pub fn forward_backward(q: &Tensor, k: &Tensor, v: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor> {
     let op = Attention::new(q, scale, 0, None)?;
     let out = op.forward(q, k, v)?;
-    op.backward_joint(q, k, v, &out, grad)
+    op.backward_joint(q, k, v, &out, grad, None)
 }
 
 /// True when the kernels take this head size.

@@ -147,8 +147,8 @@ impl Attention {
     /// The gradient `(B · T, (H + 2·KV) · hd)` of the projections that made q `(B, H, T, hd)`, k and
     /// v `(B, KV, T, hd)` (q and k then rotated by the tables `cos`, `sin` from position 0), side by
     /// side in their stacked order, from the forward's rotated inputs, its output and the output's
-    /// gradient. On a GPU the kernels write the three into one buffer and the rotations are undone
-    /// there in place (RoPE's backward is the rotation by the opposite angles).
+    /// gradient. On a GPU the kernels write the three into one buffer, taking dQ and dK back through
+    /// the rotations as they write them (RoPE's backward is the rotation by the opposite angles).
     #[allow(clippy::too_many_arguments)]
     #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     pub(super) fn backward_projections(
@@ -165,11 +165,7 @@ impl Attention {
         let kv = k.dim(1)?;
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
-            let d = gpu.backward_joint(q, k, v, o, grad)?;
-            for (first, count) in [(0, h), (h, kv)] {
-                crate::gpu::rope::rotate_in_place(&d.narrow(2, first, count)?.transpose(1, 2)?, cos, sin, 0, -1.0)?;
-            }
-            return d.reshape((b * t, (h + 2 * kv) * hd));
+            return gpu.backward_joint(q, k, v, o, grad, Some((cos, sin)))?.reshape((b * t, (h + 2 * kv) * hd));
         }
         let vars = [Var::from_tensor(q)?, Var::from_tensor(k)?, Var::from_tensor(v)?];
         let [vq, vk, vv] = &vars;

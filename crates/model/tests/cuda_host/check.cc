@@ -34,18 +34,22 @@ using ll = long long;
                                            int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd64_##S(const T*, const T*, const T*, const T*, const float*,       \
                                               const float*, const unsigned*, T*, int, int, int, int, int, \
-                                              float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);             \
+                                              float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll, const T*,    \
+                                              const T*);                                                   \
     extern "C" void attention_bwd_dkv_hd64_##S(const T*, const T*, const T*, const T*, const float*,      \
                                                const float*, const unsigned*, T*, T*, int, int, int, int, \
-                                               int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);       \
+                                               int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll, const T*, \
+                                               const T*);                                                   \
     extern "C" void attention_fwd_hd128_##S(const T*, const T*, const T*, T*, float*, const unsigned*, int, \
                                             int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll); \
     extern "C" void attention_bwd_dq_hd128_##S(const T*, const T*, const T*, const T*, const float*,      \
                                                const float*, const unsigned*, T*, int, int, int, int, int, \
-                                               float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);            \
+                                               float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll, const T*,   \
+                                               const T*);                                                   \
     extern "C" void attention_bwd_dkv_hd128_##S(const T*, const T*, const T*, const T*, const float*,     \
                                                 const float*, const unsigned*, T*, T*, int, int, int, int, \
-                                                int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll);
+                                                int, float, ll, ll, ll, ll, ll, ll, ll, ll, ll, ll, const T*, \
+                                                const T*);
 DECLARE(float, f32)
 DECLARE(bf16, bf16)
 #define DECLARE_TC(HD)                                                                                  \
@@ -58,11 +62,11 @@ DECLARE_TC(128)
     extern "C" void attention_bwd_dq_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
                                                       const float*, const float*, const unsigned*, bf16*, int, \
                                                       int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, ll, \
-                                                      ll, ll);                                          \
+                                                      ll, ll, const bf16*, const bf16*);                \
     extern "C" void attention_bwd_dkv_tc_hd##HD##_bf16(const bf16*, const bf16*, const bf16*, const bf16*, \
                                                        const float*, const float*, const unsigned*, bf16*, bf16*, \
                                                        int, int, int, int, int, float, ll, ll, ll, ll, ll, ll, ll, \
-                                                       ll, ll, ll);
+                                                       ll, ll, ll, const bf16*, const bf16*);
 DECLARE_TC_BWD(64)
 DECLARE_TC_BWD(128)
 
@@ -421,18 +425,19 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
     // dk_out and dv_out (every element of a joint buffer lands in one of them, so one left unwritten
     // shows as NaN).
     auto backward = [&](auto dq_kernel, auto dkv_kernel, unsigned threads, size_t dq_shared, size_t dkv_shared,
-                        std::vector<T>& dq_out, std::vector<T>& dk_out, std::vector<T>& dv_out) {
+                        std::vector<T>& dq_out, std::vector<T>& dk_out, std::vector<T>& dv_out, const T* cosp = nullptr,
+                        const T* sinp = nullptr) {
         auto buf = poisoned<T>(joint ? size_t(b) * t * ldq : 0);
         T* pq = joint ? buf.data() : dq_out.data();
         T* pk = joint ? buf.data() + h * HD : dk_out.data();
         T* pv = joint ? buf.data() + (h + kv) * HD : dv_out.data();
         emu_launch({qtiles, unsigned(b * h)}, {threads}, dq_shared, [&] {
             dq_kernel(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, pq, h, kv, t, s, start,
-                      sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldq);
+                      sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldq, cosp, sinp);
         });
         emu_launch({ktiles, unsigned(b * kv)}, {threads}, dkv_shared, [&] {
             dkv_kernel(qs.data(), ks.data(), vs.data(), dos.data(), lses.data(), dsum.data(), sp, pk, pv, h, kv, t, s,
-                       start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldkv);
+                       start, sc, qb, qh, qt, kb, kh, kt, kb, kh, kt, ldkv, cosp, sinp);
         });
         if (!joint) return;
         for (size_t row = 0; row < size_t(b) * t; ++row)
@@ -482,6 +487,40 @@ template <typename T, int HD> void attention(int b, int h, int kv, int t, int s,
         expect((w + " dq, tensor cores").c_str(), kind<T>(), dqs_tc, dq, tolerance<T>());
         expect((w + " dk, tensor cores").c_str(), kind<T>(), dks_tc, dk, tolerance<T>());
         expect((w + " dv, tensor cores").c_str(), kind<T>(), dvs_tc, dv, tolerance<T>());
+    }
+    if (!joint) return;
+    // The same backward given RoPE tables: dQ and dK taken back through the rotation at their
+    // positions (queries from `start`, keys from 0), g1·c + g2·s and g2·c − g1·s for each pair of
+    // columns (i, i + hd/2), against the reference rotated the same way in f64.
+    const int half = HD / 2, positions = std::max(start + t, s);
+    std::vector<double> cd, sd;
+    auto cos_t = randn<T>(size_t(positions) * half, cd), sin_t = randn<T>(size_t(positions) * half, sd);
+    auto unrotated = [&](const std::vector<double>& g, int heads_, int pos0) {
+        std::vector<double> out(g.size());
+        for (size_t row = 0; row < g.size() / HD; ++row) {
+            const size_t pos = size_t(pos0) + row / heads_ % (g.size() / HD / heads_ / b);
+            for (int i = 0; i < half; ++i) {
+                const double c = val(cos_t[pos * half + i]), sn = val(sin_t[pos * half + i]);
+                const double g1 = g[row * HD + i], g2 = g[row * HD + i + half];
+                out[row * HD + i] = g1 * c + g2 * sn;
+                out[row * HD + i + half] = g2 * c - g1 * sn;
+            }
+        }
+        return out;
+    };
+    // dq rows are (b, position, head), dk rows (b, key, kv head).
+    const auto dq_rot = unrotated(dq, h, start), dk_rot = unrotated(dk, kv, 0);
+    auto dqr = poisoned<T>(q.size()), dkr = poisoned<T>(k.size()), dvr = poisoned<T>(v.size());
+    backward(K_::dq, K_::dkv, 256, 4 * tile, 4 * tile + 2 * 64 * 4, dqr, dkr, dvr, cos_t.data(), sin_t.data());
+    expect((w + " dq through RoPE").c_str(), kind<T>(), dqr, dq_rot, tolerance<T>());
+    expect((w + " dk through RoPE").c_str(), kind<T>(), dkr, dk_rot, tolerance<T>());
+    expect((w + " dv beside RoPE").c_str(), kind<T>(), dvr, dv, tolerance<T>());
+    if constexpr (sizeof(T) == 2) {
+        dqr = poisoned<T>(q.size()), dkr = poisoned<T>(k.size()), dvr = poisoned<T>(v.size());
+        backward(TensorCores<HD>::dq, TensorCores<HD>::dkv, 128, tc_dq_shared(HD), tc_dkv_shared(HD), dqr, dkr, dvr,
+                 cos_t.data(), sin_t.data());
+        expect((w + " dq through RoPE, tensor cores").c_str(), kind<T>(), dqr, dq_rot, tolerance<T>());
+        expect((w + " dk through RoPE, tensor cores").c_str(), kind<T>(), dkr, dk_rot, tolerance<T>());
     }
 }
 

@@ -122,11 +122,12 @@ __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, co
 
 // dQ = scale · Σ_keys dS · K with dS = P ⊙ (dO·Vᵀ − D), P recomputed from the kept log-sum-exp.
 // dout is (B, T, H, hd) contiguous; dsum D is (B, T, H); dq is written positions-major, `ld`
-// elements from one position's row of heads to the next (H · hd for (B, T, H, hd)).
+// elements from one position's row of heads to the next (H · hd for (B, T, H, hd)). With RoPE
+// tables (`cos` not null) dq is taken back through the rotation that made q (see `unrotate`).
 template <typename T, int HD>
 __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                             const unsigned* seg, T* dq, int heads, int kv_heads, int t, int s, int start, float scale,
-                            Strides qs, Strides ks, Strides vs, long long ld) {
+                            Strides qs, Strides ks, Strides vs, long long ld, const T* cos, const T* sin) {
     DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sq = smem, *sdo = sq + TILE * LD, *sk = sdo + TILE * LD, *sv = sk + TILE * LD;
@@ -156,6 +157,14 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
     }
     if (qi < t) {
         T* row = dq + ((size_t)b * t + qi) * ld + h * HD;
+        // This thread's columns 4j + 16i + e pair with those HD/32 steps of i on.
+        if (cos)
+#pragma unroll
+            for (int i = 0; i < HD / 32; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    unrotate(acc[4 * i + e], acc[4 * (i + HD / 32) + e], cos, sin, start + qi, 4 * j + 16 * i + e,
+                             HD / 2);
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
@@ -169,7 +178,8 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
 template <typename T, int HD>
 __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,
                              const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start,
-                             float scale, Strides qs, Strides ks, Strides vs, long long ld) {
+                             float scale, Strides qs, Strides ks, Strides vs, long long ld, const T* cos,
+                             const T* sin) {
     DYNAMIC_SHARED(smem);
     constexpr int LD = HD + 4;
     float *sk = smem, *sv = sk + TILE * LD, *sq = sv + TILE * LD, *sdo = sq + TILE * LD;
@@ -211,6 +221,12 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
     }
     if (kp < s) {
         const size_t at = ((size_t)b * s + kp) * ld + kvh * HD;
+        if (cos)
+#pragma unroll
+            for (int i = 0; i < HD / 32; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    unrotate(adk[4 * i + e], adk[4 * (i + HD / 32) + e], cos, sin, kp, 4 * j + 16 * i + e, HD / 2);
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
@@ -233,17 +249,17 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,             \
         const unsigned* seg, T* dq, int heads, int kv_heads, int t, int s, int start, float scale,           \
         long long qb, long long qh, long long qt, long long kb, long long kh, long long kt, long long vb,     \
-        long long vh, long long vt, long long ld) {                                                         \
+        long long vh, long long vt, long long ld, const T* cos, const T* sin) {                             \
         backward_dq<T, HD>(q, k, v, dout, lse, dsum, seg, dq, heads, kv_heads, t, s, start, scale,           \
-                           {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                   \
+                           {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld, cos, sin);                         \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(THREADS) attention_bwd_dkv_hd##HD##_##S(                   \
         const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* dsum,             \
         const unsigned* seg, T* dk, T* dv, int heads, int kv_heads, int t, int s, int start, float scale,    \
         long long qb, long long qh, long long qt, long long kb, long long kh, long long kt, long long vb,     \
-        long long vh, long long vt, long long ld) {                                                         \
+        long long vh, long long vt, long long ld, const T* cos, const T* sin) {                             \
         backward_dkv<T, HD>(q, k, v, dout, lse, dsum, seg, dk, dv, heads, kv_heads, t, s, start, scale,      \
-                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                  \
+                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld, cos, sin);                        \
     }
 #define ENTRY(T, S) ENTRY_HD(T, S, 64) ENTRY_HD(T, S, 128)
 FOR_EACH_TYPE(ENTRY)

@@ -26,6 +26,18 @@ __device__ __forceinline__ QueryBlock<T> query_block(const T* k, const T* v, int
     return {b, h, k + b * ks.b + kvh * ks.h, v + b * vs.b + kvh * vs.h};
 }
 
+// A gradient pair (g1, g2) of a rotated row's columns i and i + half at position `pos`, taken back
+// through RoPE (Llama's half-split rotation; its backward is the rotation by the opposite angle)
+// from the tables `cos` and `sin` ((positions, half), row-major). The kernels that write dQ and dK
+// apply it to their accumulators when given the tables: each thread holds both columns of a pair.
+template <typename T>
+__device__ __forceinline__ void unrotate(float& g1, float& g2, const T* cos, const T* sin, int pos, int i, int half) {
+    const float c = to_f32(cos[(size_t)pos * half + i]), s = to_f32(sin[(size_t)pos * half + i]);
+    const float a = g1, b = g2;
+    g1 = a * c + b * s;
+    g2 = b * c - a * s;
+}
+
 // The maximum and the sum over the four lanes of a quad (lanes 4g..4g + 4), which hold one row
 // between them in both files' layouts.
 __device__ __forceinline__ float quad_max(float v) {

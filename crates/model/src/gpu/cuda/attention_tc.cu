@@ -171,6 +171,19 @@ template <int HD> struct KvTiles {
     }
 };
 
+// Takes rows r and r + 8 of a 16 × HD accumulator (positions pos0 and pos8) back through RoPE
+// (see `unrotate`): this lane's columns 8n + c, + 1 pair with those HD/16 tiles on.
+template <int HD>
+__device__ __forceinline__ void unrotate_rows(float (&acc)[HD / 8][4], const __nv_bfloat16* cos,
+                                              const __nv_bfloat16* sin, int pos0, int pos8) {
+    const int c = 2 * (threadIdx.x & 3);
+#pragma unroll
+    for (int n = 0; n < HD / 16; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            unrotate(acc[n][e], acc[n + HD / 16][e], cos, sin, e < 2 ? pos0 : pos8, 8 * n + c + (e & 1), HD / 2);
+}
+
 // Writes rows r and r + 8 of a 16 × HD accumulator (times `scale`) as bf16 into `row0` and `row8`
 // (either null when that row is past the end).
 template <int HD>
@@ -304,12 +317,14 @@ __device__ void forward(const __nv_bfloat16* q, const __nv_bfloat16* k, const __
 
 // dQ = scale · Σ_keys dS · K, dS = P ⊙ (dO·Vᵀ − D), P from the kept log-sum-exp. dout is
 // (B, T, H, hd) contiguous, dsum D is (B, T, H), dq is written positions-major, `ld` elements from
-// one position's row of heads to the next.
+// one position's row of heads to the next; with RoPE tables (`cos` not null) taken back through the
+// rotation that made q.
 template <int HD>
 __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                             const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                             __nv_bfloat16* dq, int heads, int kv_heads, int t, int s, int start, float scale,
-                            Strides qs, Strides ks, Strides vs, long long ld) {
+                            Strides qs, Strides ks, Strides vs, long long ld, const __nv_bfloat16* cos,
+                            const __nv_bfloat16* sin) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = 2 * (lane & 3);
@@ -364,6 +379,9 @@ __device__ void backward_dq(const __nv_bfloat16* q, const __nv_bfloat16* k, cons
         const int qi = q0 + r0 + 8 * i;
         rows[i] = qi < t ? dq + ((size_t)b * t + qi) * ld + h * HD : nullptr;
     }
+    // Rows past the end are not stored; position 0 keeps their table reads in range.
+    const int pos0 = q0 + r0 < t ? start + q0 + r0 : 0, pos8 = q0 + r0 + 8 < t ? start + q0 + r0 + 8 : 0;
+    if (cos) unrotate_rows<HD>(acc, cos, sin, pos0, pos8);
     store_rows<HD>(rows[0], rows[1], acc, scale, scale);
 }
 
@@ -374,7 +392,8 @@ template <int HD>
 __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                              const __nv_bfloat16* dout, const float* lse, const float* dsum, const unsigned* seg,
                              __nv_bfloat16* dk, __nv_bfloat16* dv, int heads, int kv_heads, int t, int s, int start,
-                             float scale, Strides qs, Strides ks, Strides vs, long long ld) {
+                             float scale, Strides qs, Strides ks, Strides vs, long long ld, const __nv_bfloat16* cos,
+                             const __nv_bfloat16* sin) {
     constexpr int LDH = HD + 8, KSTEPS = HD / 16, NT = HD / 8;
     DYNAMIC_SHARED(smem);
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(smem);  // [TILE][LDH], the block's keys
@@ -440,6 +459,7 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
         // Every warp is done with this half before the next step's fetch refills it.
         __syncthreads();
     }
+    if (cos) unrotate_rows<HD>(dka, cos, sin, k0 + r0 < s ? k0 + r0 : 0, k0 + r0 + 8 < s ? k0 + r0 + 8 : 0);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
         const int kp = k0 + r0 + 8 * i;
@@ -469,18 +489,19 @@ __device__ void backward_dkv(const __nv_bfloat16* q, const __nv_bfloat16* k, con
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
         const float* lse, const float* dsum, const unsigned* seg, __nv_bfloat16* dq, int heads, int kv_heads, \
         int t, int s, int start, float scale, long long qb, long long qh, long long qt, long long kb,          \
-        long long kh, long long kt, long long vb, long long vh, long long vt, long long ld) {                \
+        long long kh, long long kt, long long vb, long long vh, long long vt, long long ld,                  \
+        const __nv_bfloat16* cos, const __nv_bfloat16* sin) {                                                \
         tc::backward_dq<HD>(q, k, v, dout, lse, dsum, seg, dq, heads, kv_heads, t, s, start, scale,           \
-                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                   \
+                            {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld, cos, sin);                         \
     }                                                                                                        \
     extern "C" __global__ void __launch_bounds__(tc::THREADS) attention_bwd_dkv_tc_hd##HD##_bf16(            \
         const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const __nv_bfloat16* dout,    \
         const float* lse, const float* dsum, const unsigned* seg, __nv_bfloat16* dk, __nv_bfloat16* dv,       \
         int heads, int kv_heads, int t, int s, int start, float scale, long long qb, long long qh,            \
         long long qt, long long kb, long long kh, long long kt, long long vb, long long vh, long long vt,       \
-        long long ld) {                                                                                      \
+        long long ld, const __nv_bfloat16* cos, const __nv_bfloat16* sin) {                                  \
         tc::backward_dkv<HD>(q, k, v, dout, lse, dsum, seg, dk, dv, heads, kv_heads, t, s, start, scale,      \
-                             {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld);                                  \
+                             {qb, qh, qt}, {kb, kh, kt}, {vb, vh, vt}, ld, cos, sin);                        \
     }
 ENTRY(64)
 ENTRY(128)
