@@ -392,7 +392,7 @@ impl Transformer {
     /// gradient sums every occurrence of a token, a sum bf16 would round after a few hundred terms.
     /// A tied output layer gets a cast of its own, so the two gradients meet in the master's dtype.
     /// The copy records each cast weight's master, where the block stack of a training step sends
-    /// its gradient directly ([`crate::ops::trunk`]).
+    /// its gradient directly (`ops::trunk`).
     pub fn cast(&self, dtype: DType) -> Result<Self> {
         let masters = RefCell::new(HashMap::new());
         let f = |t: &Tensor| {
