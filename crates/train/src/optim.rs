@@ -76,9 +76,11 @@ impl AdamW {
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
         #[cfg(feature = "cuda")]
         {
-            // On the GPU: every gradient's sum of squares on the device, one read back.
+            // On the GPU: every gradient's sum of squares on the device, one read back (the
+            // kernel takes one dtype for all; mixed ones take the general path below).
             let gs: Vec<&Tensor> = self.slots.iter().filter_map(|s| grads.get(s.var.as_tensor())).collect();
-            if !gs.is_empty() && tsukuru_model::gpu::supported(&gs) {
+            let one_dtype = gs.windows(2).all(|w| w[0].dtype() == w[1].dtype());
+            if !gs.is_empty() && one_dtype && tsukuru_model::gpu::supported(&gs) {
                 return Ok(tsukuru_model::gpu::adamw::sum_squares(&gs)?.sqrt());
             }
         }
