@@ -144,6 +144,14 @@ checks = open(os.path.join(out, "checks.txt")).read() if os.path.exists(os.path.
 print("kernel checks:", "passed" if "test result: ok" in checks and "exit 0" in checks else "FAILED or missing (checks.txt)")
 peak = next((m["bf16_matmul_tflops"] for m in ref if "bf16_matmul_tflops" in m), None)
 train = one("train.json")
+if not train:
+    # The main run failed: the headline figures from the run without the block stack and cuBLASLt,
+    # or with each block's halves as separate ops, so the call still says where the path stands.
+    for name in ("train_halves.json", "train_separate.json"):
+        train = one(name)
+        if train:
+            print(f"WARNING: train.json is missing; the training figures below are {name}'s")
+            break
 eager, compiled = torch("train", compile=False), torch("train", compile=True)
 mfu = "n/a"
 if train and peak:
