@@ -137,7 +137,7 @@ pub(crate) fn alloc(dev: &CudaDevice, shape: &Shape, dtype: DType) -> Result<Cud
     Ok(s)
 }
 
-/// A copy of a contiguous f32 CUDA tensor as fresh storage: what an op whose result was computed
+/// A copy of a contiguous CUDA tensor as fresh storage: what an op whose result was computed
 /// outside the graph returns from its forward.
 pub(crate) fn storage_copy(t: &Tensor, op: &str) -> Result<CudaStorage> {
     let dev = device(t)?;

@@ -216,25 +216,7 @@ impl Computed {
 
     /// The CPU forward's result.
     pub(super) fn cpu(&self, name: &str) -> Result<(CpuStorage, Shape)> {
-        self.take(name, |s, l| match s {
-            Storage::Cpu(c) => c.try_clone(l),
-            _ => candle_core::bail!("{name}: output on another device than the inputs"),
-        })
-    }
-
-    /// The CUDA forward's result.
-    #[cfg(feature = "cuda")]
-    pub(super) fn cuda(&self, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.take(name, |s, l| match s {
-            Storage::Cuda(c) => c.try_clone(l),
-            _ => candle_core::bail!("{name}: output on another device than the inputs"),
-        })
-    }
-
-    fn take<S>(&self, name: &str, copy: impl Fn(&Storage, &Layout) -> Result<S>) -> Result<(S, Shape)> {
-        let Some(out) = self.0.lock().expect("not poisoned").take() else {
-            candle_core::bail!("{name}: forward ran twice")
-        };
+        let out = self.take(name)?;
         // `try_clone` copies the whole buffer: the output must be laid out from its start.
         let starts = {
             let (_, l) = out.storage_and_layout();
@@ -242,7 +224,24 @@ impl Computed {
         };
         let out = if starts { out } else { out.copy()? };
         let (s, l) = out.storage_and_layout();
-        Ok((copy(&s, l)?, out.shape().clone()))
+        match &*s {
+            Storage::Cpu(c) => Ok((c.try_clone(l)?, out.shape().clone())),
+            _ => candle_core::bail!("{name}: output on another device than the inputs"),
+        }
+    }
+
+    /// The CUDA forward's result: exactly the output's elements, copied.
+    #[cfg(feature = "cuda")]
+    pub(super) fn cuda(&self, name: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+        let out = self.take(name)?.contiguous()?;
+        Ok((crate::gpu::storage_copy(&out, name)?, out.shape().clone()))
+    }
+
+    fn take(&self, name: &str) -> Result<Tensor> {
+        match self.0.lock().expect("not poisoned").take() {
+            Some(out) => Ok(out),
+            None => candle_core::bail!("{name}: forward ran twice"),
+        }
     }
 }
 
