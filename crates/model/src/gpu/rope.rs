@@ -84,10 +84,11 @@ impl CustomOp1 for Rope {
     }
 }
 
-/// `x (B, H, T, hd)` (rows contiguous) rotated in place by `sign` times the tables' angles from
-/// `start`, outside the graph: for a tensor made outside the graph that nothing has read yet (the
-/// query and key parts of a fresh projection), so no other reader sees the change.
-pub(crate) fn rotate_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize, sign: f32) -> Result<()> {
+/// `x (B, H, T, hd)` (rows contiguous) rotated in place by the tables' angles from `start`, outside
+/// the graph: for a tensor made outside the graph that nothing has read yet (the query and key parts
+/// of a fresh projection), so no other reader sees the change. (The attention backward's kernels
+/// take the gradients back through the rotation themselves.)
+pub(crate) fn rotate_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<()> {
     let op = Rope { cos: cos.clone(), sin: sin.clone(), start };
     let (s, l) = x.storage_and_layout();
     let Storage::Cuda(c) = &*s else { candle_core::bail!("gpu-rope: x not on a CUDA device") };
@@ -95,7 +96,7 @@ pub(crate) fn rotate_in_place(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usi
     if st.len() != 4 {
         candle_core::bail!("gpu-rope: x {:?} is not (B, H, T, hd)", l.dims());
     }
-    op.launch(c, l, sign, (storage_base(c, l.start_offset(), "gpu-rope")?, [st[0], st[1], st[2]]))
+    op.launch(c, l, 1.0, (storage_base(c, l.start_offset(), "gpu-rope")?, [st[0], st[1], st[2]]))
 }
 
 /// RoPE of `x (B, H, T, hd)` (any strides with the last dimension contiguous) at positions

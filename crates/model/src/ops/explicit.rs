@@ -100,7 +100,7 @@ pub(super) fn gate_backward(gu: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)>
 pub(super) fn rope_forward(x: &Tensor, cos: &Tensor, sin: &Tensor, start: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        crate::gpu::rope::rotate_in_place(x, cos, sin, start, 1.0)?;
+        crate::gpu::rope::rotate_in_place(x, cos, sin, start)?;
         return Ok(x.clone());
     }
     composite::rope(x, cos, sin, start)
