@@ -1,5 +1,9 @@
 //! `tsukuru`: the one binary. Raw flags become a validated plan here; the work lives in the library crates.
 
+// The commands' doc comments are their `--help` text, where `[pretrain]` and `cuda[:N]` are literal
+// brackets, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod commands;
 mod progress;
 mod signals;

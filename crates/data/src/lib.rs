@@ -4,7 +4,7 @@
 //! documents (txt, jsonl, parquet), [`normalize`] cleans text, [`filter`] drops
 //! low-quality documents with a reason each, [`dedup`] removes exact and near
 //! duplicates ([`minhash`], [`bloom`]) in bounded memory, and [`shards`] writes
-//! compressed JSONL. [`prepare`] runs them in order and writes the manifest last.
+//! compressed JSONL. [`prepare()`] runs them in order and writes the manifest last.
 //! [`ngrams`] finds word n-grams shared between texts: evaluation items in training data, or
 //! training documents that overlap evaluation items (decontamination).
 

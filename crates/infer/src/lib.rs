@@ -1,7 +1,7 @@
 //! tsukuru-infer: turning a model into text, without HTTP.
 //!
 //! [`Sampler`] picks the next token from logits (greedy, temperature, top-k, top-p, seeded);
-//! [`generate`] runs prefill and decoding over the model's KV cache; [`TextStream`] turns a
+//! [`generate()`] runs prefill and decoding over the model's KV cache; [`TextStream`] turns a
 //! growing list of token ids into text pieces that never split a UTF-8 character. [`engine`]
 //! serves many requests at once on one thread in batched steps over a paged key–value cache
 //! whose blocks and prefix cache [`blocks`] manages, with [`stop`] sequences held back until

@@ -95,7 +95,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Rows `ids` (u32, any shape) of an embedding table `(vocab, D)`, shaped `ids.dims() + [D]`. On
-/// a GPU with a backward of its own ([`crate::gpu::embedding`]); elsewhere candle's row gather.
+/// a GPU with a backward of its own (`gpu::embedding`); elsewhere candle's row gather.
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if crate::gpu::supported(&[table]) && ids.dtype() == DType::U32 {

@@ -1,7 +1,7 @@
 //! tsukuru-tokens: token shards on disk and the loaders that feed training.
 //!
 //! [`tokenize`] encodes prepared text shards in parallel into binary token
-//! shards ([`format`], documented there byte by byte); [`dataset`] maps them
+//! shards ([`format`](mod@format), documented there byte by byte); [`dataset`] maps them
 //! back; [`loader`] yields `(B, T)` training windows that always start at a
 //! document boundary, in a seeded order, resumable from a small serialisable state. For
 //! instruction tuning, [`conversations`] reads users' chat data and [`sft`] mixes rendered

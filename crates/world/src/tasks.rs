@@ -1,7 +1,7 @@
 //! Instruction tasks with ground truth, drawn from the world: questions about facts, multi-hop
 //! questions, comparisons, counting over a given list, summaries of articles, questions about
 //! entities that do not exist (whose right answer is "I don't know"), and the world-free skills of
-//! [`crate::skills`] (arithmetic, spelling, counting letters, reversing words).
+//! `skills` (arithmetic, spelling, counting letters, reversing words).
 //!
 //! Every example says whether it is in-domain for instruction tuning and, if not, why
 //! ([`HeldOut`]): it names a held-out entity or an invented one held out for evaluation, it is

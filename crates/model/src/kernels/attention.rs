@@ -3,7 +3,7 @@
 //!
 //! The composite keeps the scores and the probabilities of every head for the backward pass (two
 //! `T × S` matrices per head and layer), copies `kᵀ`, the grouped-query repeat of k and v, and the
-//! transposed output. Here a block of at most [`BLOCK`] query rows sees only the keys it may attend
+//! transposed output. Here a block of at most `BLOCK` query rows sees only the keys it may attend
 //! to (so the masked half of the products is skipped), its scores live in a per-thread buffer, and
 //! only the log-sum-exp of each row is kept; the backward recomputes the probabilities from it.
 //! Key/value heads are shared by their query heads in place, and the output is written directly

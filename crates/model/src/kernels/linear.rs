@@ -3,7 +3,7 @@
 //!
 //! Through candle's ops the same layer is a broadcast matmul against a transposed view: the
 //! backward pass then copies the transposed operands into contiguous tensors before each product.
-//! Here the products read the transposed views in place ([`super::matmul`] packs either layout).
+//! Here the products read the transposed views in place (`kernels::matmul` packs either layout).
 
 use super::{cpu_storage, f32s, new_product, F32View};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};

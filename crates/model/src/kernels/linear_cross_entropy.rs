@@ -3,7 +3,7 @@
 //!
 //! Separately, the logits (`N × V`, the largest activation of a small model: 64 MiB for 2,048
 //! tokens over 8,192 words) are kept for the backward pass and then matched by a gradient of the
-//! same size. Here rows are taken [`CHUNK`] at a time: the chunk's logits are computed into one
+//! same size. Here rows are taken `CHUNK` at a time: the chunk's logits are computed into one
 //! reused buffer, turned into their gradient `(softmax − onehot) / N` in place, and both products of
 //! the backward (`dh = g · W`, `dW += gᵀ · h`) are done at once. The op keeps only `dh` and `dW`;
 //! its backward scales them by the incoming gradient. Same products, same arithmetic, a fraction of

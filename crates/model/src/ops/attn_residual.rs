@@ -9,7 +9,7 @@
 //! the graph and keeps `n`, each row's inverse RMS, the rotated queries and keys, the values, the
 //! attention's output and (on a GPU) its log-sum-exp; the backward returns one gradient per input
 //! (x; the query, key, value and gain weights stacked; the output projection). The pieces are those
-//! of [`super::explicit`]: GPU kernels on a GPU, candle ops elsewhere.
+//! of `ops::explicit`: GPU kernels on a GPU, candle ops elsewhere.
 
 use super::explicit::{
     norm_backward, norm_forward, residual_product, rope_forward, weight_grad, Attention, HalfBackward, HalfGrads,

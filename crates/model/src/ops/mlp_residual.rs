@@ -11,7 +11,7 @@
 //! and returns one gradient per input (x; the gate, up and gain weights stacked; the down
 //! projection).
 //! The norm and the gate are the GPU kernels on a GPU and the same arithmetic in candle ops
-//! elsewhere ([`super::explicit`]), which is how the tests check this op against the separate ones.
+//! elsewhere (`ops::explicit`), which is how the tests check this op against the separate ones.
 
 use super::explicit::{
     gate_backward, gate_forward, norm_backward, norm_forward, residual_product, weight_grad, HalfBackward, HalfGrads,
