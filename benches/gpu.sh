@@ -4,7 +4,9 @@
 #   bash benches/gpu.sh prepare    # on the build machine: the CUDA build of the binary and of the
 #                                  # kernel checks, stripped, and the PyTorch reference, in .bench/gpu
 #   bash benches/gpu.sh run        # on the GPU machine, from the repository root with .bench/gpu:
-#                                  # checks first, then timings; results in $OUT (default .bench/gpu/out)
+#                                  # checks first, then timings; every file in .bench/gpu/out, the
+#                                  # table in its summary.txt; with OUT set, both packed there too
+#                                  # (gpu_results.tar.gz and summary.txt)
 #
 # `run` builds nothing: it needs the NVIDIA driver and Python with PyTorch (whose CUDA 13 libraries
 # the binary loads). In order: the kernel checks against the composite ops (crates/model/tests/
@@ -59,50 +61,65 @@ run)
   # a margin for the table), so the essential figures come first and the diagnostics last.
   deadline=$(( SECONDS + ${GPU_RUN_SECONDS:-560} ))
   limit() { local left=$(( deadline - SECONDS )); (( left < $1 )) && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
-  out="${OUT:-$dir/out}"
-  mkdir -p "$out"
+  # Every file of the run lands in one folder; with OUT set (a folder that whoever runs this
+  # collects), the folder is also packed into one archive there beside the table, so a caller
+  # that brings back only a few files still gets every log.
+  out="$dir/out"
+  rm -rf "$out" "$dir/bin" && mkdir -p "$out" "$dir/bin"
   # The CUDA 13 libraries PyTorch ships (cuBLAS, cuRAND, NVRTC), and the driver's libcuda.
   libs=$(python3 -c 'import glob, os, nvidia
 print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib")))))')
   export LD_LIBRARY_PATH="$libs:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
   for name in tsukuru gpu_kernels; do
-    gzip -dc "$dir/$name.gz" > "$out/$name" && chmod +x "$out/$name"
+    gzip -dc "$dir/$name.gz" > "$dir/bin/$name" && chmod +x "$dir/bin/$name"
   done
-  bin="$out/tsukuru"
+  bin="$dir/bin/tsukuru"
+  # step FILE SECONDS COMMAND...: runs COMMAND under its share of the time, appends its standard
+  # output to FILE (and shows it) and its standard error to FILE.err; a failure shows the
+  # exit status and the error's last lines.
+  step() {
+    local file=$1 secs=$2 rc
+    shift 2
+    timeout "$(limit "$secs")" "$@" > "$out/.step" 2>> "$out/$file.err"
+    rc=$?
+    tee -a "$out/$file" < "$out/.step"
+    if (( rc != 0 )); then
+      echo "$file: exit $rc"
+      tail -n 5 "$out/$file.err"
+    fi
+    rm -f "$out/.step"
+  }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
   echo "== kernel checks"
-  timeout "$(limit 180)" "$out/gpu_kernels" --test-threads 1 > "$out/checks.txt" 2>&1
+  timeout "$(limit 180)" "$dir/bin/gpu_kernels" --test-threads 1 > "$out/checks.txt" 2>&1
   echo "exit $?" >> "$out/checks.txt"
   tail -n 4 "$out/checks.txt"
   echo "== the same small model on the CPU (f32) and the GPU (bf16)"
   small=(--layers 2 --d-model 256 --heads 4 --vocab 4096 --seq 256 --batch 8 --steps 20 --warmup 0 --quiet)
-  timeout "$(limit 120)" "$bin" bench train "${small[@]}" --device cpu | tee "$out/loss_cpu.json"
-  timeout "$(limit 120)" "$bin" bench train "${small[@]}" --device cuda --dtype bfloat16 | tee "$out/loss_gpu.json"
+  step loss_cpu.json 120 "$bin" bench train "${small[@]}" --device cpu
+  step loss_gpu.json 120 "$bin" bench train "${small[@]}" --device cuda --dtype bfloat16
   echo "== tsukuru"
   shape=(--layers 12 --d-model 768 --heads 12 --vocab 32768 --device cuda --dtype bfloat16 --quiet)
-  timeout "$(limit 240)" "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 20 | tee "$out/train.json"
+  step train.json 240 "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 20
   for b in 1 64; do
-    timeout "$(limit 180)" "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
-      | tee "$out/generate_b$b.json"
+    step "generate_b$b.json" 180 "$bin" bench generate "${shape[@]}" --batch "$b" --prompt 128 --new-tokens 256 --steps 5
   done
   # PyTorch's generation first, as gpu_reference.sh runs it (it comes last there, after a long
   # compiled run that a time limit may cut short).
   for b in 1 64; do
-    timeout "$(limit 120)" python3 "$dir/bench/torch_ref.py" generate --device cuda --dtype bfloat16 --layers 12 \
-      --d-model 768 --heads 12 --vocab 32768 --batch "$b" --prompt 128 --new-tokens 256 --steps 5 \
-      | tee -a "$out/gpu_reference.jsonl"
+    step gpu_reference.jsonl 120 python3 "$dir/bench/torch_ref.py" generate --device cuda --dtype bfloat16 --layers 12 \
+      --d-model 768 --heads 12 --vocab 32768 --batch "$b" --prompt 128 --new-tokens 256 --steps 5
   done
   echo "== PyTorch (gpu_reference.sh)"
   OUT="$out" timeout "$(limit 420)" bash "$dir/bench/gpu_reference.sh" > "$out/reference.txt" 2>&1 || echo "gpu_reference.sh failed"
   echo "== tsukuru with each block's halves as separate graph nodes (what the single nodes save)"
-  TSUKURU_KERNELS=separate timeout "$(limit 240)" "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10 \
-    | tee "$out/train_separate.json"
+  step train_separate.json 240 env TSUKURU_KERNELS=separate "$bin" bench train "${shape[@]}" --seq 1024 --batch 32 --steps 10
   echo "== tsukuru with a graph node per block half and candle's products (what the block stack and cuBLASLt save)"
-  TSUKURU_KERNELS=halves TSUKURU_MATMUL=candle timeout "$(limit 150)" "$bin" bench train "${shape[@]}" --seq 1024 \
-    --batch 32 --steps 10 | tee "$out/train_halves.json"
+  step train_halves.json 150 env TSUKURU_KERNELS=halves TSUKURU_MATMUL=candle "$bin" bench train "${shape[@]}" \
+    --seq 1024 --batch 32 --steps 10
   echo "== products and attention on their own (tsukuru, then PyTorch)"
-  timeout "$(limit 90)" "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5 | tee "$out/matmul.jsonl"
-  timeout "$(limit 90)" python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5 | tee -a "$out/matmul.jsonl"
+  step matmul.jsonl 90 "$bin" bench matmul --device cuda --dtype bfloat16 --repeat 5
+  step matmul.jsonl 90 python3 benches/matmul_peer.py --device cuda --dtype bfloat16 --repeat 5
   # Where the time of a step goes, kernel by kernel: Nsight Compute's duration of every kernel of
   # one training step at the reference shape (one counter pass, so no replay; clocks left as they
   # are). It reads the counters only on some of these machines; the table sums it per kernel name.
@@ -116,13 +133,13 @@ print(":".join(sorted(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib
   # kernels (compute-sanitizer runs only on some of these machines; each tool under a time limit).
   if command -v compute-sanitizer > /dev/null; then
     echo "== compute-sanitizer"
-    timeout "$(limit 150)" compute-sanitizer --tool memcheck "$out/gpu_kernels" --test-threads 1 > "$out/memcheck.txt" 2>&1
-    timeout "$(limit 120)" compute-sanitizer --tool racecheck "$out/gpu_kernels" --test-threads 1 attention \
+    timeout "$(limit 150)" compute-sanitizer --tool memcheck "$dir/bin/gpu_kernels" --test-threads 1 > "$out/memcheck.txt" 2>&1
+    timeout "$(limit 120)" compute-sanitizer --tool racecheck "$dir/bin/gpu_kernels" --test-threads 1 attention \
       > "$out/racecheck.txt" 2>&1
     grep -hE "ERROR SUMMARY|RACECHECK SUMMARY|Device not supported" "$out/memcheck.txt" "$out/racecheck.txt"
   fi
-  rm -f "$out/tsukuru" "$out/gpu_kernels"  # not worth carrying back
-  python3 - "$out" <<'PY'
+  rm -rf "$dir/bin"
+  python3 - "$out" <<'PY' | tee "$out/summary.txt"
 import json, os, sys
 out = sys.argv[1]
 def lines(name):
@@ -202,6 +219,10 @@ if total:
     for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:20]:
         print(f"  {t * 1e3:8.2f} ms {100 * t / whole:5.1f}%  {name}")
 PY
+  find "$out" -name '*.err' -empty -delete
+  if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT" && tar -czf "$OUT/gpu_results.tar.gz" -C "$out" . && cp "$out/summary.txt" "$OUT/"
+  fi
   ;;
 *)
   echo "usage: bash benches/gpu.sh prepare|run" >&2
