@@ -44,6 +44,11 @@ struct Operands {
 
 impl Operands {
     fn of(parts: [(&CudaStorage, &Layout); 3]) -> Result<Self> {
+        let dtypes = parts.map(|(s, _)| s.dtype());
+        if dtypes[1..].iter().any(|&d| d != dtypes[0]) {
+            // The kernels read all three as one element type.
+            candle_core::bail!("gpu-attention: q, k and v must share a dtype, got {dtypes:?}");
+        }
         let mut ptrs = Vec::with_capacity(3);
         let mut strides = Vec::with_capacity(9);
         for ((s, l), what) in parts.into_iter().zip(["q", "k", "v"]) {

@@ -85,10 +85,12 @@ __device__ void rows(T* logits, const unsigned* targets, float* loss, int v, flo
     }
 }
 
+// Launched with 1,024 threads: the bound keeps the compiler (ptxas here, the driver's JIT there)
+// within 64 registers a thread, or the launch would fail for want of registers.
 #define ENTRY(T, S)                                                                                      \
-    extern "C" __global__ void cross_entropy_rows_##S(T* logits, const unsigned* targets, float* loss,  \
-                                                      int v, float scale, const float* row_scale,        \
-                                                      int write_grad) {                                  \
+    extern "C" __global__ void __launch_bounds__(1024)                                                   \
+    cross_entropy_rows_##S(T* logits, const unsigned* targets, float* loss, int v, float scale,          \
+                           const float* row_scale, int write_grad) {                                     \
         rows<T>(logits, targets, loss, v, scale, row_scale, write_grad);                                 \
     }
 FOR_EACH_TYPE(ENTRY)

@@ -124,12 +124,16 @@ __device__ void backward_dw_sum(const float* partial, T* dw, int groups, int d) 
     dw[col] = from_f32<T>(s);
 }
 
+// A row's kernels take up to 1,024 threads (wide rows): the bound keeps them within 64 registers a
+// thread, which such a launch needs.
 #define ENTRY(T, S)                                                                                      \
-    extern "C" __global__ void rms_norm_fwd_##S(const T* x, const T* w, T* y, float* inv, int d, float eps) { \
+    extern "C" __global__ void __launch_bounds__(1024)                                                   \
+    rms_norm_fwd_##S(const T* x, const T* w, T* y, float* inv, int d, float eps) {                       \
         forward<T>(x, w, y, inv, d, eps);                                                                \
     }                                                                                                    \
-    extern "C" __global__ void rms_norm_bwd_dx_##S(const T* x, const T* w, const T* g, const float* inv,   \
-                                                   const T* res, T* dx, int d) {                         \
+    extern "C" __global__ void __launch_bounds__(1024)                                                   \
+    rms_norm_bwd_dx_##S(const T* x, const T* w, const T* g, const float* inv, const T* res, T* dx,       \
+                        int d) {                                                                         \
         backward_dx<T>(x, w, g, inv, res, dx, d);                                                        \
     }                                                                                                    \
     extern "C" __global__ void rms_norm_bwd_dw_partial_##S(const T* x, const T* g, const float* inv,      \
