@@ -198,6 +198,11 @@ pub(crate) fn launch(
     cfg: LaunchConfig,
     args: &[Arg],
 ) -> Result<()> {
+    let (x, y, z) = cfg.grid_dim;
+    if x == 0 || y == 0 || z == 0 {
+        // Nothing to do (an empty tensor); the driver would refuse an empty grid.
+        return Ok(());
+    }
     let func = dev.get_or_load_custom_func(&format!("{name}_{}", suffix(dtype, name)?), module.name, module.ptx)?;
     if cfg.shared_mem_bytes > 48 * 1024 {
         // Above 48 KiB a kernel's dynamic shared memory must be asked for.
