@@ -6,6 +6,7 @@
 //! weights ([`pretrained::load`] reads a checkpoint directory); [`ops`] holds the differentiable
 //! building blocks it is built from: fused CPU [`kernels`], or composites for other devices.
 
+mod column_major;
 pub mod config;
 pub mod gguf;
 #[cfg(feature = "cuda")]
