@@ -35,7 +35,7 @@ pub fn fused_enabled() -> bool {
         1 => true,
         2 => false,
         _ => {
-            let on = std::env::var("TSUKURU_KERNELS").map_or(true, |v| v != "composite");
+            let on = kernels_setting() != "composite";
             set_fused_enabled(on);
             on
         }

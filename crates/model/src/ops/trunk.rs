@@ -66,26 +66,14 @@ pub(crate) fn trunk(
         let stacked = attn_residual::stack(&h, gain, [wq, wk, wv, wo], l.heads)?.detach();
         let wo_ = wo.detach();
         let (out, back) = attn_residual::forward(&h, &stacked, &wo_, rope, l.heads, packing, l.eps)?;
-        let input = h.clone();
-        halves.push(Half {
-            back: Box::new(move |g| back.backward(&input, &stacked, &wo_, g)),
-            rows: [wq, wk, wv].map(|w| Ok((master(w), w.dim(0)?))).into_iter().collect::<Result<_>>()?,
-            gain: master(gain),
-            proj: master(wo),
-        });
+        halves.push(Half::new(back, [h, stacked, wo_], &[wq, wk, wv], [gain, wo], master)?);
         h = out;
 
         let [gain, gate, up, down] = l.mlp;
         let stacked = mlp_residual::stack(&h, gain, gate, up, down)?.detach();
         let down_ = down.detach();
         let (out, back) = mlp_residual::forward(&h, &stacked, &down_, l.eps)?;
-        let input = h.clone();
-        halves.push(Half {
-            back: Box::new(move |g| back.backward(&input, &stacked, &down_, g)),
-            rows: [gate, up].map(|w| Ok((master(w), w.dim(0)?))).into_iter().collect::<Result<_>>()?,
-            gain: master(gain),
-            proj: master(down),
-        });
+        halves.push(Half::new(back, [h, stacked, down_], &[gate, up], [gain, down], master)?);
         h = out;
     }
     let node = Trunk { out: Computed::new(h), halves: Mutex::new(halves), sink };
@@ -106,6 +94,24 @@ struct Half {
 }
 
 impl Half {
+    /// `back` over what the half's forward read (its input, stacked weights and output
+    /// projection, detached), sending the gradients of `rows` (the weights stacked along D, in
+    /// order) and of `[gain, proj]` to their masters.
+    fn new<B: HalfBackward>(
+        back: B,
+        [input, stacked, proj]: [Tensor; 3],
+        rows: &[&Tensor],
+        [gain, proj_w]: [&Tensor; 2],
+        master: Master,
+    ) -> Result<Self> {
+        Ok(Self {
+            back: Box::new(move |g| back.backward(&input, &stacked, &proj, g)),
+            rows: rows.iter().map(|w| Ok((master(w), w.dim(0)?))).collect::<Result<_>>()?,
+            gain: master(gain),
+            proj: master(proj_w),
+        })
+    }
+
     /// Runs the backward, hands the weights' gradients to `sink` and returns x's.
     fn backward(self, grad: &Tensor, sink: &GradSink) -> Result<Tensor> {
         let g = (self.back)(grad)?;
