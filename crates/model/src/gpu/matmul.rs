@@ -43,18 +43,13 @@ pub fn matmul(a: &Tensor, b: &Tensor, add: Option<&Tensor>, out: DType) -> Resul
     let d = output(&device(a)?, (m, n), out)?;
     check(a, b, &d, name)?;
     let c = add.map(Tensor::contiguous).transpose()?;
-    match enabled().then(|| product(a, b, c.as_ref(), &d, name)) {
-        Some(Ok(())) => Ok(d),
-        refused => {
-            if let Some(Err(e)) = refused {
-                fell_back(&e);
-            }
-            let p = a.matmul(b)?.to_dtype(out)?;
-            match add {
-                Some(c) => c + p,
-                None => Ok(p),
-            }
-        }
+    if ran(|| product(a, b, c.as_ref(), &d, name)) {
+        return Ok(d);
+    }
+    let p = a.matmul(b)?.to_dtype(out)?;
+    match add {
+        Some(c) => c + p,
+        None => Ok(p),
     }
 }
 
@@ -67,15 +62,10 @@ pub fn accumulate(acc: Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         candle_core::bail!("{name}: the accumulator must be f32, got {:?}", acc.dtype());
     }
     check(a, b, &acc, name)?;
-    match enabled().then(|| product(a, b, Some(&acc), &acc, name)) {
-        Some(Ok(())) => Ok(acc),
-        refused => {
-            if let Some(Err(e)) = refused {
-                fell_back(&e);
-            }
-            acc + a.matmul(b)?.to_dtype(DType::F32)?
-        }
+    if ran(|| product(a, b, Some(&acc), &acc, name)) {
+        return Ok(acc);
     }
+    acc + a.matmul(b)?.to_dtype(DType::F32)?
 }
 
 /// Whether cuBLASLt may be used (`TSUKURU_MATMUL=candle` says no: every product then goes through
@@ -95,9 +85,20 @@ pub fn fallbacks() -> usize {
     FALLBACKS.load(Ordering::Relaxed)
 }
 
-fn fell_back(e: &candle_core::Error) {
-    if FALLBACKS.fetch_add(1, Ordering::Relaxed) == 0 {
-        eprintln!("warning: a matrix product fell back from cuBLASLt to candle's: {e}");
+/// Whether `product` ran through cuBLASLt: false where it is switched off, or where it refused
+/// (counted, the first refusal said on stderr) and candle's product is to run instead.
+fn ran(product: impl FnOnce() -> Result<()>) -> bool {
+    if !enabled() {
+        return false;
+    }
+    match product() {
+        Ok(()) => true,
+        Err(e) => {
+            if FALLBACKS.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("warning: a matrix product fell back from cuBLASLt to candle's: {e}");
+            }
+            false
+        }
     }
 }
 
@@ -171,7 +172,7 @@ struct Operand {
 }
 
 impl Operand {
-    /// `t (R, C)` on a CUDA device, as [`stored`] reads its strides.
+    /// `t (R, C)` on a CUDA device, as [`column_major`] reads its strides.
     fn of(t: &Tensor, name: &str) -> Result<Self> {
         let (r, c) = t.dims2()?;
         let (s, l) = t.storage_and_layout();
