@@ -120,6 +120,18 @@ __device__ void forward(const T* q, const T* k, const T* v, T* o, float* lse, co
     }
 }
 
+// A row's gradient at position `pos` in this thread's accumulators (columns 4j + 16i + e for
+// i < HD/16, e < 4) taken back through RoPE (see `unrotate`): its columns 4j + 16i + e pair with
+// those HD/32 steps of i on.
+template <typename T, int HD>
+__device__ __forceinline__ void unrotate_row(float (&acc)[HD / 4], const T* cos, const T* sin, int pos, int j) {
+#pragma unroll
+    for (int i = 0; i < HD / 32; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+            unrotate(acc[4 * i + e], acc[4 * (i + HD / 32) + e], cos, sin, pos, 4 * j + 16 * i + e, HD / 2);
+}
+
 // dQ = scale · Σ_keys dS · K with dS = P ⊙ (dO·Vᵀ − D), P recomputed from the kept log-sum-exp.
 // dout is (B, T, H, hd) contiguous; dsum D is (B, T, H); dq is written positions-major, `ld`
 // elements from one position's row of heads to the next (H · hd for (B, T, H, hd)). With RoPE
@@ -157,14 +169,7 @@ __device__ void backward_dq(const T* q, const T* k, const T* v, const T* dout, c
     }
     if (qi < t) {
         T* row = dq + ((size_t)b * t + qi) * ld + h * HD;
-        // This thread's columns 4j + 16i + e pair with those HD/32 steps of i on.
-        if (cos)
-#pragma unroll
-            for (int i = 0; i < HD / 32; ++i)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    unrotate(acc[4 * i + e], acc[4 * (i + HD / 32) + e], cos, sin, start + qi, 4 * j + 16 * i + e,
-                             HD / 2);
+        if (cos) unrotate_row<T, HD>(acc, cos, sin, start + qi, j);
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
@@ -221,12 +226,7 @@ __device__ void backward_dkv(const T* q, const T* k, const T* v, const T* dout, 
     }
     if (kp < s) {
         const size_t at = ((size_t)b * s + kp) * ld + kvh * HD;
-        if (cos)
-#pragma unroll
-            for (int i = 0; i < HD / 32; ++i)
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    unrotate(adk[4 * i + e], adk[4 * (i + HD / 32) + e], cos, sin, kp, 4 * j + 16 * i + e, HD / 2);
+        if (cos) unrotate_row<T, HD>(adk, cos, sin, kp, j);
 #pragma unroll
         for (int i = 0; i < HD / 16; ++i)
 #pragma unroll
